@@ -1,0 +1,1 @@
+"""Refinery collector agents: the process that runs beside a robot."""

@@ -1,0 +1,539 @@
+"""The collector agent: runs beside one robot, streams its episodes to the ingest.
+
+Two threads share the spool:
+
+* the **capture** thread polls the driver, batches joint samples, wraps frames,
+  numbers every message per stream and appends it to the spool;
+* the **link** thread owns the DEALER socket: handshake, sending within the
+  credit window, acknowledgements, clock sync, and reconnecting (Lazy Pirate:
+  close, reopen, resend what is unacknowledged) when the ingest goes quiet.
+
+Nothing is sent that is not spooled first, so a dead link, a dead ingest or a
+killed collector loses nothing: the spool is resent after the handshake.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import zmq
+
+from collectors.drivers.base import ActionReading, Driver, FrameReading, JointReading
+from collectors.spool import Spool
+from pipeline import protocol
+from pipeline.auth import ClientKeys
+from pipeline.errors import HandshakeRefused, ProtocolError, SpoolFullError
+from pipeline.protocol.framing import refusal_reason
+from pipeline.robot_config import RobotConfig
+from pipeline.streams import ACTION, CLOCK, EVENTS, JOINT_STATE
+
+log = logging.getLogger("refinery.collector")
+
+SpoolFullPolicy = Literal["pause", "stop"]
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """How one collector runs; every field has a CLI option."""
+
+    robot_id: str
+    robot: RobotConfig
+    ingest: str
+    spool_dir: Path
+    spool_budget_bytes: int = 2 << 30
+    on_spool_full: SpoolFullPolicy = "pause"
+    batch_max_rows: int = 25
+    batch_max_age_s: float = 0.02
+    resend_timeout_s: float = 2.0
+    hello_timeout_s: float = 1.0
+    clock_sync_interval_s: float = 0.5
+    keys: ClientKeys | None = None
+    allow_plain: bool = False
+    capture_period_s: float = 0.002
+
+
+@dataclass
+class _Batch:
+    capture_ns: list[int] = field(default_factory=list)
+    index: list[int] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+    first_at: float = 0.0
+
+
+@dataclass
+class CollectorStatus:
+    link: str
+    episode: str
+    episode_s: float
+    rates: dict[str, float]
+    mb_per_s: float
+    unacked: int
+    spool_mb: float
+    ack_lag_ms: float
+    resent: int
+    paused: bool
+    episodes_done: int
+    error: str
+
+
+class Collector:
+    """Start with :meth:`start`; drive episodes with :meth:`start_episode` and
+    :meth:`stop_episode`; :meth:`close` when done (after :meth:`drain` to wait
+    for the ingest to seal everything)."""
+
+    def __init__(self, config: CollectorConfig, driver: Driver) -> None:
+        protocol.check_id(config.robot_id, "robot_id")
+        if config.keys is None and not config.allow_plain:
+            raise HandshakeRefused(
+                f"robot {config.robot_id}: no CURVE keys given; pass --key/--ingest-key, or --plain for loopback"
+            )
+        self.config = config
+        self.driver = driver
+        self.spool = Spool(config.spool_dir, config.spool_budget_bytes)
+        self._lock = threading.RLock()
+        self._next_seq: dict[tuple[str, str], int] = {}
+        for (episode, stream), seq in self.spool.next_seqs().items():
+            self._next_seq[(episode, stream)] = seq
+        self._episode: str | None = None
+        self._episode_started = 0.0
+        self._episode_counter = 0
+        self._batches: dict[str, _Batch] = {}
+        self._paused = False
+        self._running = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._clock_samples: deque[tuple[int, int, int, int]] = deque(maxlen=16)
+        self._counts: dict[str, int] = {}
+        self._bytes = 0
+        self._rate_mark = (time.monotonic(), dict[str, int](), 0)
+        self._rates: dict[str, float] = {}
+        self._mb_per_s = 0.0
+        self.link_state = "connecting"
+        self.error = ""
+        self.fatal: BaseException | None = None
+        self.episodes_done = 0
+        self._wake = threading.Event()
+        self.window = 1
+        self._marker = config.spool_dir / "episode.open"
+        self._interrupted = set(self.spool.recovered_without_stop)
+        if self._marker.exists():
+            self._interrupted.add(self._marker.read_text().strip())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._running.set()
+        for name, target in (("capture", self._capture_loop), ("link", self._link_loop)):
+            thread = threading.Thread(target=target, name=f"{self.config.robot_id}-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self) -> None:
+        if self._episode is not None:
+            self.stop_episode("interrupted")
+        self._running.clear()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self.driver.close()
+        self.spool.close()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until the ingest has sealed every spooled episode."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.fatal is not None:
+                raise self.fatal
+            if self.spool.unacked() == 0 and all(self.spool.is_sealed(e) for e in self._known_episodes()):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _known_episodes(self) -> set[str]:
+        with self._lock:
+            return {episode for episode, _ in self._next_seq}
+
+    def _close_interrupted(self, ingest_acked: dict[str, dict[str, int]]) -> None:
+        """A collector killed mid-episode left it without a stop event. Close it after
+        the first handshake, numbering the stop after everything the spool or the
+        ingest holds, so the ingest can seal what was recorded."""
+        with self._lock:
+            for episode in sorted(self._interrupted):
+                for stream, seq in ingest_acked.get(episode, {}).items():
+                    key = (episode, stream)
+                    self._next_seq[key] = max(self._next_seq.get(key, 0), seq + 1)
+                if not any(e == episode for e, _ in self._next_seq):
+                    continue  # neither side holds anything of it
+                log.warning(
+                    "robot=%s episode=%s was interrupted by a collector restart; closing it",
+                    self.config.robot_id, episode,
+                )
+                self._emit_stop(episode, "interrupted", reason="collector restarted")
+            self._interrupted.clear()
+            self._marker.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ operator controls
+
+    def start_episode(self, task: str = "", operator: str = "") -> str:
+        with self._lock:
+            if self._episode is not None:
+                self.stop_episode("interrupted")
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+            self._episode_counter += 1
+            episode = f"{self.config.robot_id}-{stamp}-{uuid.uuid4().hex[:6]}"
+            t0 = time.time_ns()
+            self.driver.start(t0)
+            self._write_marker(episode)
+            self._episode = episode
+            self._episode_started = time.monotonic()
+            self._batches = {}
+            self._paused = False
+            self._emit_event(episode, {"kind": "start", "task": task, "operator": operator, "t0_ns": t0})
+            for sample in list(self._clock_samples):
+                self._emit_clock(episode, *sample)
+            log.info("robot=%s episode=%s started task=%r", self.config.robot_id, episode, task)
+            return episode
+
+    def stop_episode(self, outcome: str = "success") -> str | None:
+        """End the current episode: ``success``, ``failure``, ``discarded`` or ``interrupted``."""
+        with self._lock:
+            episode = self._episode
+            if episode is None:
+                return None
+            self._poll_driver(final=True)
+            self._episode = None
+            self._emit_stop(episode, outcome)
+            self._marker.unlink(missing_ok=True)
+            self.episodes_done += 1
+            log.info("robot=%s episode=%s stopped outcome=%s", self.config.robot_id, episode, outcome)
+            return episode
+
+    def label(self, text: str) -> None:
+        with self._lock:
+            if self._episode is not None:
+                self._emit_event(self._episode, {"kind": "label", "text": text})
+
+    def set_task(self, task: str) -> None:
+        with self._lock:
+            if self._episode is not None:
+                self._emit_event(self._episode, {"kind": "task", "task": task})
+
+    def _write_marker(self, episode: str) -> None:
+        tmp = self._marker.with_suffix(".tmp")
+        tmp.write_text(episode)
+        os.replace(tmp, self._marker)
+
+    @property
+    def episode(self) -> str | None:
+        return self._episode
+
+    # ------------------------------------------------------------------ message building
+
+    def _take_seq(self, episode: str, stream: str) -> int:
+        key = (episode, stream)
+        seq = self._next_seq.get(key, 0)
+        self._next_seq[key] = seq + 1
+        return seq
+
+    def _spool(self, episode: str, stream: str, seq: int, frames: list[bytes], force: bool = False) -> None:
+        try:
+            self.spool.append(frames, episode, stream, seq, force=force)
+        except SpoolFullError:
+            self._next_seq[(episode, stream)] = seq  # the number was not used
+            raise
+        self._counts[stream] = self._counts.get(stream, 0) + 1
+        self._bytes += sum(len(f) for f in frames)
+        self._wake.set()
+
+    def _header(self, episode: str, stream: str, seq: int, capture_ns: int, index: int = 0) -> protocol.DataHeader:
+        return protocol.DataHeader(self.config.robot_id, episode, stream, seq, capture_ns, index)
+
+    def _emit_event(self, episode: str, body: dict) -> None:
+        seq = self._take_seq(episode, EVENTS)
+        record = protocol.Event(self._header(episode, EVENTS, seq, time.time_ns()), body)
+        self._spool(episode, EVENTS, seq, record.encode(), force=True)
+
+    def _emit_stop(self, episode: str, outcome: str, reason: str = "") -> None:
+        last = {stream: seq - 1 for (e, stream), seq in self._next_seq.items() if e == episode}
+        last[EVENTS] = self._next_seq.get((episode, EVENTS), 0)  # the stop event's own seq
+        body = {"kind": "stop", "outcome": outcome, "last_seq": last}
+        if reason:
+            body["reason"] = reason
+        self._emit_event(episode, body)
+
+    def _emit_clock(self, episode: str, t1: int, t2: int, t3: int, t4: int) -> None:
+        seq = self._take_seq(episode, CLOCK)
+        record = protocol.ClockSample(self._header(episode, CLOCK, seq, t1), t1, t2, t3, t4)
+        self._spool(episode, CLOCK, seq, record.encode(), force=True)
+
+    def _emit_batch(self, episode: str, stream: str, batch: _Batch) -> None:
+        seq = self._take_seq(episode, stream)
+        record = protocol.Samples.build(
+            self.config.robot_id, episode, stream, seq,
+            np.array(batch.capture_ns, dtype=np.int64), np.array(batch.index, dtype=np.int64), np.stack(batch.rows),
+        )
+        self._spool(episode, stream, seq, record.encode())
+
+    def _emit_frame(self, episode: str, reading: FrameReading) -> None:
+        seq = self._take_seq(episode, reading.camera)
+        header = self._header(episode, reading.camera, seq, reading.capture_ns, reading.index)
+        self._spool(episode, reading.camera, seq, protocol.Frame(header, reading.jpeg).encode())
+
+    # ------------------------------------------------------------------ capture thread
+
+    def _capture_loop(self) -> None:
+        period = self.config.capture_period_s
+        while self._running.is_set():
+            with self._lock:
+                if self._episode is not None:
+                    try:
+                        self._poll_driver(final=False)
+                    except SpoolFullError as err:
+                        self._spool_full(err)
+            self._update_rates()
+            time.sleep(period)
+
+    def _poll_driver(self, final: bool) -> None:
+        episode = self._episode
+        if episode is None:
+            return
+        readings = self.driver.poll(time.time_ns())
+        if self._paused:
+            if self.spool.bytes_used < 0.9 * self.spool.budget_bytes:
+                self._paused = False
+                self._emit_event(episode, {"kind": "resume", "reason": "spool has room again"})
+                self.error = ""
+            else:
+                return  # paused: the operator was told; these readings are not recorded
+        now = time.monotonic()
+        for reading in readings:
+            if isinstance(reading, JointReading):
+                row = np.concatenate([reading.position, reading.velocity, reading.effort])
+                self._add_row(episode, JOINT_STATE, reading.capture_ns, reading.index, row, now)
+            elif isinstance(reading, ActionReading):
+                self._add_row(episode, ACTION, reading.capture_ns, reading.index, reading.position, now)
+            elif isinstance(reading, FrameReading):
+                self._emit_frame(episode, reading)
+        for stream, batch in list(self._batches.items()):
+            if batch.rows and (final or now - batch.first_at >= self.config.batch_max_age_s):
+                self._emit_batch(episode, stream, batch)
+                self._batches[stream] = _Batch()
+
+    def _add_row(self, episode: str, stream: str, capture_ns: int, index: int, row: np.ndarray, now: float) -> None:
+        batch = self._batches.setdefault(stream, _Batch())
+        if not batch.rows:
+            batch.first_at = now
+        batch.capture_ns.append(capture_ns)
+        batch.index.append(index)
+        batch.rows.append(np.asarray(row, dtype=np.float64))
+        if len(batch.rows) >= self.config.batch_max_rows:
+            self._emit_batch(episode, stream, batch)
+            self._batches[stream] = _Batch()
+
+    def _spool_full(self, err: SpoolFullError) -> None:
+        self.error = str(err)
+        episode = self._episode
+        if episode is None:
+            return
+        if self.config.on_spool_full == "stop":
+            log.error("robot=%s: %s; stopping the episode (--on-spool-full stop)", self.config.robot_id, err)
+            self._episode = None
+            self._emit_stop(episode, "interrupted", reason="spool full")
+            self._marker.unlink(missing_ok=True)
+            self.episodes_done += 1
+        elif not self._paused:
+            log.error("robot=%s: %s; recording paused until it drains (--on-spool-full pause)", self.config.robot_id, err)
+            self._paused = True
+            self._batches = {}
+            self._emit_event(episode, {"kind": "pause", "reason": "spool full"})
+
+    # ------------------------------------------------------------------ link thread
+
+    def _link_loop(self) -> None:
+        context = zmq.Context()
+        try:
+            while self._running.is_set():
+                sock = self._connect(context)
+                if sock is None:
+                    continue
+                try:
+                    self._serve(sock)
+                except _Reconnect:
+                    self.link_state = "reconnecting: ingest lost our session"
+                finally:
+                    sock.close(0)
+        except HandshakeRefused as err:
+            self.fatal = err
+            self.error = str(err)
+            self.link_state = "refused"
+            log.error("%s", err)
+        finally:
+            context.term()
+
+    def _connect(self, context: zmq.Context) -> zmq.Socket | None:
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.IDENTITY, f"{self.config.robot_id}:{uuid.uuid4().hex[:8]}".encode())
+        if self.config.keys is not None:
+            self.config.keys.apply(sock)
+        sock.connect(self.config.ingest)
+        hello = protocol.Hello(
+            robot_id=self.config.robot_id,
+            model=self.config.robot.model,
+            config_digest=self.config.robot.digest,
+            config=self.config.robot.to_dict(),
+            software=f"refinery-collector pid={os.getpid()}",
+            pending=tuple(sorted(set(self.spool.pending_episodes()) | self._interrupted)),
+        )
+        deadline = time.monotonic() + self.config.hello_timeout_s
+        sent = False
+        while self._running.is_set() and time.monotonic() < deadline:
+            if not sent:
+                try:
+                    sock.send_multipart(hello.encode(), zmq.NOBLOCK)
+                    sent = True
+                except zmq.Again:
+                    time.sleep(0.02)  # IMMEDIATE: no connection yet
+                    continue
+            if sock.poll(50):
+                frames = sock.recv_multipart()
+                reason = refusal_reason(frames)
+                if reason is not None:
+                    sock.close(0)
+                    raise HandshakeRefused(f"robot {self.config.robot_id}: ingest refused the handshake: {reason}")
+                try:
+                    record = protocol.decode(frames)
+                except ProtocolError as err:
+                    log.warning("robot=%s: unreadable reply to HELLO: %s", self.config.robot_id, err)
+                    continue
+                if isinstance(record, protocol.Welcome):
+                    self.spool.set_acked(record.acked, record.sealed)
+                    if self._interrupted:
+                        self._close_interrupted(record.acked)
+                    self.window = record.window
+                    resent = self.spool.rewind()
+                    self.link_state = "up"
+                    self.error = "" if not self._paused else self.error
+                    log.info("robot=%s connected to %s; resending %d", self.config.robot_id, self.config.ingest, resent)
+                    return sock
+        sock.close(0)
+        self.link_state = "down: ingest unreachable, spooling"
+        return None
+
+    def _serve(self, sock: zmq.Socket) -> None:
+        last_progress = time.monotonic()
+        next_clock = 0.0
+        while self._running.is_set():
+            now = time.monotonic()
+            if now >= next_clock:
+                try:
+                    sock.send_multipart(protocol.TimeRequest(time.time_ns()).encode(), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                next_clock = now + self.config.clock_sync_interval_s
+            in_flight = self.spool.in_flight()
+            while in_flight < self.window:
+                frames = self.spool.next_to_send()
+                if frames is None:
+                    break
+                try:
+                    sock.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+                except zmq.Again:
+                    self.spool.unsend()
+                    break
+                in_flight += 1
+            if in_flight == 0:
+                last_progress = now
+            if sock.poll(5):
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if self._on_message(frames):
+                        last_progress = time.monotonic()
+            elif in_flight and now - last_progress > self.config.resend_timeout_s:
+                log.warning(
+                    "robot=%s: no acknowledgement for %.1f s; reconnecting", self.config.robot_id, now - last_progress
+                )
+                self.link_state = "down: no acknowledgements, spooling"
+                return
+            elif not in_flight:
+                self._wake.wait(0.005)
+                self._wake.clear()
+
+    def _on_message(self, frames: list[bytes]) -> bool:
+        """Handle one message from the ingest; True when it acknowledged something."""
+        reason = refusal_reason(frames)
+        if reason is not None:
+            raise HandshakeRefused(f"robot {self.config.robot_id}: ingest refused: {reason}")
+        try:
+            record = protocol.decode(frames)
+        except ProtocolError as err:
+            log.warning("robot=%s: unreadable message from the ingest: %s", self.config.robot_id, err)
+            return False
+        if isinstance(record, protocol.Ack):
+            for episode, stream, seq in record.acks:
+                self.spool.ack(episode, stream, seq)
+            for episode in record.sealed:
+                self.spool.mark_sealed(episode)
+            return True
+        if isinstance(record, protocol.TimeReply):
+            t4 = time.time_ns()
+            sample = (record.t1_ns, record.t2_ns, record.t3_ns, t4)
+            with self._lock:
+                self._clock_samples.append(sample)
+                if self._episode is not None:
+                    self._emit_clock(self._episode, *sample)
+            return False
+        if isinstance(record, protocol.Notice):
+            self.error = record.message
+            log.warning("robot=%s: ingest says: %s", self.config.robot_id, record.message)
+            if record.level == "handshake":
+                raise _Reconnect()
+        return False
+
+    # ------------------------------------------------------------------ status
+
+    def _update_rates(self) -> None:
+        now = time.monotonic()
+        mark_t, mark_counts, mark_bytes = self._rate_mark
+        if now - mark_t >= 1.0:
+            dt = now - mark_t
+            self._rates = {s: (n - mark_counts.get(s, 0)) / dt for s, n in self._counts.items()}
+            self._mb_per_s = (self._bytes - mark_bytes) / dt / 1e6
+            self._rate_mark = (now, dict(self._counts), self._bytes)
+
+    def status(self) -> CollectorStatus:
+        return CollectorStatus(
+            link=self.link_state,
+            episode=self._episode or "-",
+            episode_s=time.monotonic() - self._episode_started if self._episode else 0.0,
+            rates=dict(self._rates),
+            mb_per_s=self._mb_per_s,
+            unacked=self.spool.unacked(),
+            spool_mb=self.spool.bytes_used / 1e6,
+            ack_lag_ms=self.spool.last_ack_latency_s * 1000,
+            resent=self.spool.resent,
+            paused=self._paused,
+            episodes_done=self.episodes_done,
+            error=self.error,
+        )
+
+
+class _Reconnect(Exception):
+    """The ingest lost our session (it restarted): handshake again."""

@@ -1,0 +1,246 @@
+"""The collector's on-disk spool: every message lives here until the ingest
+says it is durable.
+
+Messages are appended, in the order they are produced, to segment files
+``<spool>/seg-<n>.rfs`` (record logs, see :mod:`pipeline.record_log`), which
+survive ``kill -9`` of the collector. An in-memory index keeps, per message,
+where it sits and which (episode, stream, seq) it is. The sender walks the
+index with a cursor; acknowledgements are cumulative per stream; a segment is
+deleted once every message in it is acknowledged. After a reconnect the
+cursor rewinds to the oldest unacknowledged message, and messages acknowledged
+meanwhile are skipped, not resent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import protocol
+from pipeline.errors import ProtocolError, SpoolFullError, StoreError
+from pipeline.record_log import RecordWriter, pack_frames, read_at, recover, unpack_frames
+
+log = logging.getLogger("refinery.spool")
+
+SEGMENT_PREFIX = "seg-"
+SEGMENT_SUFFIX = ".rfs"
+
+
+@dataclass
+class SpoolEntry:
+    segment: int
+    offset: int
+    size: int
+    episode: str
+    stream: str
+    seq: int
+    appended: float  # time.monotonic() when spooled, for capture-to-ack latency
+
+
+class Spool:
+    """Thread-safe: the capture thread appends, the network thread sends and acks."""
+
+    def __init__(self, directory: Path, budget_bytes: int = 2 << 30, segment_bytes: int = 16 << 20) -> None:
+        self.directory = directory
+        self.budget_bytes = budget_bytes
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._entries: deque[SpoolEntry] = deque()
+        self._cursor = 0  # index into _entries of the next message to send
+        self._acked: dict[tuple[str, str], int] = {}
+        self._sealed: set[str] = set()
+        self._segment_sizes: dict[int, int] = {}
+        self._writer: RecordWriter | None = None
+        self._last_sent = -1
+        self.recovered_without_stop: set[str] = set()
+        self._segment = 0
+        self.bytes_used = 0
+        self.resent = 0
+        self.last_ack_latency_s = 0.0
+        directory.mkdir(parents=True, exist_ok=True)
+        self._recover()
+
+    # ------------------------------------------------------------------ recovery
+
+    def _segment_path(self, n: int) -> Path:
+        return self.directory / f"{SEGMENT_PREFIX}{n:08d}{SEGMENT_SUFFIX}"
+
+    def _recover(self) -> None:
+        """Rebuild the index from the segments a previous run left."""
+        now = time.monotonic()
+        stopped: set[str] = set()
+        for path in sorted(self.directory.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}")):
+            try:
+                n = int(path.name[len(SEGMENT_PREFIX) : -len(SEGMENT_SUFFIX)])
+            except ValueError:
+                continue
+            entries = recover(path)
+            for entry in entries:
+                try:
+                    record = protocol.decode(unpack_frames(entry.payload))
+                    header = record.header  # type: ignore[union-attr]
+                except (ProtocolError, ValueError, AttributeError) as err:
+                    raise StoreError(str(path), f"spooled message at {entry.offset} does not decode: {err}") from err
+                if isinstance(record, protocol.Event) and record.kind == "stop":
+                    stopped.add(header.episode_id)
+                self._entries.append(
+                    SpoolEntry(n, entry.offset, entry.end - entry.offset, header.episode_id, header.stream, header.seq, now)
+                )
+            size = path.stat().st_size
+            self._segment_sizes[n] = size
+            self.bytes_used += size
+            self._segment = max(self._segment, n)
+        self.recovered_without_stop = {e.episode for e in self._entries} - stopped
+        if self._entries:
+            log.info("spool %s: recovered %d unacknowledged messages", self.directory, len(self._entries))
+
+    def next_seqs(self) -> dict[tuple[str, str], int]:
+        """Per (episode, stream), the seq the next new message must take."""
+        with self._lock:
+            result: dict[tuple[str, str], int] = {}
+            for e in self._entries:
+                key = (e.episode, e.stream)
+                result[key] = max(result.get(key, 0), e.seq + 1)
+            return result
+
+    def pending_episodes(self) -> list[str]:
+        with self._lock:
+            return sorted({e.episode for e in self._entries})
+
+    # ------------------------------------------------------------------ append
+
+    def append(self, frames: list[bytes], episode: str, stream: str, seq: int, force: bool = False) -> None:
+        """Spool one message. Raises SpoolFullError when the disk budget is used up;
+        ``force`` (small control events: stop, pause) may exceed the budget."""
+        payload = pack_frames(frames)
+        with self._lock:
+            if not force and self.bytes_used + len(payload) > self.budget_bytes:
+                raise SpoolFullError(
+                    f"spool {self.directory} holds {self.bytes_used / 1e6:.0f} MB, its budget is "
+                    f"{self.budget_bytes / 1e6:.0f} MB; the ingest is not acknowledging"
+                )
+            writer = self._writer_for(len(payload))
+            try:
+                offset = writer.append(payload)
+            except OSError as err:
+                raise SpoolFullError(f"cannot write spool {writer.path}: {err.strerror}") from err
+            size = writer.size - offset
+            self._segment_sizes[self._segment] += size
+            self.bytes_used += size
+            self._entries.append(SpoolEntry(self._segment, offset, size, episode, stream, seq, time.monotonic()))
+
+    def _writer_for(self, size: int) -> RecordWriter:
+        if self._writer is None or self._writer.size + size > self.segment_bytes:
+            if self._writer is not None:
+                self._writer.close()
+            self._segment += 1
+            self._writer = RecordWriter(self._segment_path(self._segment))
+            self._segment_sizes[self._segment] = 0
+        return self._writer
+
+    def sync(self) -> None:
+        """fsync the open segment (a process crash is survived without it; power loss is not)."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.sync()
+
+    # ------------------------------------------------------------------ sending
+
+    def next_to_send(self) -> list[bytes] | None:
+        """The next unacknowledged message after the cursor, or None."""
+        with self._lock:
+            while self._cursor < len(self._entries):
+                entry = self._entries[self._cursor]
+                self._cursor += 1
+                if not self._is_acked(entry):
+                    self._last_sent = self._cursor - 1
+                    break
+            else:
+                return None
+            path = self._segment_path(entry.segment)
+        return unpack_frames(read_at(path, entry.offset))
+
+    def unsend(self) -> None:
+        """The message :meth:`next_to_send` just returned could not be sent: keep it next."""
+        with self._lock:
+            if 0 <= self._last_sent < self._cursor:
+                self._cursor = self._last_sent
+            self._last_sent = -1
+
+    def rewind(self) -> int:
+        """Send again everything unacknowledged; return how many messages that is."""
+        with self._lock:
+            self._drop_acked_head()
+            pending = sum(1 for e in list(self._entries)[: self._cursor] if not self._is_acked(e))
+            self.resent += pending
+            self._cursor = 0
+            return pending
+
+    def in_flight(self) -> int:
+        """Messages sent but not yet acknowledged (bounded by the credit window)."""
+        with self._lock:
+            return sum(1 for i in range(self._cursor) if not self._is_acked(self._entries[i]))
+
+    def unacked(self) -> int:
+        with self._lock:
+            return sum(1 for e in self._entries if not self._is_acked(e))
+
+    def unsent(self) -> int:
+        with self._lock:
+            return len(self._entries) - self._cursor
+
+    # ------------------------------------------------------------------ acks
+
+    def ack(self, episode: str, stream: str, seq: int) -> None:
+        with self._lock:
+            key = (episode, stream)
+            if seq > self._acked.get(key, -1):
+                self._acked[key] = seq
+            self._drop_acked_head()
+
+    def mark_sealed(self, episode: str) -> None:
+        with self._lock:
+            self._sealed.add(episode)
+            self._drop_acked_head()
+
+    def set_acked(self, acked: dict[str, dict[str, int]], sealed: tuple[str, ...]) -> None:
+        """Adopt the ingest's view after a handshake (it may be ahead of ours)."""
+        with self._lock:
+            for episode, streams in acked.items():
+                for stream, seq in streams.items():
+                    key = (episode, stream)
+                    self._acked[key] = max(self._acked.get(key, -1), seq)
+            self._sealed.update(sealed)
+            self._drop_acked_head()
+
+    def is_sealed(self, episode: str) -> bool:
+        with self._lock:
+            return episode in self._sealed
+
+    def _is_acked(self, entry: SpoolEntry) -> bool:
+        return entry.episode in self._sealed or entry.seq <= self._acked.get((entry.episode, entry.stream), -1)
+
+    def _drop_acked_head(self) -> None:
+        now = time.monotonic()
+        while self._entries and self._is_acked(self._entries[0]):
+            entry = self._entries.popleft()
+            self.last_ack_latency_s = now - entry.appended
+            if self._cursor > 0:
+                self._cursor -= 1
+            self._last_sent -= 1
+        oldest_live = self._entries[0].segment if self._entries else self._segment + 1
+        for n in sorted(self._segment_sizes):
+            if n >= oldest_live or (self._writer is not None and n == self._segment):
+                break
+            self.bytes_used -= self._segment_sizes.pop(n)
+            self._segment_path(n).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None

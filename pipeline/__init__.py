@@ -1,0 +1,1 @@
+"""Refinery: the ingest, raw store, wire protocol and processing side."""

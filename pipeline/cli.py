@@ -1,0 +1,386 @@
+"""The `refinery` command: one entry point, a subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.errors import RefineryError
+
+log = logging.getLogger("refinery")
+
+EPILOG = "Docs: README.md. Every command takes --help; -v shows debug logs."
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _add_ingest_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, required=True, help="where journals and sealed raw episodes go")
+    p.add_argument("--bind", default="tcp://*:5555", help="ZeroMQ endpoint to listen on (default: %(default)s)")
+    p.add_argument("--window", type=_positive_int, default=512,
+                   help="credit window: messages each collector may have unacknowledged in flight (default: %(default)s)")
+    p.add_argument("--commit-interval-ms", type=_positive_float, default=20.0,
+                   help="group commit: fsync and acknowledge every this many ms (default: %(default)s)")
+    p.add_argument("--max-message-mb", type=_positive_float, default=32.0,
+                   help="larger messages are refused by ZeroMQ (default: %(default)s)")
+    p.add_argument("--abandon-after", type=_positive_float, default=600.0, metavar="SECONDS",
+                   help="seal an episode as incomplete when its collector is silent this long (default: %(default)s)")
+    p.add_argument("--keys", type=Path, metavar="SECRET_FILE",
+                   help="the ingest's CURVE secret key file (from `refinery keys`)")
+    p.add_argument("--allow", type=Path, metavar="DIR", help="folder of collector public keys (*.key) to accept")
+    p.add_argument("--plain", action="store_true",
+                   help="no authentication or encryption: only for loopback demos and tests")
+
+
+def _add_collect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--robot", required=True, help="robot config: a YAML path or a shipped model name (unitree_g1, ...)")
+    p.add_argument("--robot-id", help="this robot's id (default: <model>-<hostname>)")
+    p.add_argument("--ingest", required=True, help="ingest endpoint, e.g. tcp://ingest-host:5555")
+    p.add_argument("--spool", type=Path, help="spool folder (default: ~/.refinery/spool/<robot-id>)")
+    p.add_argument("--spool-budget-mb", type=_positive_float, default=2048.0,
+                   help="disk the spool may use while the ingest is unreachable (default: %(default)s)")
+    p.add_argument("--on-spool-full", choices=["pause", "stop"], default="pause",
+                   help="when the budget is used up: pause recording until it drains, or stop the episode "
+                        "(default: %(default)s); either is shown in the status line and recorded as an event")
+    p.add_argument("--driver", choices=["sim", "opencv"], default="sim",
+                   help="sim: a simulated humanoid; opencv: simulated joints with real cameras (default: %(default)s)")
+    p.add_argument("--camera", action="append", default=[], metavar="NAME=SOURCE",
+                   help="opencv driver: camera NAME reads device index or video file SOURCE (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="sim driver: random seed (default: %(default)s)")
+    p.add_argument("--faults", default="", help="sim driver: faults to inject, e.g. 'drop_frame_prob=0.05,clock_offset_ms=12'")
+    p.add_argument("--episodes", type=_positive_int, help="scripted: record this many episodes, then exit")
+    p.add_argument("--duration", type=_positive_float, default=10.0, help="scripted: seconds per episode (default: %(default)s)")
+    p.add_argument("--gap", type=float, default=1.0, help="scripted: seconds between episodes (default: %(default)s)")
+    p.add_argument("--task", default="", help="task instruction recorded with each episode")
+    p.add_argument("--operator", default=os.environ.get("USER", ""), help="operator id recorded with each episode")
+    p.add_argument("--key", type=Path, metavar="SECRET_FILE", help="this collector's CURVE secret key file")
+    p.add_argument("--ingest-key", type=Path, metavar="PUBLIC_FILE", help="the ingest's CURVE public key file")
+    p.add_argument("--plain", action="store_true", help="no authentication or encryption: only for loopback")
+    p.add_argument("--drain-timeout", type=_positive_float, default=60.0,
+                   help="on exit, wait this long for the ingest to seal what was recorded (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refinery", description="Collect and refine teleoperated humanoid-robot data.", epilog=EPILOG
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="local demo: ingest + simulated robots, then a table of what was recorded",
+                       description="Start an ingest and simulated humanoid collectors on loopback, record a few "
+                                   "short episodes from each, and print what was recorded.")
+    p.add_argument("--data-dir", type=Path, default=Path("refinery-demo"), help="output folder (default: %(default)s)")
+    p.add_argument("--robots", default="unitree_g1,unitree_h1,fourier_gr1",
+                   help="comma-separated robot models, one simulated collector each (default: %(default)s)")
+    p.add_argument("--episodes", type=_positive_int, default=2, help="episodes per robot (default: %(default)s)")
+    p.add_argument("--duration", type=_positive_float, default=3.0, help="seconds per episode (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="simulation seed (default: %(default)s)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("ingest", help="run the ingest service", description="Receive episodes from collectors over "
+                       "ZeroMQ, journal them durably and seal each into one HDF5 file. Ctrl-C stops it cleanly; "
+                       "a kill loses nothing acknowledged (journals are recovered at the next start).")
+    _add_ingest_args(p)
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("collect", help="run a collector beside a robot", description="Read a robot's joints, actions "
+                       "and cameras, spool them to disk and stream them to the ingest. Without --episodes it is "
+                       "interactive: type s [task] to start, e to end (success), f (failure), d (discard), "
+                       "l TEXT to label, q to quit.")
+    _add_collect_args(p)
+    p.set_defaults(func=_cmd_collect)
+
+    p = sub.add_parser("keys", help="make CURVE key pairs", description="Write NAME.key (public) and NAME.key_secret "
+                       "(secret) for each NAME into DIR. Give the ingest its secret and a folder of the collectors' "
+                       "public keys (--allow); give each collector its secret and the ingest's public key.")
+    p.add_argument("dir", type=Path)
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.set_defaults(func=_cmd_keys)
+
+    p = sub.add_parser("verify", help="check the checksum of every sealed raw episode",
+                       description="Recompute the content checksum of every raw episode under DIR; exit 1 if any fails.")
+    p.add_argument("dir", type=Path)
+    p.set_defaults(func=_cmd_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except RefineryError as err:
+        print(f"refinery {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---------------------------------------------------------------------- ingest
+
+
+def _ingest_config(args: argparse.Namespace):  # noqa: ANN202
+    from pipeline.auth import ServerKeys
+    from pipeline.errors import ConfigError
+    from pipeline.ingest import IngestConfig
+
+    keys = None
+    if args.keys or args.allow:
+        if not (args.keys and args.allow):
+            raise ConfigError("refinery ingest", "--keys/--allow", "give both: the ingest's secret key and the allow-list folder")
+        keys = ServerKeys(args.keys, args.allow)
+    return IngestConfig(
+        data_dir=args.data_dir,
+        bind=args.bind,
+        window=args.window,
+        commit_interval_s=args.commit_interval_ms / 1000,
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        abandon_after_s=args.abandon_after,
+        keys=keys,
+        allow_plain=args.plain,
+    )
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from pipeline.console import StatusLine
+    from pipeline.ingest import IngestServer
+
+    server = IngestServer(_ingest_config(args))
+    _stop_on_signals(server.stop)
+    thread = threading.Thread(target=server.run, name="ingest", daemon=True)
+    thread.start()
+    status = StatusLine()
+    last = (time.monotonic(), 0, 0)
+    while thread.is_alive():
+        thread.join(0.5)
+        now = time.monotonic()
+        s = server.status()
+        dt = max(now - last[0], 1e-6)
+        rate = (s["messages"] - last[1]) / dt
+        mbps = (s["bytes"] - last[2]) / dt / 1e6
+        last = (now, s["messages"], s["bytes"])
+        line = (
+            f"ingest {server.endpoint} | collectors {s['collectors']} | open {s['open_episodes']} "
+            f"sealed {s['sealed']} | {rate:,.0f} msg/s {mbps:.1f} MB/s | dup {s['duplicates']} "
+            f"gap {s['gaps']} bad {s['malformed']} refused {s['refused']}"
+        )
+        if s["disk_error"]:
+            line += f" | DISK: {s['disk_error']}"
+        status.update(line)
+    status.done()
+    return 0
+
+
+def _stop_on_signals(stop) -> None:  # noqa: ANN001
+    def handler(signum: int, frame: object) -> None:
+        stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+# ---------------------------------------------------------------------- collect
+
+
+def _make_collector(args: argparse.Namespace):  # noqa: ANN202
+    from collectors.agent import Collector, CollectorConfig
+    from collectors.drivers import make_driver
+    from pipeline.auth import ClientKeys
+    from pipeline.errors import ConfigError
+    from pipeline.robot_config import load_robot_config
+
+    robot = load_robot_config(args.robot)
+    robot_id = args.robot_id or f"{robot.model}-{socket.gethostname().split('.')[0]}"
+    keys = None
+    if args.key or args.ingest_key:
+        if not (args.key and args.ingest_key):
+            raise ConfigError("refinery collect", "--key/--ingest-key", "give both: this collector's secret and the ingest's public key")
+        keys = ClientKeys(args.key, args.ingest_key)
+    spool = args.spool or Path.home() / ".refinery" / "spool" / robot_id
+    options: dict[str, object] = {"seed": args.seed}
+    if args.faults:
+        options["faults"] = args.faults
+    if args.driver == "opencv":
+        sources = {}
+        for item in args.camera:
+            name, sep, source = item.partition("=")
+            if not sep:
+                raise ConfigError("refinery collect", "--camera", f"{item!r} is not NAME=SOURCE")
+            sources[name] = int(source) if source.isdigit() else source
+        options["sources"] = sources
+    driver = make_driver(args.driver, robot, **options)
+    config = CollectorConfig(
+        robot_id=robot_id,
+        robot=robot,
+        ingest=args.ingest,
+        spool_dir=spool,
+        spool_budget_bytes=int(args.spool_budget_mb * 1e6),
+        on_spool_full=args.on_spool_full,
+        keys=keys,
+        allow_plain=args.plain,
+    )
+    return Collector(config, driver)
+
+
+def format_collector_status(robot_id: str, s) -> str:  # noqa: ANN001
+    frames = sum(v for k, v in s.rates.items() if k not in ("joint_state", "action", "events", "clock"))
+    joints = s.rates.get("joint_state", 0.0)
+    line = (
+        f"{robot_id} | link {s.link} | ep {s.episode[-6:] if s.episode != '-' else '-'} {s.episode_s:5.1f}s "
+        f"| joints {joints:,.0f} msg/s frames {frames:,.0f}/s {s.mb_per_s:.1f} MB/s | unacked {s.unacked} "
+        f"spool {s.spool_mb:.1f} MB | ack lag {s.ack_lag_ms:.0f} ms | done {s.episodes_done}"
+    )
+    if s.paused:
+        line += " | PAUSED: spool full"
+    if s.error:
+        line += f" | {s.error[:80]}"
+    return line
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from pipeline.console import StatusLine
+
+    collector = _make_collector(args)
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    collector.start()
+    status = StatusLine()
+    robot_id = collector.config.robot_id
+
+    def show() -> None:
+        if collector.fatal is not None:
+            raise collector.fatal
+        status.update(format_collector_status(robot_id, collector.status()))
+
+    try:
+        if args.episodes:
+            for n in range(args.episodes):
+                collector.start_episode(args.task, args.operator)
+                deadline = time.monotonic() + args.duration
+                while time.monotonic() < deadline and not stop.is_set():
+                    show()
+                    time.sleep(0.2)
+                collector.stop_episode("success" if not stop.is_set() else "interrupted")
+                if stop.is_set():
+                    break
+                if n + 1 < args.episodes:
+                    stop.wait(args.gap)
+        else:
+            _interactive(collector, args, stop, show)
+        deadline = time.monotonic() + args.drain_timeout
+        while time.monotonic() < deadline and not collector.drain(0.2):
+            show()
+    finally:
+        status.done()
+        collector.close()
+    left = collector.spool.unacked()
+    if left:
+        print(f"{robot_id}: {left} messages not yet acknowledged; they stay in {collector.config.spool_dir} "
+              "and are sent at the next start", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _interactive(collector, args: argparse.Namespace, stop: threading.Event, show) -> None:  # noqa: ANN001
+    import queue
+
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            lines.put(line.strip())
+        lines.put("q")
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+    print("commands: s [task] start | e end (success) | f end (failure) | d discard | l TEXT label | q quit",
+          file=sys.stderr)
+    while not stop.is_set():
+        show()
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        cmd, _, rest = line.partition(" ")
+        if cmd == "s":
+            collector.start_episode(rest or args.task, args.operator)
+        elif cmd == "e":
+            collector.stop_episode("success")
+        elif cmd == "f":
+            collector.stop_episode("failure")
+        elif cmd == "d":
+            collector.stop_episode("discarded")
+        elif cmd == "l":
+            collector.label(rest)
+        elif cmd == "q":
+            collector.stop_episode("interrupted")
+            return
+        elif cmd:
+            print(f"unknown command {cmd!r}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------- keys, verify, demo
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from pipeline.auth import make_key_pair
+    from pipeline.protocol import check_id
+
+    for name in args.names:
+        check_id(name, "key name")
+        public, secret = make_key_pair(args.dir, name)
+        print(f"{name}: public {public}  secret {secret}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.raw_store import verify_episode
+    from pipeline.raw_summary import raw_files
+
+    files = raw_files(args.dir)
+    if not files:
+        print(f"no raw episodes (*.h5) under {args.dir}", file=sys.stderr)
+        return 1
+    bad = 0
+    for path in files:
+        result = verify_episode(path)
+        if not result.ok:
+            bad += 1
+            print(f"FAIL {path}: {result.problem}")
+    print(f"{len(files) - bad} of {len(files)} raw episodes verified, {bad} failed")
+    return 1 if bad else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import DemoConfig, run_demo
+
+    return run_demo(DemoConfig(args.data_dir, args.robots.split(","), args.episodes, args.duration, args.seed))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""One error hierarchy for the whole project.
+
+Every message names the file, robot, episode or field involved and says what
+to do about it, so an operator can act on it without reading the code.
+"""
+
+from __future__ import annotations
+
+
+class RefineryError(Exception):
+    """Root of every error Refinery raises on purpose."""
+
+
+class ConfigError(RefineryError):
+    """A robot config (or another config file) is malformed."""
+
+    def __init__(self, source: str, field: str, problem: str) -> None:
+        self.source = source
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{source}: field {field!r}: {problem}")
+
+
+class ProtocolError(RefineryError):
+    """A message on the wire does not follow the protocol."""
+
+    def __init__(self, problem: str, *, field: str | None = None) -> None:
+        self.problem = problem
+        self.field = field
+        where = f" (field {field!r})" if field else ""
+        super().__init__(f"protocol error{where}: {problem}")
+
+
+class HandshakeRefused(RefineryError):
+    """The ingest refused a collector's handshake (version, config or key)."""
+
+
+class StoreError(RefineryError):
+    """A raw episode file or journal cannot be read or written."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class SpoolFullError(RefineryError):
+    """The collector's on-disk spool reached its disk budget."""
+
+
+class DriverError(RefineryError):
+    """A robot or camera driver cannot deliver data."""

@@ -1,0 +1,112 @@
+"""Turning ZeroMQ multipart messages into records and back.
+
+Dispatch is a table from opcode to the record's ``decode``; anything that
+does not parse raises :class:`ProtocolError`, never anything else, so the
+ingest can count and drop it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pipeline.errors import ProtocolError
+from pipeline.protocol.opcode import Opcode
+from pipeline.protocol.records import (
+    MAGIC,
+    MAX_HEADER_BYTES,
+    PREFIX,
+    PROTOCOL_VERSION,
+    Ack,
+    ClockSample,
+    Event,
+    Frame,
+    Hello,
+    Notice,
+    Record,
+    Refuse,
+    Samples,
+    TimeReply,
+    TimeRequest,
+    Welcome,
+)
+
+DECODERS: dict[Opcode, Callable[[bytes, list[bytes]], Any]] = {
+    Opcode.HELLO: Hello.decode,
+    Opcode.WELCOME: Welcome.decode,
+    Opcode.REFUSE: Refuse.decode,
+    Opcode.SAMPLES: Samples.decode,
+    Opcode.FRAME: Frame.decode,
+    Opcode.EVENT: Event.decode,
+    Opcode.CLOCK: ClockSample.decode,
+    Opcode.ACK: Ack.decode,
+    Opcode.TIME_REQUEST: TimeRequest.decode,
+    Opcode.TIME_REPLY: TimeReply.decode,
+    Opcode.NOTICE: Notice.decode,
+}
+
+
+class VersionMismatch(ProtocolError):
+    """The peer speaks another protocol version."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        super().__init__(
+            f"peer speaks protocol version {version}, this side speaks {PROTOCOL_VERSION}; "
+            "upgrade the older of collector and ingest",
+            field="version",
+        )
+
+
+def peek_opcode(frames: Sequence[bytes]) -> Opcode:
+    """Check the prefix of frame 0 and return the opcode.
+
+    Raises:
+        VersionMismatch: the prefix is ours but the version is not.
+        ProtocolError: anything else wrong with the prefix.
+    """
+    if not frames:
+        raise ProtocolError("empty message")
+    head = frames[0]
+    if len(head) < PREFIX.size:
+        raise ProtocolError(f"header frame of {len(head)} bytes is shorter than the {PREFIX.size}-byte prefix")
+    if len(head) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header frame of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
+    magic, version, opcode = PREFIX.unpack_from(head)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r}; not a Refinery message", field="magic")
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(version)
+    try:
+        return Opcode(opcode)
+    except ValueError as err:
+        raise ProtocolError(f"unknown opcode {opcode}", field="opcode") from err
+
+
+def decode(frames: Sequence[bytes]) -> Record:
+    """Decode one multipart message into its record."""
+    opcode = peek_opcode(frames)
+    frame_list = [bytes(f) for f in frames]
+    try:
+        return DECODERS[opcode](frame_list[0][PREFIX.size :], frame_list)
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as err:
+        raise ProtocolError(f"{opcode.name}: cannot decode: {err}") from err
+
+
+def refusal_reason(frames: Sequence[bytes]) -> str | None:
+    """The reason of a REFUSE message from *any* protocol version, else None.
+
+    REFUSE's layout (prefix, then JSON ``{"reason": ...}``) is fixed for all
+    versions, so a peer speaking another version still learns why it was refused.
+    """
+    if not frames or len(frames[0]) < PREFIX.size:
+        return None
+    magic, _version, opcode = PREFIX.unpack_from(frames[0])
+    if magic != MAGIC or opcode != Opcode.REFUSE:
+        return None
+    try:
+        return Refuse.decode(bytes(frames[0][PREFIX.size :]), list(frames)).reason
+    except ProtocolError:
+        return "refused (reason unreadable)"

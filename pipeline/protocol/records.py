@@ -1,0 +1,456 @@
+"""Protocol records: one frozen dataclass per message, each with encode/decode.
+
+A message is a ZeroMQ multipart: frame 0 is the header, frame 1 (data
+messages only) is the raw payload. The header starts with a fixed prefix::
+
+    b"RF"   magic
+    u8      protocol version
+    u8      opcode
+
+Control messages (HELLO, WELCOME, REFUSE, ACK, NOTICE) carry a UTF-8 JSON
+object after the prefix. Data messages carry a fixed little-endian struct::
+
+    u64 seq          per-stream sequence number, from 0, no gaps
+    i64 capture_ns   capture time on the collector's clock (first row for SAMPLES)
+    i64 source_index the driver's own sample counter (dropped frames skip it)
+    u16 rows         SAMPLES: number of samples in the batch; else 0
+    u16 cols         SAMPLES: values per sample; else 0
+    u8 len + bytes   robot id
+    u8 len + bytes   episode id
+    u8 len + bytes   stream name
+
+and the payload frame: JPEG bytes (FRAME), ``int64[rows] capture_ns ++
+int64[rows] source_index ++ float64[rows*cols] values`` (SAMPLES), a JSON
+object (EVENT) or ``int64[4] t1 t2 t3 t4`` (CLOCK). No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipeline.errors import ProtocolError
+from pipeline.protocol.opcode import Opcode
+
+MAGIC = b"RF"
+PROTOCOL_VERSION = 1
+PREFIX = struct.Struct("<2sBB")
+DATA_FIXED = struct.Struct("<QqqHH")
+TIME_REQUEST_BODY = struct.Struct("<q")
+TIME_REPLY_BODY = struct.Struct("<qqq")
+CLOCK_PAYLOAD = struct.Struct("<4q")
+MAX_HEADER_BYTES = 64 * 1024
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+"""Robot ids, episode ids and stream names: safe as one path component."""
+
+
+def check_id(value: str, what: str) -> str:
+    """Reject ids that could not be used safely as a file name."""
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise ProtocolError(
+            f"{what} {value!r} must be 1-64 characters of letters, digits, '_', '.', '-' "
+            "and not start with '.' or '-'",
+            field=what,
+        )
+    return value
+
+
+def _json_body(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _parse_json(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ProtocolError(f"{what} body is not UTF-8 JSON: {err}") from err
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{what} body must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _prefix(opcode: Opcode) -> bytes:
+    return PREFIX.pack(MAGIC, PROTOCOL_VERSION, opcode)
+
+
+def _need(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise ProtocolError(f"{what}: {key!r} missing or of the wrong type", field=key)
+    return value
+
+
+# --------------------------------------------------------------------------- control
+
+
+@dataclass(frozen=True)
+class Hello:
+    robot_id: str
+    model: str
+    config_digest: str
+    config: dict[str, Any]
+    software: str = "refinery"
+    protocol_version: int = PROTOCOL_VERSION
+    pending: tuple[str, ...] = ()  # episodes still in the collector's spool
+    opcode: ClassVar[Opcode] = Opcode.HELLO
+
+    def encode(self) -> list[bytes]:
+        return [
+            _prefix(self.opcode)
+            + _json_body(
+                {
+                    "robot_id": self.robot_id,
+                    "model": self.model,
+                    "config_digest": self.config_digest,
+                    "config": self.config,
+                    "software": self.software,
+                    "protocol_version": self.protocol_version,
+                    "pending": list(self.pending),
+                }
+            )
+        ]
+
+    @classmethod
+    def decode(cls, body: bytes, frames: list[bytes]) -> Hello:
+        obj = _parse_json(body, "HELLO")
+        return cls(
+            robot_id=check_id(_need(obj, "robot_id", str, "HELLO"), "robot_id"),
+            model=_need(obj, "model", str, "HELLO"),
+            config_digest=_need(obj, "config_digest", str, "HELLO"),
+            config=_need(obj, "config", dict, "HELLO"),
+            software=str(obj.get("software", "")),
+            protocol_version=_need(obj, "protocol_version", int, "HELLO"),
+            pending=tuple(str(e) for e in obj.get("pending", []) if isinstance(e, str)),
+        )
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """Handshake accepted.
+
+    ``acked`` maps episode id -> stream -> highest durable seq, for every episode of
+    this robot the ingest still holds open, so a restarted collector resends only
+    what is missing. ``sealed`` lists episodes already sealed (safe to drop from
+    the spool).
+    """
+
+    window: int
+    max_message_bytes: int
+    acked: dict[str, dict[str, int]] = field(default_factory=dict)
+    sealed: tuple[str, ...] = ()
+    opcode: ClassVar[Opcode] = Opcode.WELCOME
+
+    def encode(self) -> list[bytes]:
+        return [
+            _prefix(self.opcode)
+            + _json_body(
+                {
+                    "window": self.window,
+                    "max_message_bytes": self.max_message_bytes,
+                    "acked": self.acked,
+                    "sealed": list(self.sealed),
+                }
+            )
+        ]
+
+    @classmethod
+    def decode(cls, body: bytes, frames: list[bytes]) -> Welcome:
+        obj = _parse_json(body, "WELCOME")
+        return cls(
+            window=_need(obj, "window", int, "WELCOME"),
+            max_message_bytes=_need(obj, "max_message_bytes", int, "WELCOME"),
+            acked={str(e): {str(s): int(q) for s, q in v.items()} for e, v in obj.get("acked", {}).items()},
+            sealed=tuple(str(e) for e in obj.get("sealed", [])),
+        )
+
+
+@dataclass(frozen=True)
+class Refuse:
+    reason: str
+    opcode: ClassVar[Opcode] = Opcode.REFUSE
+
+    def encode(self) -> list[bytes]:
+        return [_prefix(self.opcode) + _json_body({"reason": self.reason})]
+
+    @classmethod
+    def decode(cls, body: bytes, frames: list[bytes]) -> Refuse:
+        return cls(reason=str(_parse_json(body, "REFUSE").get("reason", "")))
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Cumulative acknowledgement: every seq <= the given one is durable at the ingest.
+
+    ``acks`` holds (episode id, stream, seq) triples; ``sealed`` names episodes that
+    are now sealed files.
+    """
+
+    acks: tuple[tuple[str, str, int], ...]
+    sealed: tuple[str, ...] = ()
+    opcode: ClassVar[Opcode] = Opcode.ACK
+
+    def encode(self) -> list[bytes]:
+        return [_prefix(self.opcode) + _json_body({"acks": [list(a) for a in self.acks], "sealed": list(self.sealed)})]
+
+    @classmethod
+    def decode(cls, body: bytes, frames: list[bytes]) -> Ack:
+        obj = _parse_json(body, "ACK")
+        try:
+            acks = tuple((str(e), str(s), int(q)) for e, s, q in obj.get("acks", []))
+        except (TypeError, ValueError) as err:
+            raise ProtocolError(f"ACK: malformed acks list: {err}", field="acks") from err
+        return cls(acks=acks, sealed=tuple(str(e) for e in obj.get("sealed", [])))
+
+
+@dataclass(frozen=True)
+class Notice:
+    level: str
+    message: str
+    opcode: ClassVar[Opcode] = Opcode.NOTICE
+
+    def encode(self) -> list[bytes]:
+        return [_prefix(self.opcode) + _json_body({"level": self.level, "message": self.message})]
+
+    @classmethod
+    def decode(cls, body: bytes, frames: list[bytes]) -> Notice:
+        obj = _parse_json(body, "NOTICE")
+        return cls(level=str(obj.get("level", "info")), message=str(obj.get("message", "")))
+
+
+@dataclass(frozen=True)
+class TimeRequest:
+    t1_ns: int
+    opcode: ClassVar[Opcode] = Opcode.TIME_REQUEST
+
+    def encode(self) -> list[bytes]:
+        return [_prefix(self.opcode) + TIME_REQUEST_BODY.pack(self.t1_ns)]
+
+    @classmethod
+    def decode(cls, body: bytes, frames: list[bytes]) -> TimeRequest:
+        if len(body) != TIME_REQUEST_BODY.size:
+            raise ProtocolError(f"TIME_REQUEST body must be {TIME_REQUEST_BODY.size} bytes, got {len(body)}")
+        return cls(*TIME_REQUEST_BODY.unpack(body))
+
+
+@dataclass(frozen=True)
+class TimeReply:
+    t1_ns: int
+    t2_ns: int
+    t3_ns: int
+    opcode: ClassVar[Opcode] = Opcode.TIME_REPLY
+
+    def encode(self) -> list[bytes]:
+        return [_prefix(self.opcode) + TIME_REPLY_BODY.pack(self.t1_ns, self.t2_ns, self.t3_ns)]
+
+    @classmethod
+    def decode(cls, body: bytes, frames: list[bytes]) -> TimeReply:
+        if len(body) != TIME_REPLY_BODY.size:
+            raise ProtocolError(f"TIME_REPLY body must be {TIME_REPLY_BODY.size} bytes, got {len(body)}")
+        return cls(*TIME_REPLY_BODY.unpack(body))
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DataHeader:
+    """What every data message carries: where it belongs and where it sits in its stream."""
+
+    robot_id: str
+    episode_id: str
+    stream: str
+    seq: int
+    capture_ns: int
+    source_index: int = 0
+    rows: int = 0
+    cols: int = 0
+
+    def pack(self, opcode: Opcode) -> bytes:
+        parts = [_prefix(opcode), DATA_FIXED.pack(self.seq, self.capture_ns, self.source_index, self.rows, self.cols)]
+        for text in (self.robot_id, self.episode_id, self.stream):
+            raw = text.encode()
+            parts.append(bytes((len(raw),)) + raw)
+        return b"".join(parts)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> DataHeader:
+        if len(body) < DATA_FIXED.size + 3:
+            raise ProtocolError(f"data header too short ({len(body)} bytes)")
+        seq, capture_ns, source_index, rows, cols = DATA_FIXED.unpack_from(body)
+        offset = DATA_FIXED.size
+        texts = []
+        for what in ("robot_id", "episode_id", "stream"):
+            if offset >= len(body):
+                raise ProtocolError(f"data header truncated before {what}", field=what)
+            n = body[offset]
+            raw = body[offset + 1 : offset + 1 + n]
+            if len(raw) != n:
+                raise ProtocolError(f"data header truncated inside {what}", field=what)
+            try:
+                texts.append(check_id(raw.decode("utf-8"), what))
+            except UnicodeDecodeError as err:
+                raise ProtocolError(f"{what} is not UTF-8", field=what) from err
+            offset += 1 + n
+        if offset != len(body):
+            raise ProtocolError(f"data header has {len(body) - offset} trailing bytes")
+        return cls(texts[0], texts[1], texts[2], seq, capture_ns, source_index, rows, cols)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """A batch of numeric samples of one stream (joint states, actions).
+
+    ``values`` is float64 (rows, cols); ``capture_ns`` and ``source_index`` int64 (rows,).
+    """
+
+    header: DataHeader
+    capture_ns: np.ndarray
+    source_index: np.ndarray
+    values: np.ndarray
+    opcode: ClassVar[Opcode] = Opcode.SAMPLES
+
+    @classmethod
+    def build(
+        cls, robot_id: str, episode_id: str, stream: str, seq: int,
+        capture_ns: np.ndarray, source_index: np.ndarray, values: np.ndarray,
+    ) -> Samples:
+        values = np.ascontiguousarray(values, dtype="<f8")
+        capture_ns = np.ascontiguousarray(capture_ns, dtype="<i8")
+        source_index = np.ascontiguousarray(source_index, dtype="<i8")
+        if values.ndim != 2 or values.shape[0] != capture_ns.shape[0] or source_index.shape != capture_ns.shape:
+            raise ProtocolError("samples: values must be (rows, cols) with one capture time and index per row")
+        if values.shape[0] == 0 or values.shape[0] > 0xFFFF or values.shape[1] > 0xFFFF:
+            raise ProtocolError(f"samples: batch shape {values.shape} out of range (1..65535 rows)")
+        header = DataHeader(
+            robot_id, episode_id, stream, seq, int(capture_ns[0]), int(source_index[0]), *values.shape
+        )
+        return cls(header, capture_ns, source_index, values)
+
+    def encode(self) -> list[bytes]:
+        payload = self.capture_ns.tobytes() + self.source_index.tobytes() + self.values.tobytes()
+        return [self.header.pack(self.opcode), payload]
+
+    @classmethod
+    def decode(cls, body: bytes, frames: list[bytes]) -> Samples:
+        header = DataHeader.unpack(body)
+        payload = _single_payload(frames, "SAMPLES")
+        rows, cols = header.rows, header.cols
+        if rows == 0:
+            raise ProtocolError("SAMPLES with zero rows", field="rows")
+        expected = rows * 16 + rows * cols * 8
+        if len(payload) != expected:
+            raise ProtocolError(
+                f"SAMPLES payload is {len(payload)} bytes, header says {rows}x{cols} -> {expected}", field="payload"
+            )
+        capture_ns = np.frombuffer(payload, dtype="<i8", count=rows)
+        source_index = np.frombuffer(payload, dtype="<i8", count=rows, offset=rows * 8)
+        values = np.frombuffer(payload, dtype="<f8", offset=rows * 16).reshape(rows, cols)
+        return cls(header, capture_ns, source_index, values)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One camera frame: the JPEG bytes exactly as the collector encoded them."""
+
+    header: DataHeader
+    jpeg: bytes
+    opcode: ClassVar[Opcode] = Opcode.FRAME
+
+    def encode(self) -> list[bytes]:
+        return [self.header.pack(self.opcode), self.jpeg]
+
+    @classmethod
+    def decode(cls, body: bytes, frames: list[bytes]) -> Frame:
+        header = DataHeader.unpack(body)
+        payload = _single_payload(frames, "FRAME")
+        # Every JPEG starts with the SOI marker; anything else is not a frame.
+        if payload[:2] != b"\xff\xd8":
+            raise ProtocolError("FRAME payload is not JPEG (no SOI marker)", field="payload")
+        return cls(header, payload)
+
+
+EVENT_KINDS = frozenset({"start", "stop", "task", "label", "pause", "resume"})
+
+
+@dataclass(frozen=True)
+class Event:
+    """An episode event. ``start`` opens an episode; ``stop`` closes it and names,
+    in ``body["last_seq"]``, the final seq of every stream, so the ingest knows
+    when it holds all of it."""
+
+    header: DataHeader
+    body: dict[str, Any]
+    opcode: ClassVar[Opcode] = Opcode.EVENT
+
+    @property
+    def kind(self) -> str:
+        return str(self.body["kind"])
+
+    def encode(self) -> list[bytes]:
+        return [self.header.pack(self.opcode), _json_body(self.body)]
+
+    @classmethod
+    def decode(cls, body: bytes, frames: list[bytes]) -> Event:
+        header = DataHeader.unpack(body)
+        obj = _parse_json(_single_payload(frames, "EVENT"), "EVENT")
+        kind = obj.get("kind")
+        if kind not in EVENT_KINDS:
+            raise ProtocolError(f"EVENT kind {kind!r} unknown; expected one of {sorted(EVENT_KINDS)}", field="kind")
+        if kind == "stop":
+            last = obj.get("last_seq")
+            if not isinstance(last, dict) or not all(
+                isinstance(s, str) and isinstance(q, int) and q >= -1 for s, q in last.items()
+            ):
+                raise ProtocolError("stop EVENT needs last_seq: {stream: seq}", field="last_seq")
+            for stream in last:
+                check_id(stream, "stream")
+        return cls(header, obj)
+
+
+@dataclass(frozen=True)
+class ClockSample:
+    """One four-timestamp exchange: t1 collector send, t2 ingest receive,
+    t3 ingest send, t4 collector receive (ns, each on its own clock)."""
+
+    header: DataHeader
+    t1_ns: int
+    t2_ns: int
+    t3_ns: int
+    t4_ns: int
+    opcode: ClassVar[Opcode] = Opcode.CLOCK
+
+    @property
+    def offset_ns(self) -> float:
+        """Ingest clock minus collector clock (NTP formula)."""
+        return ((self.t2_ns - self.t1_ns) + (self.t3_ns - self.t4_ns)) / 2
+
+    @property
+    def round_trip_ns(self) -> int:
+        return (self.t4_ns - self.t1_ns) - (self.t3_ns - self.t2_ns)
+
+    def encode(self) -> list[bytes]:
+        return [self.header.pack(self.opcode), CLOCK_PAYLOAD.pack(self.t1_ns, self.t2_ns, self.t3_ns, self.t4_ns)]
+
+    @classmethod
+    def decode(cls, body: bytes, frames: list[bytes]) -> ClockSample:
+        header = DataHeader.unpack(body)
+        payload = _single_payload(frames, "CLOCK")
+        if len(payload) != CLOCK_PAYLOAD.size:
+            raise ProtocolError(f"CLOCK payload must be {CLOCK_PAYLOAD.size} bytes, got {len(payload)}")
+        return cls(header, *CLOCK_PAYLOAD.unpack(payload))
+
+
+def _single_payload(frames: list[bytes], what: str) -> bytes:
+    if len(frames) != 2:
+        raise ProtocolError(f"{what} must have exactly 2 frames (header, payload), got {len(frames)}")
+    return frames[1]
+
+
+DataRecord = Samples | Frame | Event | ClockSample
+Record = Hello | Welcome | Refuse | Ack | Notice | TimeRequest | TimeReply | DataRecord

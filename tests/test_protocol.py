@@ -1,0 +1,149 @@
+"""The wire protocol: pinned byte vectors, round trips, and rejection of bad input."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import protocol
+from pipeline.errors import ProtocolError
+from pipeline.protocol.framing import refusal_reason
+from tests.protocol_json import record_to_json
+
+VECTORS = sorted((Path(__file__).parent / "data" / "protocol").glob("*.json"))
+
+
+def load_vector(path: Path) -> tuple[list[bytes], dict]:
+    doc = json.loads(path.read_text())
+    return [bytes.fromhex(h) for h in doc["frames_hex"]], doc["record"]
+
+
+def test_there_is_a_vector_for_every_opcode() -> None:
+    opcodes = {load_vector(p)[1]["opcode"] for p in VECTORS}
+    assert opcodes == {int(op) for op in protocol.Opcode}
+
+
+@pytest.mark.parametrize("path", VECTORS, ids=lambda p: p.stem)
+def test_vector_decodes_to_its_expected_record(path: Path) -> None:
+    frames, expected = load_vector(path)
+    assert record_to_json(protocol.decode(frames)) == expected
+
+
+@pytest.mark.parametrize("path", VECTORS, ids=lambda p: p.stem)
+def test_decoded_vector_encodes_to_the_same_bytes(path: Path) -> None:
+    frames, _ = load_vector(path)
+    assert protocol.decode(frames).encode() == frames
+
+
+def test_data_header_byte_layout() -> None:
+    header = protocol.DataHeader("r", "e", "s", seq=2, capture_ns=-1, source_index=5, rows=3, cols=4)
+    assert header.pack(protocol.Opcode.SAMPLES) == (
+        b"RF"  # magic
+        + b"\x01"  # protocol version 1
+        + b"\x04"  # opcode SAMPLES
+        + b"\x02\x00\x00\x00\x00\x00\x00\x00"  # seq = 2 (u64 LE)
+        + b"\xff\xff\xff\xff\xff\xff\xff\xff"  # capture_ns = -1 (i64 LE)
+        + b"\x05\x00\x00\x00\x00\x00\x00\x00"  # source_index = 5
+        + b"\x03\x00"  # rows = 3
+        + b"\x04\x00"  # cols = 4
+        + b"\x01r"  # robot id, length-prefixed
+        + b"\x01e"  # episode id
+        + b"\x01s"  # stream
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    cols=st.integers(0, 12),
+    seq=st.integers(0, 2**63),
+    data=st.data(),
+)
+def test_samples_round_trip_exactly(rows: int, cols: int, seq: int, data: st.DataObject) -> None:
+    values = np.array(
+        data.draw(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=rows * cols, max_size=rows * cols)),
+        dtype=np.float64,
+    ).reshape(rows, cols)
+    capture = np.array(data.draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=rows, max_size=rows)), dtype=np.int64)
+    index = np.arange(rows, dtype=np.int64)
+    record = protocol.Samples.build("robot", "ep", "joint_state", seq, capture, index, values)
+    back = protocol.decode(record.encode())
+    assert back.header == record.header
+    assert back.values.tobytes() == values.tobytes()  # bit-exact, NaN payloads included
+    assert np.array_equal(back.capture_ns, capture)
+
+
+@pytest.mark.parametrize(
+    "frames, needle",
+    [
+        ([], "empty"),
+        ([b"R"], "shorter"),
+        ([b"XX\x01\x04"], "magic"),
+        ([b"RF\x01\xee"], "unknown opcode"),
+        ([b"RF\x01\x01not json"], "JSON"),
+        ([b"RF\x01\x01[]"], "JSON object"),
+        ([b"RF\x01\x05" + b"\x00" * 20], "header"),
+    ],
+)
+def test_malformed_messages_raise_protocol_error(frames: list[bytes], needle: str) -> None:
+    with pytest.raises(ProtocolError, match=needle):
+        protocol.decode(frames)
+
+
+def test_wrong_version_is_named() -> None:
+    frames = protocol.Refuse("x").encode()
+    frames[0] = b"RF\x02" + frames[0][3:]
+    with pytest.raises(protocol.VersionMismatch, match="version 2"):
+        protocol.decode(frames)
+
+
+def test_refusal_is_readable_across_versions() -> None:
+    frames = protocol.Refuse("go away").encode()
+    frames[0] = b"RF\x09" + frames[0][3:]
+    assert refusal_reason(frames) == "go away"
+    assert refusal_reason(protocol.Notice("info", "x").encode()) is None
+
+
+@pytest.mark.parametrize("bad_id", ["../x", "a/b", ".hidden", "", "-x", "x" * 65, "a b", "é"])
+def test_path_like_ids_are_rejected(bad_id: str) -> None:
+    header = protocol.DataHeader("robot", "ep", "s", 0, 0)
+    raw = header.pack(protocol.Opcode.FRAME).replace(b"\x02ep", bytes((len(bad_id.encode()),)) + bad_id.encode())
+    with pytest.raises(ProtocolError, match="episode_id"):
+        protocol.decode([raw, b"\xff\xd8"])
+
+
+def test_samples_payload_size_must_match_header() -> None:
+    frames = protocol.Samples.build("r", "e", "joint_state", 0, np.array([1]), np.array([0]), np.ones((1, 3))).encode()
+    with pytest.raises(ProtocolError, match="payload"):
+        protocol.decode([frames[0], frames[1][:-1]])
+
+
+def test_frame_payload_must_be_jpeg() -> None:
+    header = protocol.DataHeader("r", "e", "head", 0, 0)
+    with pytest.raises(ProtocolError, match="JPEG"):
+        protocol.decode([header.pack(protocol.Opcode.FRAME), b"GIF89a"])
+
+
+def test_stop_event_needs_last_seq() -> None:
+    header = protocol.DataHeader("r", "e", "events", 0, 0)
+    with pytest.raises(ProtocolError, match="last_seq"):
+        protocol.decode([header.pack(protocol.Opcode.EVENT), b'{"kind":"stop"}'])
+
+
+def test_clock_sample_offset_and_round_trip() -> None:
+    header = protocol.DataHeader("r", "e", "clock", 0, 0)
+    # collector clock 1000 ns behind the ingest, 200 ns each way, 50 ns at the ingest
+    sample = protocol.ClockSample(header, t1_ns=0, t2_ns=1200, t3_ns=1250, t4_ns=450)
+    assert sample.offset_ns == 1000
+    assert sample.round_trip_ns == 400
+
+
+def test_time_reply_body_size_is_checked() -> None:
+    with pytest.raises(ProtocolError, match="TIME_REPLY"):
+        protocol.decode([b"RF\x01\x0a" + struct.pack("<qq", 1, 2)])
