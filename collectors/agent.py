@@ -27,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from collectors.drivers.base import ActionReading, Driver, FrameReading, JointReading
 from collectors.spool import Spool
@@ -388,9 +389,26 @@ class Collector:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.IDENTITY, f"{self.config.robot_id}:{uuid.uuid4().hex[:8]}".encode())
+        monitor = None
         if self.config.keys is not None:
             self.config.keys.apply(sock)
-        sock.connect(self.config.ingest)
+            # A CURVE key the ingest does not allow fails silently at the ZeroMQ
+            # level; the socket monitor is the only place that says so.
+            monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        welcomed = False
+        try:
+            sock.connect(self.config.ingest)
+            welcomed = self._handshake(sock, monitor)
+        finally:
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(0)
+            if not welcomed:
+                sock.close(0)
+        return sock if welcomed else None
+
+    def _handshake(self, sock: zmq.Socket, monitor: zmq.Socket | None) -> bool:
+        """Say HELLO until WELCOME (True), a timeout (False) or a refusal (raises)."""
         hello = protocol.Hello(
             robot_id=self.config.robot_id,
             model=self.config.robot.model,
@@ -402,6 +420,13 @@ class Collector:
         deadline = time.monotonic() + self.config.hello_timeout_s
         sent = False
         while self._running.is_set() and time.monotonic() < deadline:
+            if monitor is not None and monitor.poll(0):
+                event = recv_monitor_message(monitor)
+                raise HandshakeRefused(
+                    f"robot {self.config.robot_id}: the ingest rejected this collector's CURVE key "
+                    f"(event {event['event']}): ask its operator to add this collector's public key "
+                    "to the ingest's --allow folder, and check --ingest-key is the ingest's public key"
+                )
             if not sent:
                 try:
                     sock.send_multipart(hello.encode(), zmq.NOBLOCK)
@@ -413,7 +438,6 @@ class Collector:
                 frames = sock.recv_multipart()
                 reason = refusal_reason(frames)
                 if reason is not None:
-                    sock.close(0)
                     raise HandshakeRefused(f"robot {self.config.robot_id}: ingest refused the handshake: {reason}")
                 try:
                     record = protocol.decode(frames)
@@ -429,10 +453,9 @@ class Collector:
                     self.link_state = "up"
                     self.error = "" if not self._paused else self.error
                     log.info("robot=%s connected to %s; resending %d", self.config.robot_id, self.config.ingest, resent)
-                    return sock
-        sock.close(0)
+                    return True
         self.link_state = "down: ingest unreachable, spooling"
-        return None
+        return False
 
     def _serve(self, sock: zmq.Socket) -> None:
         last_progress = time.monotonic()

@@ -44,11 +44,12 @@ class _ZapLog(logging.LoggerAdapter):
     denied = 0
 
     def debug(self, msg: object, *args: object, **kwargs: object) -> None:
-        if isinstance(msg, str) and "DENIED" in msg:
+        text = str(msg) % args if args else str(msg)
+        if "DENIED" in text:
             _ZapLog.denied += 1
-            self.warning("refused a collector: " + msg, *args, **kwargs)  # type: ignore[arg-type]
+            self.warning("refused a collector: %s", text)
         else:
-            super().debug(msg, *args, **kwargs)  # type: ignore[arg-type]
+            super().debug(text)
 
 
 def refused_connections() -> int:

@@ -81,10 +81,28 @@ class RobotConfig:
         raise ConfigError(self.path or self.model, "cameras", f"no camera named {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The canonical content of the config (no file path), for storage and digests."""
-        data = asdict(self)
-        data.pop("path")
-        return data
+        """The config in its YAML schema (no file path): what the handshake sends
+        and the raw store keeps; :func:`parse_robot_config` reads it back."""
+        joints = []
+        for j in self.joints:
+            item: dict[str, Any] = {
+                "name": j.name,
+                "standard": j.standard,
+                "position": [j.position_min, j.position_max],
+                "velocity": j.velocity_max,
+                "effort": j.effort_max,
+            }
+            if j.continuous:
+                item["continuous"] = True
+            joints.append(item)
+        return {
+            "model": self.model,
+            "vendor": self.vendor,
+            "source": self.source,
+            "streams": {"joint_state_hz": self.joint_state_hz, "action_hz": self.action_hz},
+            "joints": joints,
+            "cameras": [asdict(c) for c in self.cameras],
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))

@@ -52,7 +52,7 @@ class VersionMismatch(ProtocolError):
     def __init__(self, version: int) -> None:
         self.version = version
         super().__init__(
-            f"peer speaks protocol version {version}, this side speaks {PROTOCOL_VERSION}; "
+            f"peer speaks protocol version {version}, this side speaks version {PROTOCOL_VERSION}; "
             "upgrade the older of collector and ingest",
             field="version",
         )
