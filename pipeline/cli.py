@@ -50,6 +50,7 @@ def _add_ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow", type=Path, metavar="DIR", help="folder of collector public keys (*.key) to accept")
     p.add_argument("--plain", action="store_true",
                    help="no authentication or encryption: only for loopback demos and tests")
+    p.add_argument("--inject-sync-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
 def _add_collect_args(p: argparse.ArgumentParser) -> None:
@@ -69,6 +70,8 @@ def _add_collect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sim driver: random seed (default: %(default)s)")
     p.add_argument("--faults", default="", help="sim driver: faults to inject, e.g. 'drop_frame_prob=0.05,clock_offset_ms=12'")
     p.add_argument("--episodes", type=_positive_int, help="scripted: record this many episodes, then exit")
+    p.add_argument("--drain-only", action="store_true",
+                   help="record nothing: send what the spool holds (after a crash or an outage), then exit")
     p.add_argument("--duration", type=_positive_float, default=10.0, help="scripted: seconds per episode (default: %(default)s)")
     p.add_argument("--gap", type=float, default=1.0, help="scripted: seconds between episodes (default: %(default)s)")
     p.add_argument("--task", default="", help="task instruction recorded with each episode")
@@ -164,6 +167,7 @@ def _ingest_config(args: argparse.Namespace):  # noqa: ANN202
         abandon_after_s=args.abandon_after,
         keys=keys,
         allow_plain=args.plain,
+        inject_sync_delay_s=args.inject_sync_delay_ms / 1000,
     )
 
 
@@ -279,7 +283,9 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         status.update(format_collector_status(robot_id, collector.status()))
 
     try:
-        if args.episodes:
+        if args.drain_only:
+            pass
+        elif args.episodes:
             for n in range(args.episodes):
                 collector.start_episode(args.task, args.operator)
                 deadline = time.monotonic() + args.duration

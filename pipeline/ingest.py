@@ -47,6 +47,7 @@ class IngestConfig:
     abandon_after_s: float = 600.0
     keys: ServerKeys | None = None
     allow_plain: bool = False
+    inject_sync_delay_s: float = 0.0  # fault injection: a slow disk, for backpressure tests
 
 
 @dataclass
@@ -102,6 +103,7 @@ class IngestServer:
         self._seal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal")
         self._disk_error: str = ""
         self._notice_after = 0.0
+        self._hello_hints: dict[bytes, float] = {}
         self.endpoint = ""
         self.ready = threading.Event()
 
@@ -260,8 +262,13 @@ class IngestServer:
     def _data(self, sock: zmq.Socket, identity: bytes, arrival_ns: int, message: list[bytes]) -> None:
         session = self.sessions.get(identity)
         if session is None:
+            # After an ingest restart a collector's queued messages arrive before its
+            # new HELLO: answer once a second, not once per message.
             self.stats.unknown_session += 1
-            self._send(sock, identity, protocol.Notice("handshake", "no session: send HELLO first"))
+            now = time.monotonic()
+            if self._hello_hints.get(identity, 0.0) <= now:
+                self._hello_hints[identity] = now + 1.0
+                self._send(sock, identity, protocol.Notice("handshake", "no session: send HELLO first"))
             return
         record = protocol.decode(message)
         header = record.header
@@ -332,6 +339,8 @@ class IngestServer:
                 continue
             try:
                 journal.sync()
+                if self.config.inject_sync_delay_s:
+                    time.sleep(self.config.inject_sync_delay_s)
             except OSError as err:
                 session = self.sessions.get(self.robots.get(key[0], b""))
                 if session is not None:
@@ -387,6 +396,8 @@ class IngestServer:
 
     def _housekeeping(self, sock: zmq.Socket) -> None:
         """Seal, as incomplete, episodes whose collector has been silent too long."""
+        now = time.monotonic()
+        self._hello_hints = {k: v for k, v in self._hello_hints.items() if v > now}
         deadline = time.monotonic() - self.config.abandon_after_s
         for key, last in list(self.last_activity.items()):
             if last < deadline and key in self.journals:
