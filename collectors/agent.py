@@ -124,6 +124,7 @@ class Collector:
         self.episodes_done = 0
         self._wake = threading.Event()
         self.window = 1
+        self._ingest_notice = ""
         self._marker = config.spool_dir / "episode.open"
         self._interrupted = set(self.spool.recovered_without_stop)
         if self._marker.exists():
@@ -451,14 +452,21 @@ class Collector:
                     self.window = record.window
                     resent = self.spool.rewind()
                     self.link_state = "up"
-                    self.error = "" if not self._paused else self.error
                     log.info("robot=%s connected to %s; resending %d", self.config.robot_id, self.config.ingest, resent)
                     return True
         self.link_state = "down: ingest unreachable, spooling"
         return False
 
     def _serve(self, sock: zmq.Socket) -> None:
-        last_progress = time.monotonic()
+        """Send within the credit window and read replies until the ingest goes quiet.
+
+        A live ingest answers every clock-sync request, so silence longer than
+        ``resend_timeout_s`` means the link or the ingest is gone: reconnect.
+        An ingest that answers but does not acknowledge (its disk is slow or
+        full, or it dropped messages after a gap) gets the unacknowledged
+        messages again (go-back-N), on the same connection.
+        """
+        last_heard = last_progress = time.monotonic()
         next_clock = 0.0
         while self._running.is_set():
             now = time.monotonic()
@@ -487,17 +495,23 @@ class Collector:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                    last_heard = time.monotonic()
                     if self._on_message(frames):
-                        last_progress = time.monotonic()
-            elif in_flight and now - last_progress > self.config.resend_timeout_s:
+                        last_progress = last_heard
+            elif now - last_heard > self.config.resend_timeout_s:
                 log.warning(
-                    "robot=%s: no acknowledgement for %.1f s; reconnecting", self.config.robot_id, now - last_progress
+                    "robot=%s: nothing from the ingest for %.1f s; reconnecting", self.config.robot_id, now - last_heard
                 )
-                self.link_state = "down: no acknowledgements, spooling"
+                self.link_state = "down: ingest silent, spooling"
                 return
             elif not in_flight:
                 self._wake.wait(0.005)
                 self._wake.clear()
+            if in_flight and now - last_progress > self.config.resend_timeout_s:
+                resent = self.spool.rewind()
+                log.info("robot=%s: no acknowledgement for %.1f s; resending %d", self.config.robot_id,
+                         now - last_progress, resent)
+                last_progress = now
 
     def _on_message(self, frames: list[bytes]) -> bool:
         """Handle one message from the ingest; True when it acknowledged something."""
@@ -514,6 +528,8 @@ class Collector:
                 self.spool.ack(episode, stream, seq)
             for episode in record.sealed:
                 self.spool.mark_sealed(episode)
+            if record.acks and self.error == self._ingest_notice:
+                self.error = self._ingest_notice = ""  # the ingest is acknowledging again
             return True
         if isinstance(record, protocol.TimeReply):
             t4 = time.time_ns()
@@ -524,7 +540,7 @@ class Collector:
                     self._emit_clock(self._episode, *sample)
             return False
         if isinstance(record, protocol.Notice):
-            self.error = record.message
+            self.error = self._ingest_notice = f"ingest: {record.message}"
             log.warning("robot=%s: ingest says: %s", self.config.robot_id, record.message)
             if record.level == "handshake":
                 raise _Reconnect()

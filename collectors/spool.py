@@ -47,7 +47,8 @@ class Spool:
     def __init__(self, directory: Path, budget_bytes: int = 2 << 30, segment_bytes: int = 16 << 20) -> None:
         self.directory = directory
         self.budget_bytes = budget_bytes
-        self.segment_bytes = segment_bytes
+        # Space comes back a whole segment at a time: keep segments small against the budget.
+        self.segment_bytes = max(64 * 1024, min(segment_bytes, budget_bytes // 8))
         self._lock = threading.Lock()
         self._entries: deque[SpoolEntry] = deque()
         self._cursor = 0  # index into _entries of the next message to send
@@ -120,8 +121,8 @@ class Spool:
         with self._lock:
             if not force and self.bytes_used + len(payload) > self.budget_bytes:
                 raise SpoolFullError(
-                    f"spool {self.directory} holds {self.bytes_used / 1e6:.0f} MB, its budget is "
-                    f"{self.budget_bytes / 1e6:.0f} MB; the ingest is not acknowledging"
+                    f"spool {self.directory} holds {self.bytes_used / 1e6:.1f} MB, its budget is "
+                    f"{self.budget_bytes / 1e6:.1f} MB; the ingest is not acknowledging"
                 )
             writer = self._writer_for(len(payload))
             try:
@@ -232,6 +233,10 @@ class Spool:
             if self._cursor > 0:
                 self._cursor -= 1
             self._last_sent -= 1
+        if not self._entries and self._writer is not None:
+            # Everything is acknowledged: the open segment can go too.
+            self._writer.close()
+            self._writer = None
         oldest_live = self._entries[0].segment if self._entries else self._segment + 1
         for n in sorted(self._segment_sizes):
             if n >= oldest_live or (self._writer is not None and n == self._segment):

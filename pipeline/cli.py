@@ -385,6 +385,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import DemoConfig, run_demo
 
+    if not args.verbose:
+        logging.getLogger("refinery").setLevel(logging.WARNING)  # the status line tells the story
     return run_demo(DemoConfig(args.data_dir, args.robots.split(","), args.episodes, args.duration, args.seed))
 
 

@@ -104,6 +104,7 @@ class IngestServer:
         self._disk_error: str = ""
         self._notice_after = 0.0
         self._hello_hints: dict[bytes, float] = {}
+        self._disk_notice_after: dict[bytes, float] = {}
         self.endpoint = ""
         self.ready = threading.Event()
 
@@ -283,7 +284,7 @@ class IngestServer:
                 self.stats.duplicates += 1
                 session.sealed.add(header.episode_id)
                 return
-            journal = self._open_journal(session, header.episode_id)
+            journal = self._open_journal(sock, session, header.episode_id)
             if journal is None:
                 return
         self.last_activity[key] = time.monotonic()
@@ -305,14 +306,14 @@ class IngestServer:
         self._dirty_journals.add(key)
         session.dirty.add((header.episode_id, header.stream))
 
-    def _open_journal(self, session: Session, episode_id: str) -> EpisodeJournal | None:
+    def _open_journal(self, sock: zmq.Socket, session: Session, episode_id: str) -> EpisodeJournal | None:
         key = (session.robot_id, episode_id)
         path = self.data_dir / "journal" / session.robot_id / f"{episode_id}{JOURNAL_SUFFIX}"
         meta = EpisodeMeta(session.robot_id, episode_id, session.model, session.config_digest, session.config, time.time_ns())
         try:
             journal = EpisodeJournal.create(path, meta)
         except OSError as err:
-            self._disk_failure(None, session, path, err)
+            self._disk_failure(sock, session, path, err)
             path.unlink(missing_ok=True)
             return None
         self.journals[key] = journal
@@ -322,12 +323,14 @@ class IngestServer:
     def _disk_failure(self, sock: zmq.Socket | None, session: Session, path: Path, err: OSError) -> None:
         self.stats.disk_errors += 1
         reason = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
-        self._disk_error = f"cannot write {path}: {reason}; not acknowledging until it can"
-        if time.monotonic() >= self._notice_after:
+        self._disk_error = f"cannot write {path.relative_to(self.data_dir)}: {reason}; not acknowledging until it can"
+        now = time.monotonic()
+        if now >= self._notice_after:
             log.error("%s", self._disk_error)
-            self._notice_after = time.monotonic() + 5.0
-            if sock is not None:
-                self._send(sock, session.identity, protocol.Notice("error", self._disk_error))
+            self._notice_after = now + 5.0
+        if sock is not None and self._disk_notice_after.get(session.identity, 0.0) <= now:
+            self._disk_notice_after[session.identity] = now + 1.0
+            self._send(sock, session.identity, protocol.Notice("error", self._disk_error))
 
     # ------------------------------------------------------------------ commit, acks, sealing
 
