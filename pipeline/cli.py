@@ -63,10 +63,11 @@ def _add_collect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-spool-full", choices=["pause", "stop"], default="pause",
                    help="when the budget is used up: pause recording until it drains, or stop the episode "
                         "(default: %(default)s); either is shown in the status line and recorded as an event")
-    p.add_argument("--driver", choices=["sim", "opencv"], default="sim",
-                   help="sim: a simulated humanoid; opencv: simulated joints with real cameras (default: %(default)s)")
+    p.add_argument("--driver", choices=["sim", "opencv", "sim+opencv"], default="sim",
+                   help="sim: a simulated humanoid; opencv: real cameras only (no joints); sim+opencv: simulated "
+                        "joints with real cameras for the --camera names (default: %(default)s)")
     p.add_argument("--camera", action="append", default=[], metavar="NAME=SOURCE",
-                   help="opencv driver: camera NAME reads device index or video file SOURCE (repeatable)")
+                   help="opencv drivers: the config's camera NAME reads device index or video file SOURCE (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="sim driver: random seed (default: %(default)s)")
     p.add_argument("--faults", default="", help="sim driver: faults to inject, e.g. 'drop_frame_prob=0.05,clock_offset_ms=12'")
     p.add_argument("--episodes", type=_positive_int, help="scripted: record this many episodes, then exit")
@@ -214,7 +215,7 @@ def _stop_on_signals(stop) -> None:  # noqa: ANN001
 
 def _make_collector(args: argparse.Namespace):  # noqa: ANN202
     from collectors.agent import Collector, CollectorConfig
-    from collectors.drivers import make_driver
+    from collectors.drivers import SimFaults, make_driver
     from pipeline.auth import ClientKeys
     from pipeline.errors import ConfigError
     from pipeline.robot_config import load_robot_config
@@ -227,10 +228,14 @@ def _make_collector(args: argparse.Namespace):  # noqa: ANN202
             raise ConfigError("refinery collect", "--key/--ingest-key", "give both: this collector's secret and the ingest's public key")
         keys = ClientKeys(args.key, args.ingest_key)
     spool = args.spool or Path.home() / ".refinery" / "spool" / robot_id
-    options: dict[str, object] = {"seed": args.seed}
-    if args.faults:
-        options["faults"] = args.faults
-    if args.driver == "opencv":
+    options: dict[str, object] = {}
+    if args.driver != "opencv":
+        options["seed"] = args.seed
+        if args.faults:
+            options["faults"] = SimFaults.parse(args.faults)
+    elif args.faults:
+        raise ConfigError("refinery collect", "--faults", "faults are injected by the sim driver only")
+    if args.driver != "sim":
         sources = {}
         for item in args.camera:
             name, sep, source = item.partition("=")
