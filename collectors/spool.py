@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline import protocol
 from pipeline.errors import ProtocolError, SpoolFullError, StoreError
-from pipeline.record_log import RecordWriter, pack_frames, read_at, recover, unpack_frames
+from pipeline.record_log import RecordWriter, frame_parts, read_at, recover, unpack_frames
 
 log = logging.getLogger("refinery.spool")
 
@@ -117,16 +117,17 @@ class Spool:
     def append(self, frames: list[bytes], episode: str, stream: str, seq: int, force: bool = False) -> None:
         """Spool one message. Raises SpoolFullError when the disk budget is used up;
         ``force`` (small control events: stop, pause) may exceed the budget."""
-        payload = pack_frames(frames)
+        parts = frame_parts(frames)
+        size = sum(len(p) for p in parts)
         with self._lock:
-            if not force and self.bytes_used + len(payload) > self.budget_bytes:
+            if not force and self.bytes_used + size > self.budget_bytes:
                 raise SpoolFullError(
                     f"spool {self.directory} holds {self.bytes_used / 1e6:.1f} MB, its budget is "
                     f"{self.budget_bytes / 1e6:.1f} MB; the ingest is not acknowledging"
                 )
-            writer = self._writer_for(len(payload))
+            writer = self._writer_for(size)
             try:
-                offset = writer.append(payload)
+                offset = writer.append_parts(parts)
             except OSError as err:
                 raise SpoolFullError(f"cannot write spool {writer.path}: {err.strerror}") from err
             size = writer.size - offset

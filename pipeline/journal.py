@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline import protocol
 from pipeline.errors import ProtocolError, StoreError
-from pipeline.record_log import RecordWriter, pack_frames, recover, scan, unpack_frames
+from pipeline.record_log import RecordWriter, frame_parts, recover, scan, unpack_frames
 from pipeline.streams import EVENTS
 
 JOURNAL_MAGIC = b"RFJ1"
@@ -90,8 +90,9 @@ class EpisodeJournal:
 
     def append(self, arrival_ns: int, frames: list[bytes], record: protocol.DataRecord) -> None:
         """Write one message that :meth:`accepts` called 'next'. OSError propagates, state unchanged."""
-        assert self.writer is not None, "journal is closed"
-        self.writer.append(ARRIVAL.pack(arrival_ns) + pack_frames(frames))
+        if self.writer is None:
+            raise StoreError(str(self.path), "journal is closed")
+        self.writer.append_parts([ARRIVAL.pack(arrival_ns), *frame_parts(frames)])
         self._advance(record)
 
     def _advance(self, record: protocol.DataRecord) -> None:

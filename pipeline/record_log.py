@@ -9,6 +9,7 @@ Records hold ZeroMQ multipart messages as ``u8 count | u32 len * count | frames`
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import zlib
@@ -106,54 +107,73 @@ def read_at(path: Path, offset: int) -> bytes:
 class RecordWriter:
     """Appends records; ``sync`` makes everything written so far durable.
 
-    A failed write (disk full) is rolled back to the last whole record so the
-    file never holds half a record that a later append would bury.
+    Writes go straight to the file descriptor (one ``writev`` per record, no
+    user-space buffer), so a record is in the kernel as soon as ``append``
+    returns and survives the process being killed. A failed or short write
+    (disk full) is rolled back to the last whole record, so the file never
+    holds half a record that a later append would bury.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh = open(path, "ab")
-        self.size = self._fh.tell()
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.size = os.fstat(self._fd).st_size
         self._dirty = False
 
     def append(self, payload: bytes) -> int:
         """Append one record; return its offset. Raises OSError (e.g. ENOSPC) untouched."""
+        return self.append_parts((payload,))
+
+    def append_parts(self, parts: Sequence[bytes]) -> int:
+        """Append one record whose payload is ``parts`` joined, without joining them."""
+        length = 0
+        crc = 0
+        for part in parts:
+            length += len(part)
+            crc = zlib.crc32(part, crc)
+        head = RECORD_HEAD.pack(length, crc)
         offset = self.size
-        record = frame_record(payload)
+        total = len(head) + length
         try:
-            self._fh.write(record)
-            self._fh.flush()
+            written = os.writev(self._fd, [head, *parts])
+            if written != total:
+                raise OSError(errno.ENOSPC, f"short write ({written} of {total} bytes)")
         except OSError:
-            self._rollback(offset)
+            os.ftruncate(self._fd, offset)
             raise
-        self.size += len(record)
+        self.size += total
         self._dirty = True
         return offset
 
-    def _rollback(self, offset: int) -> None:
-        try:
-            self._fh.close()
-        finally:
-            with open(self.path, "r+b") as fh:
-                fh.truncate(offset)
-            self._fh = open(self.path, "ab")
-            self.size = offset
-
     def sync(self) -> None:
         if self._dirty:
-            os.fsync(self._fh.fileno())
+            os.fsync(self._fd)
             self._dirty = False
 
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
     def close(self) -> None:
-        if not self._fh.closed:
-            self.sync()
-            self._fh.close()
+        if self._fd >= 0:
+            try:
+                self.sync()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
 
     def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def frame_parts(frames: Sequence[bytes]) -> list[bytes]:
+    """:func:`pack_frames` as a list of parts, for :meth:`RecordWriter.append_parts`."""
+    if len(frames) > 255:
+        raise ValueError("at most 255 frames per message")
+    return [struct.pack(f"<B{len(frames)}I", len(frames), *(len(f) for f in frames)), *frames]
 
 
 def iter_payloads(path: Path) -> Iterator[bytes]:

@@ -1,0 +1,1 @@
+"""The Zarr v3 dataset: layout, writer, index, loader."""
