@@ -122,6 +122,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(func=_cmd_keys)
 
+    p = sub.add_parser("process", help="refine raw episodes into a Zarr dataset with Ray",
+                       description="Align, clean, score, optionally de-identify, and write every raw episode under "
+                                   "RAW_DIR that the dataset does not hold yet. Runs on an embedded local Ray unless "
+                                   "--address or RAY_ADDRESS names a cluster (then RAW_DIR and --out must be on "
+                                   "storage every node sees). Re-running skips committed episodes.")
+    p.add_argument("raw_dir", type=Path, metavar="RAW_DIR", help="folder with sealed raw episodes (*.h5), e.g. the ingest's data dir")
+    p.add_argument("--out", type=Path, required=True, metavar="DATASET.zarr", help="the Zarr dataset (created if missing)")
+    p.add_argument("--config", type=Path, help="YAML overriding pipeline/processing/defaults.yaml (printed by --show-config)")
+    p.add_argument("--rate", type=_positive_float, help="target rate in Hz of the output timeline (default from config: 50)")
+    p.add_argument("--resize", metavar="HxW", help="store camera frames at this size (re-encodes them), e.g. 224x224")
+    p.add_argument("--blur-faces", action="store_true", help="blur faces in camera frames")
+    p.add_argument("--pseudonymize", action="store_true",
+                   help="replace operator ids by keyed pseudonyms (key in REFINERY_PSEUDONYM_KEY)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--num-cpus", type=_positive_int, help="embedded Ray: worker processes (default: all cores)")
+    p.add_argument("--show-config", action="store_true", help="print the effective configuration as YAML and exit")
+    p.set_defaults(func=_cmd_process)
+
+    p = sub.add_parser("report", help="write an HTML quality report of a dataset",
+                       description="Per-episode indicators and grades, why episodes were rejected, joint plots and "
+                                   "a contact sheet of frames per camera, as one self-contained HTML file.")
+    p.add_argument("dataset", type=Path, metavar="DATASET.zarr")
+    p.add_argument("--out", type=Path, help="HTML file to write (default: DATASET.zarr/../<name>-report.html)")
+    p.set_defaults(func=_cmd_report)
+
     p = sub.add_parser("verify", help="check the checksum of every sealed raw episode",
                        description="Recompute the content checksum of every raw episode under DIR; exit 1 if any fails.")
     p.add_argument("dir", type=Path)
@@ -385,6 +410,58 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(f"FAIL {path}: {result.problem}")
     print(f"{len(files) - bad} of {len(files)} raw episodes verified, {bad} failed")
     return 1 if bad else 0
+
+
+def _cmd_process(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipeline.console import ProgressBar
+    from pipeline.errors import ConfigError
+    from pipeline.process_job import JobOptions, run_process_job
+    from pipeline.processing.config import load_process_config
+
+    config = load_process_config(args.config)
+    if args.rate:
+        config = config.replace(align=_replace(config.align, rate_hz=args.rate))
+    if args.resize:
+        try:
+            height, width = (int(v) for v in args.resize.lower().split("x"))
+        except ValueError as err:
+            raise ConfigError("refinery process", "--resize", f"{args.resize!r} is not HxW, e.g. 224x224") from err
+        config = config.replace(output=_replace(config.output, resize=(height, width)))
+    if args.blur_faces or args.pseudonymize:
+        config = config.replace(deidentify=_replace(
+            config.deidentify,
+            blur_faces=args.blur_faces or config.deidentify.blur_faces,
+            pseudonymize_operators=args.pseudonymize or config.deidentify.pseudonymize_operators,
+        ))
+    if config.deidentify.pseudonymize_operators:
+        config.deidentify.key()  # fail now, not in every worker
+    if args.show_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return 0
+    options = JobOptions(raw_dir=args.raw_dir, dataset=args.out, config=config, address=args.address,
+                         num_cpus=args.num_cpus)
+    summary = run_process_job(options, progress=ProgressBar("processing"))
+    for line in summary.lines():
+        print(line)
+    print(f"dataset: {args.out}")
+    return 1 if summary.failed else 0
+
+
+def _replace(obj, **changes):  # noqa: ANN001, ANN202
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import write_report
+
+    out = args.out or args.dataset.resolve().parent / f"{args.dataset.resolve().stem}-report.html"
+    write_report(args.dataset, out)
+    print(f"quality report: {out}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -57,3 +57,31 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
+
+
+class ProgressBar:
+    """``[#####.....] 12/40 episode-id`` on a terminal; a line per 10% elsewhere."""
+
+    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.width = width
+        self._last_decile = -1
+        self._started = time.monotonic()
+
+    def __call__(self, done: int, total: int, item: str = "") -> None:
+        fraction = done / total if total else 1.0
+        filled = int(fraction * self.width)
+        elapsed = time.monotonic() - self._started
+        eta = elapsed / done * (total - done) if done else 0.0
+        text = f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} ({elapsed:.0f} s, ~{eta:.0f} s left) {item}"
+        if self.tty:
+            self.stream.write("\r" + text[:160].ljust(160))
+            if done >= total:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif int(fraction * 10) > self._last_decile or done >= total:
+            self._last_decile = int(fraction * 10)
+            self.stream.write(text + "\n")
+            self.stream.flush()

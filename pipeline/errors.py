@@ -50,3 +50,23 @@ class SpoolFullError(RefineryError):
 
 class DriverError(RefineryError):
     """A robot or camera driver cannot deliver data."""
+
+
+class DatasetError(RefineryError):
+    """A Zarr dataset array, chunk or frame cannot be written or read."""
+
+    def __init__(self, where: str, problem: str, *, index: int | None = None) -> None:
+        self.where = where
+        self.problem = problem
+        self.index = index
+        at = f" frame {index}" if index is not None else ""
+        super().__init__(f"{where}{at}: {problem}")
+
+
+class ProcessingError(RefineryError):
+    """A processing stage cannot handle an episode, a frame or a report."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}")

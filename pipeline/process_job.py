@@ -32,6 +32,7 @@ from pipeline.dataset.index import (
     DATASET_FORMAT,
     DATASET_FORMAT_VERSION,
     EPISODES_GROUP,
+    REJECTED_GROUP,
     STAGING_GROUP,
     EpisodeEntry,
     commit_entries,
@@ -96,6 +97,7 @@ def ensure_dataset(dataset: Path) -> None:
         {"format": DATASET_FORMAT, "format_version": DATASET_FORMAT_VERSION, "episodes": [], "stats": {}, "jobs": []}
     )
     root.create_group(EPISODES_GROUP)
+    root.create_group(REJECTED_GROUP)
     root.create_group(STAGING_GROUP)
 
 

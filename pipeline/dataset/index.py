@@ -27,6 +27,7 @@ DATASET_FORMAT = "refinery-dataset"
 DATASET_FORMAT_VERSION = 1
 EPISODES_GROUP = "episodes"
 STAGING_GROUP = "_staging"
+REJECTED_GROUP = "rejected"
 
 
 @dataclass

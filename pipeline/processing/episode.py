@@ -98,6 +98,9 @@ class AlignedEpisode:
     frames: dict[str, np.ndarray]  # camera -> int64 (T,)
     alignment_error_ms: dict[str, float] = field(default_factory=dict)  # per stream, documented in align.py
     report: dict[str, Any] = field(default_factory=dict)
+    # stream -> int64 (n,): each raw sample's time on the ingest clock (camera frames:
+    # exposure time, latency removed), as align mapped it; clean finds raw gaps with it.
+    stream_time_ns: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _numeric(reader: RawEpisodeReader, stream: str) -> NumericStream | None:

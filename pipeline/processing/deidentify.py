@@ -1,0 +1,332 @@
+"""De-identify stage: keyed operator pseudonyms and blurred faces in camera frames.
+
+Both parts are pure functions over in-memory data; the job decides when to
+call them (only when it is asked to de-identify).
+
+* :func:`pseudonymize` replaces an operator id by ``op-`` + 16 hex digits of
+  HMAC-SHA256(key, id). The same key and id give the same pseudonym on every
+  machine and run, so one operator's episodes stay linked across a dataset;
+  without the key nobody can recompute the pseudonym from a guessed id or
+  reverse it. Keep the key out of the dataset; rotating it unlinks old and
+  new pseudonyms.
+* :class:`FaceBlurrer` finds faces with OpenCV's bundled frontal-face Haar
+  cascade (or an injected detector) on a small grayscale decode of each
+  JPEG, and replaces each enlarged face box by a smoothed 8 x 8 block
+  average, which no deblurring can bring back. A frame without faces is
+  returned as the very same bytes object: the dataset then stores the JPEG
+  as received (no re-encode, no generation loss, see DESIGN.md).
+
+Limits: a Haar cascade finds frontal, upright faces of at least
+``min_size`` pixels at the detection width (20 px at 320 px wide, about a
+sixteenth of the image width); profiles, small or occluded faces can be
+missed. It is a best-effort privacy filter, not a guarantee.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.errors import ProcessingError
+from pipeline.processing.episode import CameraStream
+
+PSEUDONYM_PREFIX = "op-"
+PSEUDONYM_HEX_DIGITS = 16  # 64 bits: no collision in any plausible operator roster
+MIN_KEY_BYTES = 16
+
+HAAR_FRONTAL_FACE = "haarcascade_frontalface_default.xml"
+
+Box = tuple[int, int, int, int]
+"""A face box ``(x, y, width, height)`` in pixels."""
+
+Detector = Callable[[np.ndarray], Sequence[Box]]
+"""Finds faces in a grayscale uint8 image; boxes in that image's pixels."""
+
+
+def pseudonymize(operator_id: str, key: bytes) -> str:
+    """The keyed pseudonym of an operator id: ``op-`` + 16 hex digits of HMAC-SHA256.
+
+    Args:
+        operator_id: the id as recorded (compared exactly, no normalisation);
+            an empty id (no operator recorded) stays empty.
+        key: the job's secret, at least 16 bytes (e.g. ``secrets.token_bytes(32)``).
+
+    Returns:
+        ``""`` for an empty id, else e.g. ``"op-3f1c0a9b5d2e7c48"``.
+
+    Raises:
+        ProcessingError: the key is shorter than 16 bytes: a short key can be
+            guessed, and then every pseudonym with it.
+    """
+    if not isinstance(key, (bytes, bytearray)) or len(key) < MIN_KEY_BYTES:
+        raise ProcessingError(
+            "pseudonymize",
+            f"the pseudonym key must be at least {MIN_KEY_BYTES} random bytes; "
+            "create one with secrets.token_bytes(32) and keep it outside the dataset",
+        )
+    if not operator_id:
+        return ""
+    digest = hmac.new(bytes(key), operator_id.encode("utf-8"), sha256).hexdigest()
+    return PSEUDONYM_PREFIX + digest[:PSEUDONYM_HEX_DIGITS]
+
+
+def haar_cascade_path(name: str = HAAR_FRONTAL_FACE) -> Path:
+    """Where this OpenCV installation keeps a bundled Haar cascade.
+
+    Raises:
+        ProcessingError: this OpenCV has no Haar cascades (OpenCV 5 moved
+            ``CascadeClassifier`` and its data out of the main package) or the file is missing.
+    """
+    if not hasattr(cv2, "CascadeClassifier"):
+        raise ProcessingError(
+            "face detection",
+            f"OpenCV {cv2.__version__} has no CascadeClassifier (OpenCV 5 moved Haar cascades out of "
+            "the main package); install opencv-python-headless < 5 to blur faces",
+        )
+    folder = getattr(getattr(cv2, "data", None), "haarcascades", "")
+    path = Path(folder) / name
+    if not folder or not path.is_file():
+        raise ProcessingError(
+            "face detection",
+            f"OpenCV's bundled Haar cascade {name} is missing (looked in {folder or 'cv2.data.haarcascades'}); "
+            "reinstall opencv-python-headless < 5, which ships it",
+        )
+    return path
+
+
+class HaarFaceDetector:
+    """OpenCV's frontal-face Haar cascade as a :data:`Detector`.
+
+    Args:
+        path: cascade XML; the bundled frontal-face cascade by default.
+        scale_factor, min_neighbors: ``detectMultiScale`` parameters; 4
+            neighbours (OpenCV's default is 3) trades a few missed faces for
+            fewer blurred table edges.
+        min_size: smallest face side, in pixels of the detection image.
+
+    Raises:
+        ProcessingError: the cascade cannot be found or loaded.
+    """
+
+    def __init__(self, path: str | Path | None = None, scale_factor: float = 1.1, min_neighbors: int = 4,
+                 min_size: int = 20) -> None:
+        self.path = Path(path) if path is not None else haar_cascade_path()
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+        self.min_size = min_size
+        if not hasattr(cv2, "CascadeClassifier"):
+            haar_cascade_path()  # raises the explanation
+        self._cascade = cv2.CascadeClassifier(str(self.path))
+        if self._cascade.empty():
+            raise ProcessingError("face detection", f"{self.path}: not a loadable Haar cascade")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The OpenCV classifier does not pickle; a Ray worker reloads it from the path.
+        return (HaarFaceDetector, (self.path, self.scale_factor, self.min_neighbors, self.min_size))
+
+    def __call__(self, gray: np.ndarray) -> list[Box]:
+        boxes = self._cascade.detectMultiScale(
+            cv2.equalizeHist(gray),
+            scaleFactor=self.scale_factor,
+            minNeighbors=self.min_neighbors,
+            minSize=(self.min_size, self.min_size),
+        )
+        return [tuple(int(v) for v in box) for box in np.asarray(boxes).reshape(-1, 4)]  # type: ignore[misc]
+
+
+def jpeg_size(jpeg: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a JPEG's start-of-frame header, without decoding; None if not found."""
+    i = 2
+    n = len(jpeg)
+    if n < 4 or jpeg[0] != 0xFF or jpeg[1] != 0xD8:
+        return None
+    while i + 4 <= n:
+        if jpeg[i] != 0xFF:
+            return None
+        marker = jpeg[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        length = (jpeg[i + 2] << 8) | jpeg[i + 3]
+        # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > n:
+                return None
+            height = (jpeg[i + 5] << 8) | jpeg[i + 6]
+            width = (jpeg[i + 7] << 8) | jpeg[i + 8]
+            return (width, height) if width and height else None
+        if marker == 0xDA:  # start of scan: no SOF before the data
+            return None
+        i += 2 + length
+    return None
+
+
+_REDUCED = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+            (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
+
+
+class FaceBlurrer:
+    """Blurs faces in JPEG frames.
+
+    Args:
+        detector: finds faces in a grayscale image; :class:`HaarFaceDetector`
+            by default.
+        detect_width: detection runs on a grayscale decode about this wide
+            (JPEG's reduced decode, then a resize); boxes are mapped back.
+        margin: each face box grows by this fraction of its size on every side,
+            to cover hair, ears and chin that the cascade's box leaves out.
+        blocks: a face box is averaged down to ``blocks`` x ``blocks`` cells.
+
+    Raises:
+        ProcessingError: no detector was given and the Haar cascade is unavailable.
+    """
+
+    def __init__(self, detector: Detector | None = None, *, detect_width: int = 320, margin: float = 0.25,
+                 blocks: int = 8) -> None:
+        self.detector: Detector = detector if detector is not None else HaarFaceDetector()
+        self.detect_width = detect_width
+        self.margin = margin
+        self.blocks = blocks
+
+    def detect(self, jpeg: bytes) -> list[Box]:
+        """Face boxes in full-resolution pixels, enlarged by ``margin`` and clipped to the image.
+
+        Raises:
+            ProcessingError: the bytes are not a decodable JPEG.
+        """
+        size = jpeg_size(jpeg)
+        flag = cv2.IMREAD_GRAYSCALE
+        if size is not None:
+            for factor, reduced in _REDUCED:
+                if size[0] // factor >= self.detect_width:
+                    flag = reduced
+                    break
+        gray = cv2.imdecode(np.frombuffer(jpeg, np.uint8), flag)
+        if gray is None or gray.size == 0:
+            raise ProcessingError("face blurring", f"a {len(jpeg)}-byte frame is not a decodable JPEG")
+        width, height = size if size is not None else (gray.shape[1], gray.shape[0])
+        if gray.shape[1] > self.detect_width * 1.25:
+            det_h = max(1, round(gray.shape[0] * self.detect_width / gray.shape[1]))
+            gray = cv2.resize(gray, (self.detect_width, det_h), interpolation=cv2.INTER_AREA)
+        sx, sy = width / gray.shape[1], height / gray.shape[0]
+        boxes = []
+        for x, y, w, h in self.detector(gray):
+            grow_x, grow_y = w * self.margin, h * self.margin
+            x0 = max(0, int((x - grow_x) * sx))
+            y0 = max(0, int((y - grow_y) * sy))
+            x1 = min(width, int(np.ceil((x + w + grow_x) * sx)))
+            y1 = min(height, int(np.ceil((y + h + grow_y) * sy)))
+            if x1 > x0 and y1 > y0:
+                boxes.append((x0, y0, x1 - x0, y1 - y0))
+        return boxes
+
+    def blur_faces(self, jpeg: bytes, quality: int = 90) -> tuple[bytes, int]:
+        """Blur every face in one JPEG frame.
+
+        Returns:
+            ``(jpeg, 0)`` with the very same bytes object when no face is found;
+            otherwise a re-encoded JPEG (``quality``) and the number of faces.
+
+        Raises:
+            ProcessingError: the frame is not a decodable JPEG or cannot be encoded.
+        """
+        boxes = self.detect(jpeg)
+        if not boxes:
+            return jpeg, 0
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise ProcessingError("face blurring", f"a {len(jpeg)}-byte frame is not a decodable JPEG")
+        for x, y, w, h in boxes:
+            image[y:y + h, x:x + w] = self._obscure(image[y:y + h, x:x + w])
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        if not ok:
+            raise ProcessingError("face blurring", "OpenCV could not re-encode a blurred frame as JPEG")
+        return encoded.tobytes(), len(boxes)
+
+    def _obscure(self, region: np.ndarray) -> np.ndarray:
+        h, w = region.shape[:2]
+        cells_x = max(1, min(self.blocks, w))
+        cells_y = max(1, min(self.blocks, h))
+        # Averaging into a few cells destroys the detail; the smooth upscale and
+        # the blur remove cell edges, which would otherwise look like features.
+        small = cv2.resize(region, (cells_x, cells_y), interpolation=cv2.INTER_AREA)
+        smooth = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        sigma = max(w / cells_x, h / cells_y) / 2
+        return cv2.GaussianBlur(smooth, (0, 0), sigma)
+
+
+@dataclass(frozen=True)
+class DeidReport:
+    """What :func:`deidentify_camera` did to one camera stream.
+
+    Attributes:
+        frames_scanned: frames the detector looked at (all of them).
+        frames_changed: frames re-encoded with blurred faces.
+        faces_found: face boxes blurred, over all frames.
+        changed_indices: indices of the changed frames, ascending.
+    """
+
+    frames_scanned: int
+    frames_changed: int
+    faces_found: int
+    changed_indices: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "frames_scanned": self.frames_scanned,
+            "frames_changed": self.frames_changed,
+            "faces_found": self.faces_found,
+            "changed_indices": list(self.changed_indices),
+        }
+
+
+def deidentify_camera(stream: CameraStream, blurrer: FaceBlurrer, *, quality: int = 90,
+                      name: str = "camera") -> tuple[CameraStream, DeidReport]:
+    """Blur faces in every frame of one camera stream.
+
+    Args:
+        stream: the camera's frames; not modified.
+        blurrer: the face blurrer to use.
+        quality: JPEG quality of re-encoded frames.
+        name: the camera's name, for error messages.
+
+    Returns:
+        A new stream (timestamp arrays copied) whose unchanged frames are the
+        original bytes objects, and the report.
+
+    Raises:
+        ProcessingError: naming the camera and frame that cannot be decoded.
+    """
+    frames: list[bytes] = []
+    changed: list[int] = []
+    faces = 0
+    for index, jpeg in enumerate(stream.jpeg):
+        try:
+            out, found = blurrer.blur_faces(jpeg, quality)
+        except ProcessingError as err:
+            raise ProcessingError(f"camera {name} frame {index}", err.problem) from err
+        frames.append(out)
+        if found:
+            changed.append(index)
+            faces += found
+    new_stream = CameraStream(
+        capture_ns=stream.capture_ns.copy(),
+        source_index=stream.source_index.copy(),
+        arrival_ns=stream.arrival_ns.copy(),
+        jpeg=frames,
+        width=stream.width,
+        height=stream.height,
+        fps=stream.fps,
+        latency_ms=stream.latency_ms,
+    )
+    return new_stream, DeidReport(len(stream.jpeg), len(changed), faces, tuple(changed))

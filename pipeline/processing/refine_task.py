@@ -1,0 +1,216 @@
+"""One raw episode through every stage into the dataset: the body of a Ray task.
+
+``refine`` is pure (raw episode in, dataset episodes and reports out);
+``process_raw_episode`` adds the file I/O at both ends and is what the job
+submits to Ray. It returns only small index entries; the frames go straight
+from this worker to the dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.dataset.frame_shards import check_frame, conform_frame
+from pipeline.dataset.index import EpisodeEntry
+from pipeline.dataset.writer import EpisodeArrays, write_episode, write_rejected
+from pipeline.errors import DatasetError, RefineryError
+from pipeline.processing.align import align
+from pipeline.processing.clean import CleanResult, Decision, clean_aligned, clean_raw
+from pipeline.processing.config import ProcessConfig
+from pipeline.processing.deidentify import FaceBlurrer, pseudonymize
+from pipeline.processing.episode import AlignedEpisode, RawEpisode, load_raw_episode
+from pipeline.processing.score import QualityReport, score_episode
+
+
+@dataclass
+class RefinedEpisode:
+    """One dataset episode (a segment of a raw episode) ready to write."""
+
+    key: str
+    segment: int
+    arrays: EpisodeArrays
+    quality: QualityReport
+    unique_frames: int
+
+
+@dataclass
+class RefineResult:
+    raw: RawEpisode
+    episodes: list[RefinedEpisode] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    rejected: bool = False
+    reasons: list[str] = field(default_factory=list)
+    quality: QualityReport | None = None  # of the whole episode, when rejected
+    deid: dict[str, Any] = field(default_factory=dict)
+
+
+def refine(raw: RawEpisode, config: ProcessConfig) -> RefineResult:
+    """Clean, align, clean again, score and de-identify one raw episode."""
+    result = RefineResult(raw=raw)
+    if raw.attrs.get("status") == "incomplete":
+        result.reasons.append(f"incomplete recording: missing {raw.attrs.get('missing', '?')}")
+    try:
+        cleaned_raw, raw_decisions = clean_raw(raw, config.clean)
+        aligned = align(cleaned_raw, config.align)
+    except RefineryError as err:
+        result.rejected = True
+        result.reasons.append(f"cannot align: {err}")
+        return result
+    cleaned: CleanResult = clean_aligned(aligned, config.clean)
+    result.decisions = raw_decisions + cleaned.decisions
+    if cleaned.rejected or not cleaned.segments:
+        result.rejected = True
+        result.reasons += cleaned.reject_reasons or ["no usable segment"]
+        result.quality = score_episode(aligned, result.decisions, config.score)
+        return result
+    blurrer = FaceBlurrer() if config.deidentify.blur_faces else None
+    changed: dict[str, int] = {}
+    for n, segment in enumerate(cleaned.segments):
+        quality = score_episode(segment, result.decisions, config.score)
+        key = raw.episode_id if len(cleaned.segments) == 1 else f"{raw.episode_id}.s{n}"
+        arrays, unique = _segment_arrays(segment, config, blurrer, changed)
+        result.episodes.append(RefinedEpisode(key, n, arrays, quality, unique))
+    if blurrer is not None:
+        result.deid = {"frames_with_faces_blurred": changed}
+    return result
+
+
+def _segment_arrays(
+    seg: AlignedEpisode, config: ProcessConfig, blurrer: FaceBlurrer | None, changed: dict[str, int]
+) -> tuple[EpisodeArrays, int]:
+    numeric = {f"state/{name}": values for name, values in seg.state.items()}
+    if seg.action is not None:
+        numeric["action/position"] = seg.action
+    frames: dict[str, list[bytes]] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    unique_total = 0
+    for camera, index in seg.frames.items():
+        index = _fill_missing(index)
+        if index is None:
+            continue  # no usable frame of this camera in this segment
+        stream = seg.raw.cameras[camera]
+        height, width = config.output.resize or (stream.height, stream.width)
+        out: dict[int, bytes] = {}
+        for i in np.unique(index):
+            jpeg = stream.jpeg[int(i)]
+            if blurrer is not None:
+                blurred, faces = blurrer.blur_faces(jpeg, config.output.jpeg_quality)
+                if faces:
+                    changed[camera] = changed.get(camera, 0) + 1
+                jpeg = blurred
+            try:
+                check_frame(jpeg, height, width)  # stored as received: no decode, no re-encode
+            except DatasetError:
+                jpeg = conform_frame(jpeg, height, width, config.output.jpeg_quality)
+            out[int(i)] = jpeg
+        unique_total += len(out)
+        frames[camera] = [out[int(i)] for i in index]
+        sizes[camera] = (height, width)
+    arrays = EpisodeArrays(timestamps_ns=seg.t_ns, numeric=numeric, frames=frames, frame_size=sizes)
+    return arrays, unique_total
+
+
+def _fill_missing(index: np.ndarray) -> np.ndarray | None:
+    """Steps without a frame (-1) take the nearest earlier frame, or the first one."""
+    index = np.asarray(index, dtype=np.int64)
+    valid = index >= 0
+    if not valid.any():
+        return None
+    if valid.all():
+        return index
+    positions = np.where(valid, np.arange(index.size), -1)
+    np.maximum.accumulate(positions, out=positions)
+    first = int(np.argmax(valid))
+    positions[positions < 0] = first
+    return index[positions]
+
+
+def _entry(raw: RawEpisode, result: RefineResult, config: ProcessConfig, operator: str) -> dict[str, Any]:
+    return {
+        "raw_episode_id": raw.episode_id,
+        "raw_checksum": str(raw.attrs.get("content_sha256", "")),
+        "robot_id": raw.robot_id,
+        "model": raw.config.model,
+        "task": str(raw.attrs.get("task", "")),
+        "operator": operator,
+        "outcome": str(raw.attrs.get("outcome", "")),
+        "rate_hz": config.align.rate_hz,
+        "decisions": len(result.decisions),
+    }
+
+
+def process_raw_episode(
+    raw_path: str, dataset: str, config_dict: dict[str, Any], crash_marker: str | None = None
+) -> dict[str, Any]:
+    """Ray task: refine one raw file and write its episodes; return index entries."""
+    config = ProcessConfig.from_dict(config_dict)
+    raw = load_raw_episode(raw_path)
+    operator = str(raw.attrs.get("operator", ""))
+    if config.deidentify.pseudonymize_operators:
+        operator = pseudonymize(operator, config.deidentify.key())
+    result = refine(raw, config)
+    common = _entry(raw, result, config, operator)
+    base_attrs = {
+        "robot_id": raw.robot_id,
+        "model": raw.config.model,
+        "raw_episode_id": raw.episode_id,
+        "raw_file": Path(raw_path).name,
+        "task": common["task"],
+        "operator": operator,
+        "outcome": common["outcome"],
+        "rate_hz": config.align.rate_hz,
+        "joint_names": list(raw.config.joint_names),
+        "standard_names": list(raw.config.standard_names),
+        "decisions": [d.as_dict() for d in result.decisions],
+        "deidentify": result.deid,
+    }
+    dataset_path = Path(dataset)
+    entries: list[dict[str, Any]] = []
+    frames = 0
+    if result.rejected:
+        quality = result.quality.to_dict() if result.quality else {}
+        write_rejected(dataset_path, raw.episode_id, {**base_attrs, "quality": quality, "reasons": result.reasons})
+        entries.append(
+            EpisodeEntry(
+                key="", length=0, start_ns=0, segment=0, accepted=False, reasons=result.reasons,
+                grade=str(quality.get("grade", "F")), overall=float(quality.get("overall", 0.0)), **common,
+            ).to_dict()
+        )
+        return {"entries": entries, "frames": 0}
+    for episode in result.episodes:
+        arrays = episode.arrays
+        arrays.attrs = {**base_attrs, "segment": episode.segment, "quality": episode.quality.to_dict(),
+                        "start_ns": int(arrays.timestamps_ns[0])}
+        hook = _crash_once(crash_marker) if crash_marker else None
+        write_episode(dataset_path, episode.key, arrays, frames_per_shard=config.output.frames_per_shard,
+                      before_publish=hook)
+        frames += episode.unique_frames
+        entries.append(
+            EpisodeEntry(
+                key=episode.key, length=arrays.length, start_ns=int(arrays.timestamps_ns[0]),
+                segment=episode.segment, accepted=True, reasons=result.reasons,
+                grade=episode.quality.grade, overall=episode.quality.overall,
+                cameras=sorted(arrays.frames), stats=arrays.stats(), **common,
+            ).to_dict()
+        )
+    return {"entries": entries, "frames": frames}
+
+
+def _crash_once(marker: str):  # noqa: ANN202
+    """Fault injection: the first worker to get here dies by SIGKILL, mid-episode."""
+
+    def hook() -> None:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
