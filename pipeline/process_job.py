@@ -216,6 +216,7 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
         finally:
             if we_started:
                 ray.shutdown()
+        _discard_staging(dataset)  # what killed workers left; their retries wrote it anew
     summary.seconds = time.monotonic() - started
     return summary
 

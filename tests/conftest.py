@@ -89,3 +89,16 @@ def record_episode(collector: Collector, seconds: float, task: str = "test task"
     time.sleep(seconds)
     collector.stop_episode("success")
     return episode
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One real local Ray for the whole test session (DESIGN: Ray pitfalls)."""
+    import os
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=128 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -252,8 +252,8 @@ def encode_shard(
     index_bytes = index.tobytes()
     if checksum:
         index_bytes += _CRC.pack(google_crc32c.value(index_bytes))
-    payload = b"".join(frames)
-    return payload + index_bytes if index_at_end else index_bytes + payload
+    # One join, one copy of the frames: a shard is megabytes.
+    return b"".join([*frames, index_bytes] if index_at_end else [index_bytes, *frames])
 
 
 def decode_shard_index(index_bytes: bytes, frames_per_shard: int, *, checksum: bool = True) -> npt.NDArray[np.uint64]:

@@ -596,8 +596,10 @@ def _camera(work: _Work, name: str, config: CleanConfig) -> dict[str, int]:
     used = np.zeros(n, dtype=bool)
     used[frames[frames >= 0]] = True
 
-    stale = _frozen(cam, config)
-    black, decoded, undecodable = _black(cam, used & ~stale, config)
+    same = _same_as_previous(cam.jpeg)
+    stale = _frozen(same, cam.fps, config)
+    black, decoded, undecodable = _black(cam, used, same, config)
+    stale &= ~black  # a black image repeated is black first: the more specific finding
     good = ~stale & ~black
     good_index = np.flatnonzero(good)
     filled = 0
@@ -639,33 +641,44 @@ def _nearest(t_src: np.ndarray, t_dst: np.ndarray) -> np.ndarray:
     return np.where(np.abs(t_dst - t_src[left]) <= np.abs(t_src[right] - t_dst), left, right)
 
 
-def _frozen(cam: CameraStream, config: CleanConfig) -> np.ndarray:
-    """Frames that repeat the previous frame's bytes in a run longer than ``frozen_max_s``.
+def _same_as_previous(jpeg: list[bytes]) -> np.ndarray:
+    """``same[i]``: frame ``i`` has exactly the bytes of frame ``i - 1`` (False for frame 0).
 
     Bytes are compared, never decoded: ``bytes ==`` compares lengths first, so
-    two different frames cost ~0.1 µs, identical ones a memcmp. The first frame
-    of a run is a real image; its repeats are marked.
+    two different frames cost ~0.1 µs, identical ones one memcmp.
     """
-    jpeg = cam.jpeg
-    same = np.fromiter((jpeg[i] == jpeg[i - 1] for i in range(1, len(jpeg))), dtype=bool, count=max(0, len(jpeg) - 1))
-    stale = np.zeros(len(jpeg), dtype=bool)
+    same = np.zeros(len(jpeg), dtype=bool)
+    if len(jpeg) > 1:
+        same[1:] = np.fromiter((jpeg[i] == jpeg[i - 1] for i in range(1, len(jpeg))), dtype=bool, count=len(jpeg) - 1)
+    return same
+
+
+def _frozen(same: np.ndarray, fps: float, config: CleanConfig) -> np.ndarray:
+    """Frames repeating their predecessor in a run of identical frames longer than ``frozen_max_s``.
+
+    The first frame of a run is a real image; its repeats are marked.
+    """
+    stale = np.zeros(same.shape[0], dtype=bool)
     if not same.any():
         return stale
-    fps = cam.fps if cam.fps > 0 else 30.0
-    for a, b in _runs(same):  # frames a+1..b equal their predecessor: the run is frames a..b
+    fps = fps if fps > 0 else 30.0
+    for a, b in _runs(same):  # frames a..b-1 repeat their predecessor: the run is frames a-1..b-1
         if (b - a + 1) / fps > config.frozen_max_s:
-            stale[a + 1 : b + 1] = True
+            stale[a:b] = True
     return stale
 
 
-def _black(cam: CameraStream, check: np.ndarray, config: CleanConfig) -> tuple[np.ndarray, int, int]:
+def _black(cam: CameraStream, check: np.ndarray, same: np.ndarray, config: CleanConfig) -> tuple[np.ndarray, int, int]:
     """Black (or undecodable) frames among ``check``, decoding as few frames as possible.
 
     Decoding even at 1/8 scale costs ~1 ms per 100 KB of JPEG (entropy decoding
     dominates), over the per-frame budget, so only candidates are decoded: frames
-    small enough to be near-uniform (``black_candidate_bytes_per_pixel``, or
-    ``black_candidate_size_ratio`` of the camera's median), one frame every
-    ``black_sample_s``, and the neighbours of every black frame found.
+    whose entropy-coded data is small enough to be near-uniform
+    (``black_candidate_bytes_per_pixel``, or ``black_candidate_size_ratio`` of the
+    camera's median; headers and tables, ~600 bytes whatever the image, are not
+    counted, or they would hide small black frames), one frame every
+    ``black_sample_s``, and the neighbours of every black frame found. A frame
+    with the bytes of its (checked) predecessor takes its result undecoded.
 
     Returns:
         (black mask over frames, frames decoded, frames undecodable)
@@ -674,7 +687,7 @@ def _black(cam: CameraStream, check: np.ndarray, config: CleanConfig) -> tuple[n
     black = np.zeros(n, dtype=bool)
     if n == 0 or not check.any():
         return black, 0, 0
-    sizes = np.fromiter((len(b) for b in cam.jpeg), dtype=np.int64, count=n)
+    sizes = np.fromiter((_scan_bytes(b) for b in cam.jpeg), dtype=np.int64, count=n)
     pixels = max(1, cam.width * cam.height)
     candidate = (sizes <= config.black_candidate_bytes_per_pixel * pixels) | (
         sizes <= config.black_candidate_size_ratio * float(np.median(sizes))
@@ -682,24 +695,38 @@ def _black(cam: CameraStream, check: np.ndarray, config: CleanConfig) -> tuple[n
     every = max(1, int(round(config.black_sample_s * (cam.fps if cam.fps > 0 else 30.0))))
     candidate[::every] = True
     checked = np.zeros(n, dtype=bool)
-    todo = list(np.flatnonzero(candidate & check)[::-1])
+    todo = np.flatnonzero(candidate & check)[::-1].tolist()
     decoded = undecodable = 0
     while todo:
-        i = int(todo.pop())
+        i = todo.pop()
         if checked[i] or not check[i]:
             continue
         checked[i] = True
-        decoded += 1
-        image = cv2.imdecode(np.frombuffer(cam.jpeg[i], dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
-        if image is None or image.size == 0:
-            undecodable += 1
-            is_bad = True
+        if same[i] and checked[i - 1]:
+            is_bad = bool(black[i - 1])
         else:
-            is_bad = float(image.mean()) < config.black_max_brightness
+            decoded += 1
+            image = cv2.imdecode(np.frombuffer(cam.jpeg[i], dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+            if image is None or image.size == 0:
+                undecodable += 1
+                is_bad = True
+            else:
+                is_bad = float(image.mean()) < config.black_max_brightness
         if is_bad:
             black[i] = True
+            # Neighbours next, the following frame first, so runs of repeats resolve undecoded.
             todo.extend(k for k in (i - 1, i + 1) if 0 <= k < n and not checked[k])
     return black, decoded, undecodable
+
+
+def _scan_bytes(jpeg: bytes) -> int:
+    """Bytes after the JPEG start-of-scan marker (0xFFDA): the image data without headers.
+
+    A frame without the marker is not a JPEG: 0, so it becomes a candidate and
+    is found undecodable.
+    """
+    sos = jpeg.find(b"\xff\xda")
+    return len(jpeg) - sos if sos >= 0 else 0
 
 
 def _segments(keep: np.ndarray, breaks: np.ndarray) -> list[tuple[int, int]]:
