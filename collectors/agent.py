@@ -125,6 +125,8 @@ class Collector:
         self._wake = threading.Event()
         self.window = 1
         self._ingest_notice = ""
+        self._stop_request: tuple[str, int] | None = None  # (outcome, stop time) for the capture thread
+        self._stop_done = threading.Event()
         self._marker = config.spool_dir / "episode.open"
         self._interrupted = set(self.spool.recovered_without_stop)
         if self._marker.exists():
@@ -205,18 +207,45 @@ class Collector:
             return episode
 
     def stop_episode(self, outcome: str = "success") -> str | None:
-        """End the current episode: ``success``, ``failure``, ``discarded`` or ``interrupted``."""
+        """End the current episode: ``success``, ``failure``, ``discarded`` or ``interrupted``.
+
+        The episode ends at the moment of this call: the capture thread records
+        what the robot captured up to then (even if it is behind), closes the
+        episode, and this call returns once it has.
+        """
         with self._lock:
             episode = self._episode
             if episode is None:
                 return None
-            self._poll_driver(final=True)
-            self._episode = None
-            self._emit_stop(episode, outcome)
-            self._marker.unlink(missing_ok=True)
-            self.episodes_done += 1
-            log.info("robot=%s episode=%s stopped outcome=%s", self.config.robot_id, episode, outcome)
-            return episode
+            if self._stop_request is None:
+                self._stop_request = (outcome, time.time_ns())
+                self._stop_done = threading.Event()
+            done = self._stop_done
+            capture = next((t for t in self._threads if t.name.endswith("-capture")), None)
+        if capture is not None and capture.is_alive():
+            done.wait(timeout=30)
+        with self._lock:
+            if self._episode == episode and self._stop_request is not None:
+                self._finish_stop()  # no capture thread (not started, or stuck): do it here
+        return episode
+
+    def _finish_stop(self) -> None:
+        """Record the rest up to the requested stop time and close the episode (holding the lock)."""
+        episode, request = self._episode, self._stop_request
+        if episode is None or request is None:
+            return
+        outcome, until_ns = request
+        try:
+            self._record(episode, self.driver.poll(until_ns), final=True)
+        except SpoolFullError as err:
+            self.error = str(err)  # the stop event below may exceed the budget; nothing else does
+        self._episode = None
+        self._emit_stop(episode, outcome)
+        self._marker.unlink(missing_ok=True)
+        self.episodes_done += 1
+        self._stop_request = None
+        self._stop_done.set()
+        log.info("robot=%s episode=%s stopped outcome=%s", self.config.robot_id, episode, outcome)
 
     def label(self, text: str) -> None:
         with self._lock:
@@ -295,19 +324,25 @@ class Collector:
         period = self.config.capture_period_s
         while self._running.is_set():
             with self._lock:
-                if self._episode is not None:
-                    try:
-                        self._poll_driver(final=False)
-                    except SpoolFullError as err:
-                        self._spool_full(err)
+                episode, stopping = self._episode, self._stop_request is not None
+                if episode is not None and stopping:
+                    self._finish_stop()
+                    continue
+            if episode is not None:
+                # Poll outside the lock: a driver may render or encode for a while,
+                # and operator controls must not wait behind it.
+                readings = self.driver.poll(time.time_ns())
+                with self._lock:
+                    if self._episode == episode:
+                        try:
+                            self._record(episode, readings, final=False)
+                        except SpoolFullError as err:
+                            self._spool_full(err)
             self._update_rates()
             time.sleep(period)
 
-    def _poll_driver(self, final: bool) -> None:
-        episode = self._episode
-        if episode is None:
-            return
-        readings = self.driver.poll(time.time_ns())
+    def _record(self, episode: str, readings: list, final: bool) -> None:  # noqa: ANN001
+        """Batch and spool readings of the current episode (holding the lock)."""
         if self._paused:
             if self.spool.bytes_used < 0.9 * self.spool.budget_bytes:
                 self._paused = False
@@ -351,6 +386,9 @@ class Collector:
             self._emit_stop(episode, "interrupted", reason="spool full")
             self._marker.unlink(missing_ok=True)
             self.episodes_done += 1
+            if self._stop_request is not None:
+                self._stop_request = None
+                self._stop_done.set()
         elif not self._paused:
             log.error("robot=%s: %s; recording paused until it drains (--on-spool-full pause)", self.config.robot_id, err)
             self._paused = True

@@ -91,15 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="local demo: ingest + simulated robots, then a table of what was recorded",
+    p = sub.add_parser("demo", help="local demo: ingest + simulated robots + Ray processing + quality report",
                        description="Start an ingest and simulated humanoid collectors on loopback, record a few "
-                                   "short episodes from each, and print what was recorded.")
+                                   "short episodes from each, refine them with an embedded Ray into a Zarr dataset, "
+                                   "and write an HTML quality report. Re-running appends new episodes.")
     p.add_argument("--data-dir", type=Path, default=Path("refinery-demo"), help="output folder (default: %(default)s)")
     p.add_argument("--robots", default="unitree_g1,unitree_h1,fourier_gr1",
                    help="comma-separated robot models, one simulated collector each (default: %(default)s)")
     p.add_argument("--episodes", type=_positive_int, default=2, help="episodes per robot (default: %(default)s)")
     p.add_argument("--duration", type=_positive_float, default=3.0, help="seconds per episode (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default: %(default)s)")
+    p.add_argument("--record-only", action="store_true", help="stop after recording (no Ray processing, no report)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("ingest", help="run the ingest service", description="Receive episodes from collectors over "
@@ -469,7 +471,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if not args.verbose:
         logging.getLogger("refinery").setLevel(logging.WARNING)  # the status line tells the story
-    return run_demo(DemoConfig(args.data_dir, args.robots.split(","), args.episodes, args.duration, args.seed))
+    return run_demo(DemoConfig(args.data_dir, args.robots.split(","), args.episodes, args.duration, args.seed,
+                               process=not args.record_only))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""`refinery demo`: an ingest and simulated humanoid collectors on loopback.
+"""`refinery demo`: the whole pipeline on one machine.
 
-Everything runs in one process (threads), on a free loopback port, without
-authentication, and leaves its files in the data directory for a look.
+An ingest and simulated humanoid collectors on loopback (threads of this
+process, a free port, no authentication) record a few episodes; an embedded
+Ray refines them into a Zarr dataset; a quality report is written. Every file
+stays in the data directory for a look.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from pathlib import Path
 
 from collectors.agent import Collector, CollectorConfig
 from collectors.drivers import make_driver
-from pipeline.console import StatusLine, format_table
+from pipeline.console import ProgressBar, StatusLine, format_table
+from pipeline.dataset.index import load_index
 from pipeline.errors import RefineryError
 from pipeline.ingest import IngestConfig, IngestServer
+from pipeline.process_job import JobOptions, run_process_job
 from pipeline.raw_summary import SUMMARY_HEADERS, raw_files, summarize
+from pipeline.report import write_report
 from pipeline.robot_config import load_robot_config
 
 log = logging.getLogger("refinery.demo")
@@ -31,6 +36,7 @@ class DemoConfig:
     episodes: int = 2
     duration_s: float = 3.0
     seed: int = 0
+    process: bool = True  # then refine into a Zarr dataset and write the quality report
 
 
 def run_demo(config: DemoConfig) -> int:
@@ -88,13 +94,30 @@ def run_demo(config: DemoConfig) -> int:
     files = raw_files(ingest_dir / "raw")
     summaries = [summarize(p) for p in files]
     print()
-    print(f"Recorded {len(summaries)} raw episodes in {ingest_dir / 'raw'}:")
+    print(f"1. Recorded {len(summaries)} raw episodes in {ingest_dir / 'raw'}:")
     print(format_table(SUMMARY_HEADERS, [s.row() for s in summaries]))
     expected = len(collectors) * config.episodes
     if len(summaries) != expected:
         print(f"expected {expected} episodes, found {len(summaries)}", file=sys.stderr)
         return 1
-    return 0
+    if not config.process:
+        return 0
+
+    dataset = data_dir / "dataset.zarr"
+    print(f"\n2. Processing them with Ray into {dataset} ...", flush=True)
+    summary = run_process_job(JobOptions(raw_dir=ingest_dir / "raw", dataset=dataset), progress=ProgressBar("processing"))
+    for line in summary.lines():
+        print("   " + line)
+    print("\n3. The dataset:")
+    rows = [
+        [e.key or e.raw_episode_id, e.model, e.task, round(e.length / e.rate_hz, 2), e.length, e.grade,
+         round(e.overall, 3), "yes" if e.accepted else "no", "; ".join(e.reasons) or "-"]
+        for e in load_index(dataset)
+    ]
+    print(format_table(["episode", "model", "task", "seconds", "steps", "grade", "score", "accepted", "reasons"], rows))
+    report = write_report(dataset, data_dir / "quality-report.html")
+    print(f"\n4. Quality report: {report}")
+    return 1 if summary.failed else 0
 
 
 def _show(status: StatusLine, server: IngestServer, collectors: list[Collector], episode: int, total: int) -> None:

@@ -306,7 +306,12 @@ def test_episode_whose_collector_never_returns_is_sealed_incomplete(tmp_path, ti
     sock.send_multipart(protocol.Event(header, {"kind": "start", "task": "t"}).encode())
     samples = protocol.Samples.build("gone-1", "ep-gone", "joint_state", 0, np.array([1, 2]), np.array([0, 1]), np.zeros((2, 18)))
     sock.send_multipart(samples.encode())
-    assert sock.poll(5000)  # acknowledged: durable
+    acked: set[str] = set()
+    while acked != {"events", "joint_state"}:  # both acknowledged: durable
+        assert sock.poll(5000), "no acknowledgement"
+        reply = protocol.decode(sock.recv_multipart())
+        if isinstance(reply, protocol.Ack):
+            acked |= {stream for _, stream, _ in reply.acks}
     ctx.destroy()  # the collector vanishes for good
     ingest.kill(signal.SIGKILL)
     ingest.start()  # recovers the journal, then gives up on it

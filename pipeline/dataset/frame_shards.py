@@ -46,12 +46,12 @@ import google_crc32c
 import numpy as np
 import numpy.typing as npt
 import zarr
-from zarr.errors import ContainsArrayAndGroupError, ContainsArrayError, ContainsGroupError
 from zarr.abc.store import RangeByteRequest, Store, SuffixByteRequest
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.errors import ContainsArrayAndGroupError, ContainsArrayError, ContainsGroupError
 
 from pipeline.dataset.jpeg_codec import (
     CODEC_NAME,
@@ -112,38 +112,39 @@ def _frame_layout(array: zarr.Array) -> _FrameLayout:
     shape = array.shape
     if len(shape) != 4 or shape[3] != 3 or array.dtype != np.uint8:
         raise DatasetError(where, f"not a camera array: shape {shape} {array.dtype}, expected (T, H, W, 3) uint8")
-    _, height, width, _ = shape
+    length, height, width, _ = shape
     frame_chunk = (1, height, width, 3)
+    grid_chunk = tuple(metadata.chunk_grid.chunk_shape)
     codecs = metadata.codecs
-    common = {
-        "where": where,
-        "length": shape[0],
-        "height": height,
-        "width": width,
-        "fill_value": int(array.fill_value),
-        "store": array.store_path.store,
-        "prefix": array.store_path.path,
-        "array": array,
-    }
-    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+    sharded = len(codecs) == 1 and isinstance(codecs[0], ShardingCodec)
+    if sharded:
         sharding = codecs[0]
-        shard_shape = tuple(metadata.chunk_grid.chunk_shape)
-        if tuple(sharding.chunk_shape) != frame_chunk or shard_shape[1:] != frame_chunk[1:]:
+        if tuple(sharding.chunk_shape) != frame_chunk or grid_chunk[1:] != frame_chunk[1:]:
             raise DatasetError(
-                where, f"shards {shard_shape} of chunks {sharding.chunk_shape} are not whole frames {frame_chunk}"
+                where, f"shards {grid_chunk} of chunks {sharding.chunk_shape} are not whole frames {frame_chunk}"
             )
         _require_jpeg(where, sharding.codecs)
-        return _FrameLayout(
-            frames_per_shard=shard_shape[0],
-            sharded=True,
-            index_at_end=sharding.index_location == ShardingCodecIndexLocation.end,
-            index_checksum=_index_checksum(where, sharding.index_codecs),
-            **common,
-        )
-    if tuple(metadata.chunk_grid.chunk_shape) != frame_chunk:
-        raise DatasetError(where, f"chunks {metadata.chunk_grid.chunk_shape} are not one frame each {frame_chunk}")
-    _require_jpeg(where, codecs)
-    return _FrameLayout(frames_per_shard=1, sharded=False, index_at_end=True, index_checksum=False, **common)
+        index_at_end = sharding.index_location == ShardingCodecIndexLocation.end
+        index_checksum = _index_checksum(where, sharding.index_codecs)
+    else:
+        if grid_chunk != frame_chunk:
+            raise DatasetError(where, f"chunks {grid_chunk} are not one frame each {frame_chunk}")
+        _require_jpeg(where, codecs)
+        index_at_end, index_checksum = True, False
+    return _FrameLayout(
+        where=where,
+        length=length,
+        height=height,
+        width=width,
+        frames_per_shard=grid_chunk[0] if sharded else 1,
+        sharded=sharded,
+        index_at_end=index_at_end,
+        index_checksum=index_checksum,
+        fill_value=int(array.fill_value),
+        store=array.store_path.store,
+        prefix=array.store_path.path,
+        array=array,
+    )
 
 
 def _require_jpeg(where: str, codecs: Sequence[Any]) -> None:
@@ -318,7 +319,7 @@ def write_jpeg_frames(
         try:
             check_frame(frame, height, width)
         except DatasetError as err:
-            raise DatasetError(where, f"{err.problem}", index=index) from err
+            raise DatasetError(where, err.problem, index=index) from err
     try:
         array = group.create_array(
             name,

@@ -27,7 +27,7 @@ from pipeline.errors import ConfigError, ProcessingError
 from pipeline.processing.episode import AlignedEpisode, ClockSamples, NumericStream, RawEpisode
 from pipeline.streams import ACTION, JOINT_STATE
 
-__all__ = ["AlignConfig", "ClockFit", "align", "fit_clock", "wrap_to_pi"]
+__all__ = ["AlignConfig", "ClockFit", "align", "fit_clock", "nearest_index", "wrap_to_pi"]
 
 _NS_PER_S = 1_000_000_000
 _CONTINUOUS_FIELD = "position"  # the only field that holds angles; velocity/effort never wrap
@@ -335,6 +335,24 @@ def wrap_to_pi(x: np.ndarray) -> np.ndarray:
     return np.pi - np.mod(np.pi - x, 2 * np.pi)
 
 
+def nearest_index(t_src: np.ndarray, t_dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each ``t_dst``, the index of the nearest ``t_src`` (earlier on a tie) and the distance.
+
+    Args:
+        t_src: sorted int64 times, at least one.
+        t_dst: int64 times.
+
+    Returns:
+        (int64 indices into ``t_src``, int64 absolute distances in ns)
+    """
+    right = np.clip(np.searchsorted(t_src, t_dst, side="left"), 0, t_src.shape[0] - 1)
+    left = np.clip(right - 1, 0, t_src.shape[0] - 1)
+    d_left = np.abs(t_dst - t_src[left])
+    d_right = np.abs(t_src[right] - t_dst)
+    pick_left = d_left <= d_right
+    return np.where(pick_left, left, right), np.where(pick_left, d_left, d_right)
+
+
 def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -403,24 +421,14 @@ def _distance_stats(distance_ns: np.ndarray) -> dict[str, float]:
     return {"mean_ms": float(d.mean()), "p99_ms": float(np.percentile(d, 99)), "max_ms": float(d.max())}
 
 
-def _nearest_index(t_src: np.ndarray, t_dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of the nearest ``t_src`` for each ``t_dst`` (earlier on a tie), and |distance| ns."""
-    right = np.clip(np.searchsorted(t_src, t_dst, side="left"), 0, t_src.shape[0] - 1)
-    left = np.clip(right - 1, 0, t_src.shape[0] - 1)
-    d_left = np.abs(t_dst - t_src[left])
-    d_right = np.abs(t_src[right] - t_dst)
-    pick_left = d_left <= d_right
-    return np.where(pick_left, left, right), np.where(pick_left, d_left, d_right)
-
-
 def _numeric_error(t_src: np.ndarray, t_dst: np.ndarray) -> tuple[float, dict[str, Any]]:
-    _, distance = _nearest_index(t_src, t_dst)
+    _, distance = nearest_index(t_src, t_dst)
     stats = _distance_stats(distance)
     return stats["mean_ms"], {**stats, "samples": int(t_src.shape[0])}
 
 
 def _nearest_frames(t_src: np.ndarray, t_dst: np.ndarray, tol_ms: float) -> tuple[np.ndarray, float, dict[str, Any]]:
-    index, distance = _nearest_index(t_src, t_dst)
+    index, distance = nearest_index(t_src, t_dst)
     matched = distance <= tol_ms * 1e6
     frames = np.where(matched, index, -1).astype(np.int64)
     stats = _distance_stats(distance[matched])
