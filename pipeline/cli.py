@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("raw_dir", type=Path, metavar="RAW_DIR", help="folder with sealed raw episodes (*.h5), e.g. the ingest's data dir")
     p.add_argument("--out", type=Path, required=True, metavar="DATASET.zarr", help="the Zarr dataset (created if missing)")
     p.add_argument("--config", type=Path, help="YAML overriding pipeline/processing/defaults.yaml (printed by --show-config)")
-    p.add_argument("--rate", type=_positive_float, help="target rate in Hz of the output timeline (default from config: 50)")
+    p.add_argument("--rate", type=_positive_float, help="rate in Hz of the output timeline (default: the fastest camera's fps, so no frame is stored twice)")
     p.add_argument("--resize", metavar="HxW", help="store camera frames at this size (re-encodes them), e.g. 224x224")
     p.add_argument("--blur-faces", action="store_true", help="blur faces in camera frames")
     p.add_argument("--pseudonymize", action="store_true",

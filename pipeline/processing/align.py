@@ -29,6 +29,7 @@ from pipeline.streams import ACTION, JOINT_STATE
 
 __all__ = ["AlignConfig", "ClockFit", "align", "fit_clock", "nearest_index", "wrap_to_pi"]
 
+_DEFAULT_RATE_HZ = 50.0  # without cameras: what ACT / diffusion-policy trainers consume
 _NS_PER_S = 1_000_000_000
 _CONTINUOUS_FIELD = "position"  # the only field that holds angles; velocity/effort never wrap
 
@@ -169,7 +170,9 @@ class AlignConfig:
     """How :func:`align` resamples an episode.
 
     Attributes:
-        rate_hz: rate of the output timeline. 50 Hz is what diffusion-policy and
+        rate_hz: rate of the output timeline; ``None`` (the default) takes the
+            fastest camera's frame rate (50 Hz without cameras), so every step
+            has its own frame and no frame is stored twice. 50 Hz is what diffusion-policy and
             ACT-style trainers consume; joints (500 Hz) are downsampled to it.
         frame_tolerance_ms: farthest a frame may lie from a step and still be
             that step's frame. ``None`` = half the camera's frame period: the
@@ -186,7 +189,7 @@ class AlignConfig:
             :func:`fit_clock`.
     """
 
-    rate_hz: float = 50.0
+    rate_hz: float | None = None
     frame_tolerance_ms: float | None = None
     span: Literal["common", "joint_state"] = "common"
     clock_window_s: float = 2.0
@@ -197,6 +200,8 @@ class AlignConfig:
         source = "<align config>"
         for name in ("rate_hz", "clock_window_s"):
             value = getattr(self, name)
+            if name == "rate_hz" and value is None:
+                continue
             if not _finite_number(value) or value <= 0:
                 raise ConfigError(source, name, f"must be a number > 0, got {value!r}")
         for name in ("rtt_slack_us", "min_drift_span_s"):
@@ -279,7 +284,8 @@ def align(raw: RawEpisode, config: AlignConfig | None = None) -> AlignedEpisode:
     if end < start:
         firsts = ", ".join(f"{k} {int(t[0])}..{int(t[-1])}" for k, t in spanned.items())
         raise ProcessingError(where, f"streams share no time interval on the ingest clock ({firsts}); nothing to align")
-    period_ns = _NS_PER_S / config.rate_hz
+    rate_hz = float(config.rate_hz or max((cam.fps for cam in raw.cameras.values()), default=_DEFAULT_RATE_HZ))
+    period_ns = _NS_PER_S / rate_hz
     steps = int((end - start) // period_ns) + 1
     t_ns = start + np.rint(np.arange(steps) * period_ns).astype(np.int64)
 
@@ -314,12 +320,12 @@ def align(raw: RawEpisode, config: AlignConfig | None = None) -> AlignedEpisode:
         "start_ns": int(t_ns[0]),
         "end_ns": int(t_ns[-1]),
         "steps": steps,
-        "rate_hz": float(config.rate_hz),
+        "rate_hz": rate_hz,
         "streams": stream_report,
     }
     return AlignedEpisode(
         raw=raw,
-        rate_hz=float(config.rate_hz),
+        rate_hz=rate_hz,
         t_ns=t_ns,
         state=state,
         action=action,

@@ -47,6 +47,7 @@ class RefineResult:
     rejected: bool = False
     reasons: list[str] = field(default_factory=list)
     quality: QualityReport | None = None  # of the whole episode, when rejected
+    rate_hz: float = 0.0  # of the aligned timeline
     deid: dict[str, Any] = field(default_factory=dict)
 
 
@@ -62,6 +63,7 @@ def refine(raw: RawEpisode, config: ProcessConfig) -> RefineResult:
         result.rejected = True
         result.reasons.append(f"cannot align: {err}")
         return result
+    result.rate_hz = aligned.rate_hz
     cleaned: CleanResult = clean_aligned(aligned, config.clean)
     result.decisions = raw_decisions + cleaned.decisions
     if cleaned.rejected or not cleaned.segments:
@@ -140,7 +142,7 @@ def _entry(raw: RawEpisode, result: RefineResult, config: ProcessConfig, operato
         "task": str(raw.attrs.get("task", "")),
         "operator": operator,
         "outcome": str(raw.attrs.get("outcome", "")),
-        "rate_hz": config.align.rate_hz,
+        "rate_hz": result.rate_hz,
         "decisions": len(result.decisions),
     }
 
@@ -164,7 +166,7 @@ def process_raw_episode(
         "task": common["task"],
         "operator": operator,
         "outcome": common["outcome"],
-        "rate_hz": config.align.rate_hz,
+        "rate_hz": result.rate_hz,
         "joint_names": list(raw.config.joint_names),
         "standard_names": list(raw.config.standard_names),
         "decisions": [d.as_dict() for d in result.decisions],

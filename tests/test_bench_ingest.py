@@ -1,0 +1,75 @@
+"""Smoke test of tools/bench_ingest.py: a tiny run of both modes against a real ingest and the baseline."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tools import bench_ingest
+
+
+def test_bench_model_is_a_valid_30_dof_g1_class_config() -> None:
+    config = bench_ingest.bench_robot_config()
+    assert config.dof == 30
+    assert config.joint_state_hz == 500
+    assert [c.width for c in config.cameras] == [640, 640, 640]
+    assert "head_yaw" in config.standard_names
+
+
+def test_interleave_keeps_the_real_time_mix() -> None:
+    pattern = bench_ingest._interleave([(50.0, 0), (50.0, 1), (30.0, 2), (30.0, 3), (30.0, 4)])
+    assert len(pattern) == 19
+    assert [pattern.count(i) for i in range(5)] == [5, 5, 3, 3, 3]
+
+
+@pytest.mark.slow
+def test_bench_smoke_two_robots_both_modes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
+    rc = bench_ingest.main(
+        ["--robots", "2", "--seconds", "2", "--sat-seconds", "1.5", "--workers", "1", "--work-dir", str(tmp_path),
+         "--seal-timeout", "30", "--drain-timeout", "10"]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert time.monotonic() - started < 60
+    assert out.startswith("\ncommand: python tools/bench_ingest.py --robots 2"), out[:200]
+    summary = dict(kv.split("=", 1) for kv in re.search(r"^summary: (.*)$", out, re.M).group(1).split())
+    for key in ("realtime_ingest_lost", "realtime_baseline_lost", "saturation_ingest_lost", "saturation_baseline_lost"):
+        assert summary[key] == "0", out
+    assert re.search(r"^ratio ingest/baseline: \d+\.\d\d \(", out, re.M), out
+    assert float(summary["ratio"]) > 0
+    # Both real-time rows are in the table, with lost == 0 in the lost column.
+    header = next(line for line in out.splitlines() if line.startswith("| target | robots | offered MB/s"))
+    lost_col = [c.strip() for c in header.split("|")].index("lost")
+    rows = [line for line in out.splitlines() if re.match(r"\| (ingest|baseline) \| 2 \| \d", line)]
+    assert len(rows) == 4, out  # real time and saturation, ingest and baseline
+    for row in rows[:2]:
+        assert [c.strip() for c in row.split("|")][lost_col] == "0", row
+    assert not list(tmp_path.iterdir()), "the bench must remove its work folder"
+
+
+def test_verify_episodes_counts_missing_and_duplicate_seqs(tmp_path: Path) -> None:
+    """The loss check itself: a sealed file with a hole and a repeat is reported, not passed."""
+    import h5py
+    import numpy as np
+
+    from pipeline.raw_store import raw_path
+
+    path = raw_path(tmp_path, "r1", "ep1")
+    path.parent.mkdir(parents=True)
+    with h5py.File(path, "w") as h5:
+        h5.attrs["status"] = "complete"
+        h5["streams/joint_state/seq"] = np.repeat([0, 1, 3], 10)  # seq 2 missing
+        h5["cameras/head_left/seq"] = np.array([0, 1, 1, 2])  # seq 1 twice
+        h5["events/seq"] = np.array([0, 1])
+    robots = [{"robot_id": "r1", "episode": "ep1", "rows": {"joint_state": 10},
+               "expected": {"joint_state": 3, "head_left": 2, "events": 1}}]
+    check = bench_ingest.verify_episodes(tmp_path, robots)
+    assert check["lost"] == 1
+    assert check["duplicates"] == 1
+    assert check["unsealed"] == 0
+    robots[0]["episode"] = "ep2"  # never sealed, no journal: everything lost
+    assert bench_ingest.verify_episodes(tmp_path, robots)["lost"] == 4 + 3 + 2
