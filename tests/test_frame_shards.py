@@ -278,4 +278,5 @@ def test_encode_shard_matches_zarrs_own_shard_bytes(tmp_path: Path, index_locati
     for shard, frames in enumerate([chunks[:4], chunks[4:]]):
         expected = (store / "c" / str(shard) / "0" / "0" / "0").read_bytes()
         assert encode_shard(frames, 4, index_at_end=index_location == "end", checksum=checksum) == expected
-    np.testing.assert_array_equal(read_frames(array, [5, 0, 2]), array[[5, 0, 2]])
+    np.testing.assert_array_equal(read_frames(array, [5, 0, 2]), array[[5, 0, 2]])  # whole shards
+    np.testing.assert_array_equal(read_frames(array, [1]), array[[1]])  # index + one range
