@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Ray's token auth must be chosen explicitly for local clusters (DESIGN: Ray pitfalls);
+# every Ray the tests start, in this process or in subprocesses, is private to the test.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -94,9 +100,6 @@ def record_episode(collector: Collector, seconds: float, task: str = "test task"
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One real local Ray for the whole test session (DESIGN: Ray pitfalls)."""
-    import os
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     ray.init(num_cpus=2, object_store_memory=128 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
