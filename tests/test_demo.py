@@ -1,0 +1,28 @@
+"""The README's first command ends in `refinery demo`: it must work end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.dataset.index import load_index
+
+
+@pytest.mark.slow
+def test_demo_records_processes_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "demo", "--data-dir", str(out), "--robots", "unitree_g1,fourier_gr1",
+         "--episodes", "1", "--duration", "1.5"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Recorded 2 raw episodes" in result.stdout
+    entries = load_index(out / "dataset.zarr")
+    assert {e.model for e in entries} == {"unitree_g1", "fourier_gr1"}
+    assert all(e.accepted for e in entries)
+    report = (out / "quality-report.html").read_text()
+    assert all(e.key in report for e in entries)
