@@ -50,8 +50,8 @@ def write_report(dataset: Path, out: Path) -> Path:
         for entry in rejected:
             parts.append(_rejected_section(root, entry))
     parts.append("<h2>Accepted episodes</h2>")
-    for entry in accepted:
-        parts.append(_episode_section(root, entry))
+    for n, entry in enumerate(accepted):
+        parts.append(_episode_section(root, entry, expanded=n == 0))
     parts.append("</body></html>")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts), encoding="utf-8")
@@ -124,11 +124,11 @@ def _rejected_section(root: zarr.Group, entry: EpisodeEntry) -> str:
             f"<h4>Cleaning decisions</h4>{_decisions(attrs.get('decisions', []))}</details>")
 
 
-def _episode_section(root: zarr.Group, entry: EpisodeEntry) -> str:
+def _episode_section(root: zarr.Group, entry: EpisodeEntry, expanded: bool = False) -> str:
     group = root[f"{EPISODES_GROUP}/{entry.key}"]
     attrs = dict(group.attrs)
     quality = attrs.get("quality", {})
-    body = [f"<details id='{_e(entry.key)}'><summary><span class='{_e(entry.grade)}'>&nbsp;{_e(entry.grade)}&nbsp;</span> "
+    body = [f"<details id='{_e(entry.key)}'{' open' if expanded else ''}><summary><span class='{_e(entry.grade)}'>&nbsp;{_e(entry.grade)}&nbsp;</span> "
             f"{_e(entry.key)} ({entry.length / entry.rate_hz:.1f} s, {_e(entry.model)}, {_e(entry.task)})</summary>"]
     if "state" in group and "position" in group["state"]:
         position = group["state"]["position"][:]
