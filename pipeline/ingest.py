@@ -31,7 +31,7 @@ from pipeline.robot_config import parse_robot_config
 
 log = logging.getLogger("refinery.ingest")
 
-DEFAULT_WINDOW = 512
+DEFAULT_WINDOW = 128  # messages; a robot needs ~10 in flight at 190 msg/s, and memory is window x collectors
 MAX_ACKS_PER_MESSAGE = 4096
 
 
@@ -101,6 +101,8 @@ class IngestServer:
         self._dirty_journals: set[tuple[str, str]] = set()
         self._stop = threading.Event()
         self._seal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal")
+        self._fsync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+        self._final_acks: dict[tuple[str, str], dict[str, int]] = {}
         self._disk_error: str = ""
         self._notice_after = 0.0
         self._hello_hints: dict[bytes, float] = {}
@@ -157,6 +159,7 @@ class IngestServer:
         finally:
             self._commit(sock)
             self._seal_pool.shutdown(wait=True)
+            self._fsync_pool.shutdown(wait=True)
             for journal in self.journals.values():
                 journal.close()
             sock.close(0)
@@ -280,7 +283,11 @@ class IngestServer:
         key = (header.robot_id, header.episode_id)
         journal = self.journals.get(key)
         if journal is None:
-            if key in self.sealing or raw_path(self.data_dir, *key).exists():
+            if key in self.sealing:
+                self.stats.duplicates += 1
+                session.dirty.add((header.episode_id, header.stream))  # re-acknowledge its final seq
+                return
+            if raw_path(self.data_dir, *key).exists():
                 self.stats.duplicates += 1
                 session.sealed.add(header.episode_id)
                 return
@@ -335,20 +342,22 @@ class IngestServer:
     # ------------------------------------------------------------------ commit, acks, sealing
 
     def _commit(self, sock: zmq.Socket) -> None:
-        """Group commit: fsync every dirty journal, then acknowledge what they hold."""
-        for key in list(self._dirty_journals):
-            journal = self.journals.get(key)
-            if journal is None:
-                continue
-            try:
-                journal.sync()
-                if self.config.inject_sync_delay_s:
-                    time.sleep(self.config.inject_sync_delay_s)
-            except OSError as err:
+        """Group commit: fsync every dirty journal, then acknowledge what they hold.
+
+        The fsyncs run in parallel threads (``os.fsync`` releases the GIL): one
+        commit costs about one fsync, not one per open episode.
+        """
+        dirty = [(key, self.journals[key]) for key in self._dirty_journals if key in self.journals]
+        failures = list(self._fsync_pool.map(_sync, [journal for _, journal in dirty]))
+        if dirty and self.config.inject_sync_delay_s:
+            time.sleep(self.config.inject_sync_delay_s)
+        for (key, journal), err in zip(dirty, failures):
+            if err is not None:
                 session = self.sessions.get(self.robots.get(key[0], b""))
                 if session is not None:
                     self._disk_failure(sock, session, journal.path, err)
                 return  # acknowledge nothing that might not be durable
+        for key, journal in dirty:
             if journal.complete:
                 self._start_seal(key)
         self._dirty_journals.clear()
@@ -363,9 +372,11 @@ class IngestServer:
         acks = []
         for episode, stream in session.dirty:
             journal = self.journals.get((session.robot_id, episode))
-            # Episodes being sealed are reported once their seal finishes.
-            if journal is not None and stream in journal.next_seq:
-                acks.append((episode, stream, journal.next_seq[stream] - 1))
+            # An episode being sealed is durable in its journal: acknowledge its final
+            # seqs now (the collector stops resending); "sealed" follows when the file is in place.
+            acked = journal.acked if journal is not None else self._final_acks.get((session.robot_id, episode), {})
+            if stream in acked:
+                acks.append((episode, stream, acked[stream]))
         session.dirty.clear()
         sealed = tuple(sorted(session.sealed))
         session.sealed.clear()
@@ -378,6 +389,7 @@ class IngestServer:
         self._dirty_journals.discard(key)
         self.last_activity.pop(key, None)
         incomplete = not journal.complete
+        self._final_acks[key] = journal.acked
         self.sealing[key] = self._seal_pool.submit(seal_recovered, journal, self.data_dir, incomplete=incomplete)
 
     def _collect_seals(self) -> None:
@@ -385,6 +397,7 @@ class IngestServer:
             if not future.done():
                 continue
             del self.sealing[key]
+            self._final_acks.pop(key, None)
             try:
                 path = future.result()
             except (RefineryError, OSError) as err:
@@ -430,3 +443,11 @@ class IngestServer:
             "disk_error": self._disk_error,
             **self.stats.__dict__,
         }
+
+
+def _sync(journal: EpisodeJournal) -> OSError | None:
+    try:
+        journal.sync()
+    except OSError as err:
+        return err
+    return None

@@ -23,6 +23,14 @@ from pipeline.robot_config import RobotConfig, load_robot_config
 TINY_ROBOT = Path(__file__).parent / "data" / "robots" / "tiny_humanoid.yaml"
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    yield
+    from tests.processes import kill_leftovers
+
+    kill_leftovers()
+
+
 @pytest.fixture(scope="session")
 def tiny_robot() -> RobotConfig:
     return load_robot_config(TINY_ROBOT)

@@ -17,6 +17,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+RUNNING: list[subprocess.Popen[bytes]] = []
+"""Every process started here; the test session kills what a failed test left running."""
+
+
+def kill_leftovers() -> None:
+    while RUNNING:
+        proc = RUNNING.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
 class RefineryProcess:
     """One `refinery ...` subprocess with its log in a file (no pipe to fill up)."""
 
@@ -36,6 +48,7 @@ class RefineryProcess:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        RUNNING.append(self.proc)
         log.close()
 
     def log(self) -> str:

@@ -65,7 +65,6 @@ import multiprocessing as mp
 import os
 import platform
 import queue
-import re
 import shlex
 import shutil
 import signal
