@@ -149,6 +149,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="HTML file to write (default: DATASET.zarr/../<name>-report.html)")
     p.set_defaults(func=_cmd_report)
 
+    p = sub.add_parser("export", help="export a dataset to a trainer's layout (Diffusion Policy replay buffer)",
+                       description="Write the accepted episodes as a Diffusion Policy replay buffer: Zarr format 2, "
+                                   "data/<name> concatenated over episodes, meta/episode_ends. Camera frames are "
+                                   "stored as the dataset's JPEG bytes (codec imagecodecs_jpeg) unless --resize "
+                                   "or --image-codec blosc. One robot model and one camera size per export.")
+    p.add_argument("dataset", type=Path, metavar="DATASET.zarr")
+    p.add_argument("out", type=Path, nargs="?", metavar="OUT.zarr",
+                   help="replay buffer to write: a folder, or a .zarr.zip file (with --zip or a name ending in .zip)")
+    p.add_argument("--out", dest="out_option", type=Path, metavar="OUT.zarr", help="the same as OUT.zarr")
+    p.add_argument("--format", choices=["diffusion-policy"], default="diffusion-policy", help="(default: %(default)s)")
+    p.add_argument("--key", action="append", default=[], metavar="DATASET_KEY=NAME",
+                   help="export this key under this name, e.g. state/position=agent_pos (repeat; default: every key, "
+                        "named robot_joint, robot_joint_vel, robot_joint_effort, action, timestamp, camera_0, ...)")
+    p.add_argument("--min-grade", choices=list("ABCDF"), help="only episodes graded this or better")
+    p.add_argument("--model", action="append", help="only episodes of this robot model (repeat)")
+    p.add_argument("--robot", action="append", help="only episodes of this robot id (repeat)")
+    p.add_argument("--task", action="append", help="only episodes of this task (repeat)")
+    p.add_argument("--resize", metavar="HxW", help="re-encode every frame at this size, e.g. 224x224")
+    p.add_argument("--image-codec", choices=["jpeg", "blosc"], default="jpeg",
+                   help="jpeg: frames as JPEG files (readers need imagecodecs); blosc: raw RGB (default: %(default)s)")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="quality of re-encoded frames (default: %(default)s)")
+    p.add_argument("--zip", action="store_true", help="write a .zarr.zip archive")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("import", help="bring existing recordings in as raw episodes",
+                       description="Convert recordings made by other tools into sealed raw episodes under "
+                                   "DATA_DIR/raw/<robot-id>/, then refine them with `refinery process DATA_DIR`.")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    q = kinds.add_parser("aloha", help="ALOHA / ACT episode_*.hdf5 files",
+                         description="One raw episode per episode_*.hdf5 (qpos, qvel, effort, action, cameras; "
+                                     "raw RGB or ACT's compressed JPEG images). Re-running skips files already imported.")
+    q.add_argument("src", type=Path, metavar="SRC", help="folder of episode_*.hdf5 files, or one file")
+    q.add_argument("data_dir", type=Path, nargs="?", metavar="RAW_DIR",
+                   help="where raw episodes go (e.g. an ingest's data dir)")
+    q.add_argument("--data-dir", dest="data_dir_option", type=Path, metavar="RAW_DIR", help="the same as RAW_DIR")
+    q.add_argument("--robot-id", default="aloha-0", help="robot id recorded with the episodes (default: %(default)s)")
+    q.add_argument("--robot", default="aloha", help="robot config: a shipped model or a YAML path (default: %(default)s)")
+    q.add_argument("--rate", type=_positive_float, default=50.0, help="the files' step rate in Hz (default: %(default)s)")
+    q.add_argument("--task", default="", help="task instruction recorded with each episode")
+    q.add_argument("--operator", default="", help="operator id recorded with each episode")
+    q.add_argument("--keep-compressed", action="store_true",
+                   help="store compressed files' JPEGs as they are (default: re-encode them, because ACT encoded "
+                        "RGB arrays with OpenCV and their red and blue are swapped)")
+    q.set_defaults(func=_cmd_import_aloha)
+
+    p = sub.add_parser("inspect", help="describe a dataset or a Diffusion Policy export",
+                       description="Dataset card, keys with dtype/shape/chunking per robot model, every episode "
+                                   "(robot, model, task, seconds, grade, accepted, size), grade histogram, size on disk.")
+    p.add_argument("dataset", type=Path, metavar="DATASET")
+    p.set_defaults(func=_cmd_inspect)
+
     p = sub.add_parser("verify", help="check the checksum of every sealed raw episode",
                        description="Recompute the content checksum of every raw episode under DIR; exit 1 if any fails.")
     p.add_argument("dir", type=Path)
@@ -158,7 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse cannot take an optional positional after options
+    # (`export DATASET --format diffusion-policy OUT`): place it here.
+    for name in ("out", "data_dir"):
+        if extra and not extra[0].startswith("-") and getattr(args, name, "") is None:
+            setattr(args, name, Path(extra.pop(0)))
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -426,11 +485,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     if args.rate:
         config = config.replace(align=_replace(config.align, rate_hz=args.rate))
     if args.resize:
-        try:
-            height, width = (int(v) for v in args.resize.lower().split("x"))
-        except ValueError as err:
-            raise ConfigError("refinery process", "--resize", f"{args.resize!r} is not HxW, e.g. 224x224") from err
-        config = config.replace(output=_replace(config.output, resize=(height, width)))
+        config = config.replace(output=_replace(config.output, resize=_hxw(args.resize, "refinery process")))
     if args.blur_faces or args.pseudonymize:
         config = config.replace(deidentify=_replace(
             config.deidentify,
@@ -463,6 +518,67 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = args.out or args.dataset.resolve().parent / f"{args.dataset.resolve().stem}-report.html"
     write_report(args.dataset, out)
     print(f"quality report: {out}")
+    return 0
+
+
+def _hxw(text: str | None, command: str) -> tuple[int, int] | None:
+    from pipeline.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError as err:
+        raise ConfigError(command, "--resize", f"{text!r} is not HxW, e.g. 224x224") from err
+    return height, width
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.console import ProgressBar
+    from pipeline.errors import ConfigError
+    from pipeline.export_dp import export_diffusion_policy
+
+    out = args.out or args.out_option
+    if out is None:
+        raise ConfigError("refinery export", "OUT.zarr", "say where to write the replay buffer")
+    keys: dict[str, str] | None = None
+    if args.key:
+        keys = {}
+        for item in args.key:
+            key, sep, name = item.partition("=")
+            if not (sep and key and name):
+                problem = f"{item!r} is not DATASET_KEY=NAME, e.g. state/position=agent_pos"
+                raise ConfigError("refinery export", "--key", problem)
+            keys[key] = name
+    summary = export_diffusion_policy(
+        args.dataset, out, keys=keys, min_grade=args.min_grade, models=args.model, robots=args.robot,
+        tasks=args.task, image_size=_hxw(args.resize, "refinery export"), image_codec=args.image_codec,
+        jpeg_quality=args.jpeg_quality, zip=args.zip, overwrite=args.overwrite, progress=ProgressBar("exporting"),
+    )
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
+def _cmd_import_aloha(args: argparse.Namespace) -> int:
+    from pipeline.errors import ConfigError
+    from pipeline.import_aloha import import_aloha
+
+    data_dir = args.data_dir or args.data_dir_option
+    if data_dir is None:
+        raise ConfigError("refinery import aloha", "RAW_DIR", "say where the raw episodes go")
+    args.data_dir = data_dir
+    paths = import_aloha(args.src, data_dir, robot_id=args.robot_id, rate_hz=args.rate, task=args.task,
+                         config=args.robot, operator=args.operator, compressed_rgb=not args.keep_compressed)
+    print(f"{len(paths)} raw episodes in {args.data_dir / 'raw' / args.robot_id}")
+    print(f"refine them with: refinery process {args.data_dir} --out DATASET.zarr")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from pipeline.inspect_dataset import inspect_dataset
+
+    print(inspect_dataset(args.dataset), end="")
     return 0
 
 

@@ -43,8 +43,8 @@ def rejected(path: Path) -> ConfigError:
 # --- shipped configs -----------------------------------------------------------------
 
 
-def test_the_three_robot_configs_are_shipped():
-    assert builtin_models() == SHIPPED
+def test_the_humanoid_configs_and_aloha_are_shipped():
+    assert builtin_models() == sorted([*SHIPPED, "aloha"])
 
 
 @pytest.mark.parametrize("model", SHIPPED)

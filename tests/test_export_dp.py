@@ -1,0 +1,320 @@
+"""Diffusion Policy export: the replay-buffer layout its reader accepts, values, keys, filters, zip."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from pipeline.dataset.frame_shards import read_jpeg_bytes
+from pipeline.dataset.index import EpisodeEntry, load_index
+from pipeline.dataset.jpeg_codec import decode_jpeg_chunk
+from pipeline.errors import DatasetError
+from pipeline.export_dp import default_key_names, export_diffusion_policy
+from pipeline.process_job import JobOptions, run_process_job
+from pipeline.raw_builder import simulate_episode
+from pipeline.robot_config import load_robot_config
+
+from .conftest import TINY_ROBOT
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+TINY = "tiny_humanoid"
+HD = "tiny_humanoid_hd"  # the same robot with 96x128 cameras
+GRADES = "ABCDF"
+BLOSC_KEYS = {"id", "cname", "clevel", "shuffle", "blocksize"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Path:
+    """Two accepted tiny episodes, one discarded one, and one episode with larger cameras."""
+    work = tmp_path_factory.mktemp("export_dp")
+    tiny = load_robot_config(TINY_ROBOT)
+    raw = work / "ingest"
+    simulate_episode(raw, tiny, robot_id="tiny-a", seconds=2.0, seed=1, task="wave")
+    simulate_episode(raw, tiny, robot_id="tiny-b", seconds=2.0, seed=2, task="point")
+    simulate_episode(raw, tiny, robot_id="tiny-x", seconds=2.0, seed=3, outcome="discarded")
+    spec = yaml.safe_load(TINY_ROBOT.read_text())
+    spec["model"] = HD
+    for camera in spec["cameras"]:
+        camera.update(width=128, height=96)
+    (work / "hd.yaml").write_text(yaml.safe_dump(spec))
+    simulate_episode(raw, load_robot_config(work / "hd.yaml"), robot_id="hd-a", seconds=2.0, seed=4, task="wave")
+    ds = work / "ds.zarr"
+    summary = run_process_job(JobOptions(raw_dir=raw, dataset=ds))
+    assert summary.accepted == 3 and summary.rejected == 1, summary.lines()
+    return ds
+
+
+def tiny_entries(dataset: Path) -> list[EpisodeEntry]:
+    return [e for e in load_index(dataset) if e.accepted and e.model == TINY]
+
+
+@pytest.fixture(scope="module")
+def export(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dp") / "tiny.zarr"
+    export_diffusion_policy(dataset, out, models=TINY)
+    return out
+
+
+def zarray(path: Path) -> dict:
+    return json.loads(path.joinpath(".zarray").read_text())
+
+
+def dataset_values(dataset: Path, entries: list[EpisodeEntry], key: str) -> np.ndarray:
+    root = zarr.open_group(str(dataset), mode="r")
+    return np.concatenate([root["episodes"][e.key][key][...] for e in entries])
+
+
+def dataset_jpegs(dataset: Path, entries: list[EpisodeEntry], camera: str) -> list[bytes]:
+    root = zarr.open_group(str(dataset), mode="r")
+    out: list[bytes] = []
+    for e in entries:
+        array = root["episodes"][e.key]["cameras"][camera]
+        out += read_jpeg_bytes(array, range(array.shape[0]))
+    return out
+
+
+def data_names(buffer: Path) -> list[str]:
+    """The arrays under data/, from the folder (zarr opens a camera array only with imagecodecs registered)."""
+    return sorted(p.name for p in (buffer / "data").iterdir() if p.is_dir())
+
+
+def open_buffer(path: Path) -> zarr.Group:
+    return zarr.open_group(str(path), mode="r", zarr_format=2)
+
+
+# --- layout ----------------------------------------------------------------------------
+
+
+def test_root_holds_data_and_meta_groups_only_in_zarr_format_2(export: Path) -> None:
+    root = open_buffer(export)
+
+    assert sorted(root.group_keys()) == ["data", "meta"] and not list(root.array_keys())
+    assert all((export / "data" / n / ".zarray").exists() for n in data_names(export))
+    assert not list((export / "data").glob("*/.zgroup"))
+    assert list(root["meta"].array_keys()) == ["episode_ends"] and not list(root["meta"].group_keys())
+    assert json.loads((export / ".zgroup").read_text()) == {"zarr_format": 2}
+    assert not list(export.rglob("zarr.json"))  # nothing of format 3
+
+
+def test_episode_ends_are_cumulative_exclusive_int64(export: Path, dataset: Path) -> None:
+    ends = open_buffer(export)["meta"]["episode_ends"][...]
+
+    entries = tiny_entries(dataset)
+    assert ends.dtype == np.int64
+    assert ends.tolist() == np.cumsum([e.length for e in entries]).tolist()
+    info = open_buffer(export).attrs["refinery"]
+    assert [e["key"] for e in info["episodes"]] == [e.key for e in entries]
+
+
+def test_every_data_array_spans_all_steps_chunked_along_time_only(export: Path) -> None:
+    steps = int(open_buffer(export)["meta"]["episode_ends"][-1])
+
+    names = data_names(export)
+    assert len(names) == 7
+    for name in names:
+        meta = zarray(export / "data" / name)
+        assert meta["shape"][0] == steps, name
+        assert meta["chunks"][1:] == meta["shape"][1:], name
+    for name in ("camera_0", "camera_1"):
+        meta = zarray(export / "data" / name)
+        assert (meta["dtype"], meta["shape"], meta["chunks"]) == ("|u1", [steps, 48, 64, 3], [1, 48, 64, 3])
+        assert len(list((export / "data" / name).glob("*.0.0.0"))) == steps
+
+
+def test_default_names_follow_diffusion_policy_real_robot_keys(export: Path) -> None:
+    names = data_names(export)
+
+    assert names == sorted(
+        ["action", "camera_0", "camera_1", "robot_joint", "robot_joint_vel", "robot_joint_effort", "timestamp"]
+    )
+    assert default_key_names(["cameras/wrist", "cameras/head", "state/position"]) == {
+        "state/position": "robot_joint", "cameras/head": "camera_0", "cameras/wrist": "camera_1",
+    }
+
+
+def test_compressor_settings_hold_only_keys_old_readers_accept(export: Path) -> None:
+    assert zarray(export / "data" / "camera_0")["compressor"] == {"id": "imagecodecs_jpeg", "level": 90}
+    for name in ("action", "robot_joint", "robot_joint_vel", "robot_joint_effort", "timestamp"):
+        compressor = zarray(export / "data" / name)["compressor"]
+        assert set(compressor) == BLOSC_KEYS and compressor["cname"] == "lz4", name  # no typesize
+        assert zarray(export / "data" / name)["filters"] is None
+    assert zarray(export / "meta" / "episode_ends")["compressor"] is None
+
+
+# --- values ----------------------------------------------------------------------------
+
+
+def test_numeric_values_equal_the_dataset(export: Path, dataset: Path) -> None:
+    data = open_buffer(export)["data"]
+    entries = tiny_entries(dataset)
+
+    for key, name in [("state/position", "robot_joint"), ("state/velocity", "robot_joint_vel"),
+                      ("state/effort", "robot_joint_effort"), ("action/position", "action")]:
+        values = data[name][...]
+        assert values.dtype == np.float32
+        np.testing.assert_array_equal(values, dataset_values(dataset, entries, key).astype(np.float32))
+    timestamps = data["timestamp"][...]
+    assert timestamps.dtype == np.float64
+    np.testing.assert_array_equal(timestamps, dataset_values(dataset, entries, "timestamps_ns") / 1e9)
+
+
+def test_stored_frames_are_the_dataset_jpeg_bytes(export: Path, dataset: Path) -> None:
+    jpegs = dataset_jpegs(dataset, tiny_entries(dataset), "head_left")
+
+    stored = [(export / "data" / "camera_0" / f"{i}.0.0.0").read_bytes() for i in range(len(jpegs))]
+    assert stored == jpegs  # passthrough: not one frame re-encoded
+    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(stored[7], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(rgb, decode_jpeg_chunk(jpegs[7], (48, 64, 3)))
+
+
+def test_imagecodecs_numcodecs_codec_decodes_the_camera_arrays(export: Path, dataset: Path) -> None:
+    image_numcodecs = pytest.importorskip("imagecodecs.numcodecs")
+    image_numcodecs.register_codecs()
+
+    frames = open_buffer(export)["data"]["camera_1"][...]
+
+    jpegs = dataset_jpegs(dataset, tiny_entries(dataset), "head_right")
+    expected = np.stack([decode_jpeg_chunk(j, (48, 64, 3)) for j in jpegs])
+    np.testing.assert_array_equal(frames, expected)
+
+
+# --- options ---------------------------------------------------------------------------
+
+
+def test_key_mapping_selects_and_renames_keys(dataset: Path, tmp_path: Path) -> None:
+    keys = {"state/position": "agent_pos", "cameras/head_right": "image", "action/position": "action"}
+    summary = export_diffusion_policy(dataset, tmp_path / "dp.zarr", keys=keys, models=TINY)
+
+    root = open_buffer(tmp_path / "dp.zarr")
+    assert data_names(tmp_path / "dp.zarr") == ["action", "agent_pos", "image"]
+    assert summary.keys == keys and root.attrs["refinery"]["keys"] == keys
+    assert summary.shapes["image"] == (summary.steps, 48, 64, 3)
+    jpegs = dataset_jpegs(dataset, tiny_entries(dataset), "head_right")
+    assert (tmp_path / "dp.zarr" / "data" / "image" / "0.0.0.0").read_bytes() == jpegs[0]
+
+
+def test_a_key_missing_from_an_episode_is_named(dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"cameras/wrist_left"):
+        export_diffusion_policy(dataset, tmp_path / "dp.zarr", keys={"cameras/wrist_left": "camera_0"}, models=TINY)
+    with pytest.raises(DatasetError, match=r"'a/b'"):
+        export_diffusion_policy(dataset, tmp_path / "dp.zarr", keys={"state/position": "a/b"}, models=TINY)
+    assert not (tmp_path / "dp.zarr").exists()
+
+
+@pytest.mark.parametrize("grade", list(GRADES))
+def test_min_grade_keeps_episodes_graded_that_or_better(dataset: Path, tmp_path: Path, grade: str) -> None:
+    expected = [e.key for e in tiny_entries(dataset) if GRADES.index(e.grade) <= GRADES.index(grade)]
+    out = tmp_path / "dp.zarr"
+
+    if not expected:
+        with pytest.raises(DatasetError, match="no accepted episode matches"):
+            export_diffusion_policy(dataset, out, models=TINY, min_grade=grade)
+        return
+    summary = export_diffusion_policy(dataset, out, models=TINY, min_grade=grade)
+    assert list(summary.episode_keys) == expected
+
+
+def test_robot_and_task_filters_select_episodes(dataset: Path, tmp_path: Path) -> None:
+    summary = export_diffusion_policy(dataset, tmp_path / "a.zarr", robots="tiny-b")
+    assert [e["robot_id"] for e in open_buffer(tmp_path / "a.zarr").attrs["refinery"]["episodes"]] == ["tiny-b"]
+    assert summary.episodes == 1
+
+    summary = export_diffusion_policy(dataset, tmp_path / "b.zarr", tasks="wave", models=HD)
+    assert summary.episodes == 1 and summary.shapes["camera_0"][1:] == (96, 128, 3)
+
+
+def test_rejected_episodes_are_never_exported(export: Path, dataset: Path) -> None:
+    assert [e.robot_id for e in load_index(dataset) if not e.accepted] == ["tiny-x"]
+
+    exported = [e["robot_id"] for e in open_buffer(export).attrs["refinery"]["episodes"]]
+    assert sorted(exported) == ["tiny-a", "tiny-b"]
+
+
+def test_zip_output_reads_with_zipstore_like_the_folder(export: Path, dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tiny.zarr.zip"
+    summary = export_diffusion_policy(dataset, out, models=TINY, zip=True)
+
+    assert out.is_file() and summary.bytes == out.stat().st_size
+    with zipfile.ZipFile(out) as zf:
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
+        assert ".zgroup" in zf.namelist() and "meta/episode_ends/.zarray" in zf.namelist()
+        arrays = sorted(n.split("/")[1] for n in zf.namelist() if n.startswith("data/") and n.endswith("/.zarray"))
+        assert arrays == data_names(export)
+        for key in ("data/camera_0/0.0.0.0", f"data/camera_0/{summary.steps - 1}.0.0.0"):
+            assert zf.read(key) == (export / key).read_bytes()
+    store = zarr.storage.ZipStore(out, mode="r")
+    try:
+        root = zarr.open_group(store, mode="r", zarr_format=2)
+        folder = open_buffer(export)
+        np.testing.assert_array_equal(root["meta"]["episode_ends"][...], folder["meta"]["episode_ends"][...])
+        np.testing.assert_array_equal(root["data"]["robot_joint"][...], folder["data"]["robot_joint"][...])
+    finally:
+        store.close()
+
+
+def test_mixed_camera_sizes_are_refused_naming_the_key_and_the_fix(dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as info:
+        export_diffusion_policy(dataset, tmp_path / "dp.zarr")
+
+    message = str(info.value)
+    assert "cameras/head_left" in message and "(48, 64, 3)" in message and "(96, 128, 3)" in message
+    assert "--resize" in message and "--model" in message
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_resize_puts_mixed_camera_sizes_in_one_buffer(dataset: Path, tmp_path: Path) -> None:
+    summary = export_diffusion_policy(dataset, tmp_path / "dp.zarr", image_size=(32, 40), jpeg_quality=80)
+
+    root = open_buffer(tmp_path / "dp.zarr")
+    assert summary.episodes == 3 and root["meta"]["episode_ends"][-1] == summary.steps
+    assert zarray(tmp_path / "dp.zarr" / "data" / "camera_0")["shape"] == [summary.steps, 32, 40, 3]
+    last = (tmp_path / "dp.zarr" / "data" / "camera_0" / f"{summary.steps - 1}.0.0.0").read_bytes()
+    assert cv2.imdecode(np.frombuffer(last, np.uint8), cv2.IMREAD_COLOR).shape == (32, 40, 3)
+    assert zarray(tmp_path / "dp.zarr" / "data" / "camera_0")["compressor"] == {"id": "imagecodecs_jpeg", "level": 80}
+
+
+def test_blosc_image_codec_stores_decoded_rgb_frames(dataset: Path, tmp_path: Path) -> None:
+    export_diffusion_policy(dataset, tmp_path / "dp.zarr", models=TINY, image_codec="blosc")
+
+    frames = open_buffer(tmp_path / "dp.zarr")["data"]["camera_0"][...]
+    jpegs = dataset_jpegs(dataset, tiny_entries(dataset), "head_left")
+    expected = np.stack([decode_jpeg_chunk(j, (48, 64, 3)) for j in jpegs])
+    np.testing.assert_array_equal(frames, expected)
+    assert set(zarray(tmp_path / "dp.zarr" / "data" / "camera_0")["compressor"]) == BLOSC_KEYS
+
+
+def test_existing_output_is_refused_unless_overwrite(export: Path, dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dp.zarr"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+
+    with pytest.raises(DatasetError, match="already exists"):
+        export_diffusion_policy(dataset, out, models=TINY)
+    assert (out / "keep.txt").read_text() == "mine"
+    export_diffusion_policy(dataset, out, models=TINY, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "meta" / "episode_ends" / ".zarray").exists()
+
+
+def test_a_failed_export_leaves_nothing_behind(dataset: Path, tmp_path: Path) -> None:
+    def fail(done: int, total: int, key: str) -> None:
+        raise KeyboardInterrupt
+
+    for zip_output in (False, True):
+        with pytest.raises(KeyboardInterrupt):
+            export_diffusion_policy(dataset, tmp_path / "dp.zarr", models=TINY, zip=zip_output, progress=fail)
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_arguments_are_refused_before_writing(dataset: Path, tmp_path: Path) -> None:
+    for options in ({"image_codec": "png"}, {"min_grade": "E"}, {"image_size": (0, 10)}, {"jpeg_quality": 0}):
+        with pytest.raises(DatasetError):
+            export_diffusion_policy(dataset, tmp_path / "dp.zarr", models=TINY, **options)
+    assert not list(tmp_path.iterdir())
