@@ -101,7 +101,11 @@ class IngestServer:
         self._dirty_journals: set[tuple[str, str]] = set()
         self._stop = threading.Event()
         self._seal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal")
-        self._fsync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+        self._fsync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        self._sync_workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+        self._commit_future: Future[list[OSError | None]] | None = None
+        self._commit_snapshot: tuple[list[tuple[tuple[str, str], EpisodeJournal]],
+                                     dict[bytes, list[tuple[str, str, int]]], list[tuple[str, str]]] | None = None
         self._final_acks: dict[tuple[str, str], dict[str, int]] = {}
         self._disk_error: str = ""
         self._notice_after = 0.0
@@ -157,9 +161,10 @@ class IngestServer:
             self.ready.set()
             self._loop(sock)
         finally:
-            self._commit(sock)
+            self._commit(sock, wait=True)
             self._seal_pool.shutdown(wait=True)
             self._fsync_pool.shutdown(wait=True)
+            self._sync_workers.shutdown(wait=True)
             for journal in self.journals.values():
                 journal.close()
             sock.close(0)
@@ -341,43 +346,70 @@ class IngestServer:
 
     # ------------------------------------------------------------------ commit, acks, sealing
 
-    def _commit(self, sock: zmq.Socket) -> None:
-        """Group commit: fsync every dirty journal, then acknowledge what they hold.
+    def _commit(self, sock: zmq.Socket, wait: bool = False) -> None:
+        """Group commit, pipelined: fsync what was written so far on worker threads
+        while the loop goes on receiving; when the fsyncs are done, acknowledge
+        exactly what they covered (a snapshot taken before they started).
 
-        The fsyncs run in parallel threads (``os.fsync`` releases the GIL): one
-        commit costs about one fsync, not one per open episode.
+        The fsyncs of one commit run in parallel (``os.fsync`` releases the GIL),
+        so a commit costs about one fsync, not one per open episode.
         """
+        if self._commit_future is not None:
+            if not (wait or self._commit_future.done()):
+                return  # the previous commit is still syncing; writes keep accumulating
+            self._finish_commit(sock)
         dirty = [(key, self.journals[key]) for key in self._dirty_journals if key in self.journals]
-        failures = list(self._fsync_pool.map(_sync, [journal for _, journal in dirty]))
-        if dirty and self.config.inject_sync_delay_s:
+        self._dirty_journals.clear()
+        acks: dict[bytes, list[tuple[str, str, int]]] = {}
+        for session in self.sessions.values():
+            entries = []
+            for episode, stream in session.dirty:
+                journal = self.journals.get((session.robot_id, episode))
+                acked = journal.acked if journal is not None else self._final_acks.get((session.robot_id, episode), {})
+                if stream in acked:
+                    entries.append((episode, stream, acked[stream]))
+            session.dirty.clear()
+            if entries:
+                acks[session.identity] = entries
+        complete = [key for key, journal in dirty if journal.complete]
+        self._commit_snapshot = (dirty, acks, complete)
+        self._commit_future = self._fsync_pool.submit(self._sync_all, [journal for _, journal in dirty])
+        if wait:
+            self._finish_commit(sock)
+
+    def _sync_all(self, journals: list[EpisodeJournal]) -> list[OSError | None]:
+        failures = list(self._sync_workers.map(_sync, journals))
+        if journals and self.config.inject_sync_delay_s:
             time.sleep(self.config.inject_sync_delay_s)
+        return failures
+
+    def _finish_commit(self, sock: zmq.Socket) -> None:
+        assert self._commit_future is not None and self._commit_snapshot is not None
+        failures = self._commit_future.result()
+        dirty, acks, complete = self._commit_snapshot
+        self._commit_future = self._commit_snapshot = None
         for (key, journal), err in zip(dirty, failures):
             if err is not None:
                 session = self.sessions.get(self.robots.get(key[0], b""))
                 if session is not None:
                     self._disk_failure(sock, session, journal.path, err)
-                return  # acknowledge nothing that might not be durable
-        for key, journal in dirty:
-            if journal.complete:
+                # Nothing of this commit is acknowledged; the next commit tries again.
+                self._dirty_journals.update(k for k, _ in dirty)
+                for identity, entries in acks.items():
+                    if identity in self.sessions:
+                        self.sessions[identity].dirty.update((e, s) for e, s, _ in entries)
+                return
+        for key in complete:
+            if key in self.journals:
                 self._start_seal(key)
-        self._dirty_journals.clear()
         self.stats.commits += 1
         self._collect_seals()
         for session in list(self.sessions.values()):
-            self._acknowledge(sock, session)
+            self._acknowledge(sock, session, acks.get(session.identity, []))
 
-    def _acknowledge(self, sock: zmq.Socket, session: Session) -> None:
-        if not session.dirty and not session.sealed:
+    def _acknowledge(self, sock: zmq.Socket, session: Session, acks: list[tuple[str, str, int]]) -> None:
+        if not acks and not session.sealed:
             return
-        acks = []
-        for episode, stream in session.dirty:
-            journal = self.journals.get((session.robot_id, episode))
-            # An episode being sealed is durable in its journal: acknowledge its final
-            # seqs now (the collector stops resending); "sealed" follows when the file is in place.
-            acked = journal.acked if journal is not None else self._final_acks.get((session.robot_id, episode), {})
-            if stream in acked:
-                acks.append((episode, stream, acked[stream]))
-        session.dirty.clear()
         sealed = tuple(sorted(session.sealed))
         session.sealed.clear()
         for start in range(0, max(len(acks), 1), MAX_ACKS_PER_MESSAGE):
@@ -414,9 +446,10 @@ class IngestServer:
         """Seal, as incomplete, episodes whose collector has been silent too long."""
         now = time.monotonic()
         self._hello_hints = {k: v for k, v in self._hello_hints.items() if v > now}
+        syncing = {key for key, _ in self._commit_snapshot[0]} if self._commit_snapshot else set()
         deadline = time.monotonic() - self.config.abandon_after_s
         for key, last in list(self.last_activity.items()):
-            if last < deadline and key in self.journals:
+            if last < deadline and key in self.journals and key not in syncing:
                 journal = self.journals[key]
                 log.warning(
                     "robot=%s episode=%s silent for %.0f s; sealing as incomplete, missing %s",
