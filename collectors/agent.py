@@ -124,6 +124,7 @@ class Collector:
         self.episodes_done = 0
         self._wake = threading.Event()
         self.window = 1
+        self.handshakes = 0  # WELCOMEs received: 1 + reconnections
         self._ingest_notice = ""
         self._stop_request: tuple[str, int] | None = None  # (outcome, stop time) for the capture thread
         self._stop_done = threading.Event()
@@ -488,6 +489,7 @@ class Collector:
                     if self._interrupted:
                         self._close_interrupted(record.acked)
                     self.window = record.window
+                    self.handshakes += 1
                     resent = self.spool.rewind()
                     self.link_state = "up"
                     log.info("robot=%s connected to %s; resending %d", self.config.robot_id, self.config.ingest, resent)

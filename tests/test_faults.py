@@ -90,8 +90,11 @@ def test_ingest_killed_at_random_moments_loses_nothing(tmp_path, make_collector,
             assert ep.attrs["status"] == "complete"
             last = [e for e in ep.events() if e["kind"] == "stop"][0]["last_seq"]
         assert counts["joint_state"] > 0 and last
-    assert kills == 3
-    assert sum(c.spool.resent for c in collectors) > 0  # the kills really cost in-flight messages
+    assert kills == 3 and ingest.starts == 4
+    # Every collector lost its ingest and handshook again with a restarted one. (Whether
+    # anything needed resending depends on the moment: what the killed ingest had written
+    # survives in the journal even when it was not yet acknowledged.)
+    assert all(c.handshakes >= 2 for c in collectors)
     ingest.stop()
 
 
