@@ -477,7 +477,6 @@ def _cmd_process(args: argparse.Namespace) -> int:
     import yaml
 
     from pipeline.console import ProgressBar
-    from pipeline.errors import ConfigError
     from pipeline.process_job import JobOptions, run_process_job
     from pipeline.processing.config import load_process_config
 

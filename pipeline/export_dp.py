@@ -82,7 +82,16 @@ import zarr
 from numcodecs import Blosc
 
 from pipeline.dataset.frame_shards import conform_frame, read_jpeg_bytes
-from pipeline.dataset.index import DATASET_FORMAT, EPISODES_GROUP, EpisodeEntry, read_root_attrs
+from pipeline.dataset.index import (
+    CAMERA_PREFIX,
+    DATASET_FORMAT,
+    EPISODES_GROUP,
+    TIMESTAMPS_KEY,
+    EpisodeEntry,
+    episode_keys,
+    read_root_attrs,
+    select_episodes,
+)
 from pipeline.dataset.jpeg_codec import decode_jpeg_chunk, read_jpeg_header
 from pipeline.errors import DatasetError, StoreError
 
@@ -90,9 +99,6 @@ EXPORT_FORMAT = "refinery-diffusion-policy-export"
 EXPORT_FORMAT_VERSION = 1
 IMAGE_CODECS = ("jpeg", "blosc")
 JPEG_CODEC_ID = "imagecodecs_jpeg"
-GRADES = ("A", "B", "C", "D", "F")
-TIMESTAMPS_KEY = "timestamps_ns"
-CAMERA_PREFIX = "cameras/"
 DEFAULT_NAMES: dict[str, str] = {
     "state/position": "robot_joint",
     "state/velocity": "robot_joint_vel",
@@ -220,7 +226,7 @@ def export_diffusion_policy(
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise DatasetError(str(out), "already exists: remove it, choose another path, or pass overwrite")
 
-    entries = _select(dataset, min_grade, _names(models), _names(robots), _names(tasks))
+    entries = _select(dataset, min_grade, models, robots, tasks)
     mapping = _key_mapping(dataset, entries, keys)
     root = zarr.open_group(str(dataset), mode="r")
     arrays = [_episode_arrays(dataset, root, entry, mapping) for entry in entries]
@@ -257,11 +263,6 @@ def export_diffusion_policy(
     )
 
 
-def _names(value: str | Iterable[str] | None) -> frozenset[str] | None:
-    if value is None:
-        return None
-    return frozenset([value] if isinstance(value, str) else value)
-
 
 def _check_image_size(out: Path, image_size: tuple[int, int] | None) -> tuple[int, int] | None:
     if image_size is None:
@@ -278,45 +279,19 @@ def _check_image_size(out: Path, image_size: tuple[int, int] | None) -> tuple[in
 def _select(
     dataset: Path,
     min_grade: str | None,
-    models: frozenset[str] | None,
-    robots: frozenset[str] | None,
-    tasks: frozenset[str] | None,
+    models: str | Iterable[str] | None,
+    robots: str | Iterable[str] | None,
+    tasks: str | Iterable[str] | None,
 ) -> list[EpisodeEntry]:
     attrs = read_root_attrs(dataset)
     if attrs.get("format") != DATASET_FORMAT:
         raise StoreError(str(dataset), "not a Refinery dataset (root attribute format missing)")
-    if min_grade is not None and min_grade not in GRADES:
-        raise DatasetError(str(dataset), f"min_grade={min_grade!r} is not a grade; use one of {', '.join(GRADES)}")
-    worst = GRADES.index(min_grade) if min_grade is not None else len(GRADES) - 1
     entries = [EpisodeEntry.from_dict(e) for e in attrs.get("episodes", [])]
-    accepted = [e for e in entries if e.accepted and e.key and e.length > 0]
-    selected = [
-        e
-        for e in accepted
-        if (min_grade is None or (e.grade in GRADES and GRADES.index(e.grade) <= worst))
-        and (models is None or e.model in models)
-        and (robots is None or e.robot_id in robots)
-        and (tasks is None or e.task in tasks)
-    ]
-    if not selected:
-        asked = {"min_grade": min_grade, "models": models, "robots": robots, "tasks": tasks}
-        filters = ", ".join(f"{k}={sorted(v) if isinstance(v, frozenset) else v!r}" for k, v in asked.items())
-        there = (
-            f"{len(accepted)} accepted episodes: grades {sorted({e.grade for e in accepted})}, "
-            f"models {sorted({e.model for e in accepted})}, robots {sorted({e.robot_id for e in accepted})}, "
-            f"tasks {sorted({e.task for e in accepted})}"
-        )
-        problem = f"no accepted episode matches the filters ({filters}); the dataset has {there}"
-        raise DatasetError(str(dataset), problem)
-    return selected
-
-
-def _episode_keys(entry: EpisodeEntry) -> set[str]:
-    return {TIMESTAMPS_KEY, *entry.stats, *(f"{CAMERA_PREFIX}{c}" for c in entry.cameras)}
+    return select_episodes(dataset, entries, min_grade=min_grade, models=models, robots=robots, tasks=tasks)
 
 
 def _key_mapping(dataset: Path, entries: list[EpisodeEntry], keys: Mapping[str, str] | None) -> dict[str, str]:
-    available = [_episode_keys(e) for e in entries]
+    available = [episode_keys(e) for e in entries]
     if keys is None:
         common = set.intersection(*available)
         mapping = default_key_names(common)

@@ -42,7 +42,7 @@ from pipeline import protocol
 from pipeline.errors import StoreError
 from pipeline.journal import EpisodeJournal, EpisodeMeta, read_journal
 from pipeline.record_log import fsync_dir
-from pipeline.streams import CLOCK, EVENTS, NUMERIC_FIELDS
+from pipeline.streams import EVENTS, NUMERIC_FIELDS
 
 RAW_FORMAT = "refinery-raw"
 RAW_FORMAT_VERSION = 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from collectors.drivers.sim import SimHumanoid
 from pipeline.raw_store import RawEpisodeReader, verify_episode

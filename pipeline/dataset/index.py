@@ -205,3 +205,66 @@ def dataset_card(entries: list[EpisodeEntry], jobs: list[dict[str, Any]]) -> dic
         "rejection_reasons": dict(reasons.most_common()),
         "last_job": jobs[-1] if jobs else {},
     }
+
+
+GRADES = ("A", "B", "C", "D", "F")
+"""Grade letters, best first (the score stage's scale)."""
+TIMESTAMPS_KEY = "timestamps_ns"
+CAMERA_PREFIX = "cameras/"
+
+
+def name_set(value: str | Iterable[str] | None) -> frozenset[str] | None:
+    """A filter argument (one name, several, or None for any) as a set."""
+    if value is None:
+        return None
+    return frozenset([value] if isinstance(value, str) else value)
+
+
+def episode_keys(entry: EpisodeEntry) -> set[str]:
+    """Array keys an episode holds, from its index entry (no store access)."""
+    return {TIMESTAMPS_KEY, *entry.stats, *(f"{CAMERA_PREFIX}{camera}" for camera in entry.cameras)}
+
+
+def select_episodes(
+    dataset: Path | str,
+    entries: list[EpisodeEntry],
+    *,
+    min_grade: str | None = None,
+    models: str | Iterable[str] | None = None,
+    robots: str | Iterable[str] | None = None,
+    tasks: str | Iterable[str] | None = None,
+    accepted_only: bool = True,
+) -> list[EpisodeEntry]:
+    """The index entries with data that pass the filters (loader and exports share this).
+
+    Raises:
+        DatasetError: an unknown grade letter, or nothing passes (the message
+            lists what the dataset has).
+    """
+    from pipeline.errors import DatasetError
+
+    model_set, robot_set, task_set = name_set(models), name_set(robots), name_set(tasks)
+    if min_grade is not None and min_grade not in GRADES:
+        raise DatasetError(str(dataset), f"min_grade={min_grade!r} is not a grade; use one of {', '.join(GRADES)} or None")
+    worst = GRADES.index(min_grade) if min_grade is not None else len(GRADES) - 1
+    with_data = [e for e in entries if e.key and e.length > 0]
+    selected = [
+        e
+        for e in with_data
+        if (e.accepted or not accepted_only)
+        and (min_grade is None or (e.grade in GRADES and GRADES.index(e.grade) <= worst))
+        and (model_set is None or e.model in model_set)
+        and (robot_set is None or e.robot_id in robot_set)
+        and (task_set is None or e.task in task_set)
+    ]
+    if not selected:
+        asked = {"min_grade": min_grade, "models": model_set, "robots": robot_set, "tasks": task_set,
+                 "accepted_only": accepted_only}
+        filters = ", ".join(f"{k}={sorted(v) if isinstance(v, frozenset) else v!r}" for k, v in asked.items())
+        there = (
+            f"{len(with_data)} episodes with data: grades {sorted({e.grade for e in with_data})}, "
+            f"models {sorted({e.model for e in with_data})}, robots {sorted({e.robot_id for e in with_data})}, "
+            f"tasks {sorted({e.task for e in with_data})}"
+        )
+        raise DatasetError(str(dataset), f"no episodes match the filters ({filters}); the dataset has {there}")
+    return selected

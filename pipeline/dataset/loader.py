@@ -67,19 +67,18 @@ from pipeline.dataset.frame_shards import (
     read_frames,
 )
 from pipeline.dataset.index import (
+    CAMERA_PREFIX,
     DATASET_FORMAT,
     EPISODES_GROUP,
+    TIMESTAMPS_KEY,
     EpisodeEntry,
+    episode_keys,
     read_root_attrs,
+    select_episodes,
 )
 from pipeline.dataset.jpeg_codec import decode_jpeg_chunk
 from pipeline.errors import DatasetError, StoreError
 
-GRADES = ("A", "B", "C", "D", "F")
-"""Grade letters, best first (the score stage's scale)."""
-
-TIMESTAMPS_KEY = "timestamps_ns"
-CAMERA_PREFIX = "cameras/"
 ACTION_PREFIX = "action/"
 DEFAULT_NUMERIC_KEYS = ("state/position", "action/position")
 PAD_MODES = ("edge",)
@@ -287,7 +286,8 @@ class EpisodeDataset:
         self.path = Path(path)
         attrs = self._root_attrs()
         entries = [EpisodeEntry.from_dict(e) for e in attrs.get("episodes", [])]
-        selected = self._select(entries, min_grade, _names(models), _names(robots), _names(tasks), accepted_only)
+        selected = self._select(entries, min_grade=min_grade, models=models, robots=robots, tasks=tasks,
+                                accepted_only=accepted_only)
         self._entries = selected
         self._image_size = self._check_image_size(image_size)
         if pad not in PAD_MODES:
@@ -319,39 +319,11 @@ class EpisodeDataset:
             )
         return attrs
 
-    def _select(
-        self,
-        entries: list[EpisodeEntry],
-        min_grade: str | None,
-        models: frozenset[str] | None,
-        robots: frozenset[str] | None,
-        tasks: frozenset[str] | None,
-        accepted_only: bool,
-    ) -> list[EpisodeEntry]:
-        if min_grade is not None and min_grade not in GRADES:
-            raise LoaderError(self.path, f"min_grade={min_grade!r} is not a grade; use one of {', '.join(GRADES)} or None")
-        worst = GRADES.index(min_grade) if min_grade is not None else len(GRADES) - 1
-        with_data = [e for e in entries if e.key and e.length > 0]
-        selected = [
-            e
-            for e in with_data
-            if (e.accepted or not accepted_only)
-            and (min_grade is None or (e.grade in GRADES and GRADES.index(e.grade) <= worst))
-            and (models is None or e.model in models)
-            and (robots is None or e.robot_id in robots)
-            and (tasks is None or e.task in tasks)
-        ]
-        if not selected:
-            asked = {"min_grade": min_grade, "models": models, "robots": robots, "tasks": tasks,
-                     "accepted_only": accepted_only}
-            filters = ", ".join(f"{k}={sorted(v) if isinstance(v, frozenset) else v!r}" for k, v in asked.items())
-            there = (
-                f"{len(with_data)} episodes with data: grades {sorted({e.grade for e in with_data})}, "
-                f"models {sorted({e.model for e in with_data})}, robots {sorted({e.robot_id for e in with_data})}, "
-                f"tasks {sorted({e.task for e in with_data})}"
-            )
-            raise LoaderError(self.path, f"no episodes match the filters ({filters}); the dataset has {there}")
-        return selected
+    def _select(self, entries: list[EpisodeEntry], **filters: Any) -> list[EpisodeEntry]:
+        try:
+            return select_episodes(self.path, entries, **filters)
+        except DatasetError as err:
+            raise LoaderError(self.path, err.problem) from err
 
     def _check_image_size(self, image_size: tuple[int, int] | None) -> tuple[int, int] | None:
         if image_size is None:
@@ -367,7 +339,7 @@ class EpisodeDataset:
     def _check_keys(self, keys: Sequence[str] | None, delta_timestamps: Mapping[str, Sequence[float]]) -> list[str]:
         if isinstance(keys, str):
             keys = [keys]
-        available = [_episode_keys(e) for e in self._entries]
+        available = [episode_keys(e) for e in self._entries]
         union = set().union(*available)
         if keys is None:
             common = set.intersection(*available)
@@ -628,14 +600,3 @@ class EpisodeDataset:
         self._pid = os.getpid()
 
 
-def _names(value: str | Iterable[str] | None) -> frozenset[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return frozenset([value])
-    return frozenset(value)
-
-
-def _episode_keys(entry: EpisodeEntry) -> set[str]:
-    """Keys an episode holds, from its index entry (no store access)."""
-    return {TIMESTAMPS_KEY, *entry.stats, *(f"{CAMERA_PREFIX}{camera}" for camera in entry.cameras)}
