@@ -100,6 +100,7 @@ def write_rejected(dataset: Path, key: str, attrs: dict[str, Any]) -> Path:
 
 def _publish(dataset: Path, staging_name: str, parent: str, key: str) -> Path:
     staged = dataset / STAGING_GROUP / staging_name
+    _fsync_tree(staged)  # the index may point here as soon as it is renamed: make it durable first
     final = dataset / parent / key
     if final.exists():
         # A previous attempt published this episode but its job died before the
@@ -108,3 +109,14 @@ def _publish(dataset: Path, staging_name: str, parent: str, key: str) -> Path:
     os.rename(staged, final)
     fsync_dir(final.parent)
     return final
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(folder))
