@@ -5,3 +5,7 @@ Importing this package registers the camera arrays' JPEG codec with zarr
 """
 
 from pipeline.dataset import jpeg_codec as _jpeg_codec  # noqa: F401  (registers the codec)
+
+from pipeline.dataset.loader import EpisodeDataset
+
+__all__ = ["EpisodeDataset"]
