@@ -148,9 +148,10 @@ def _init_ray(options: JobOptions) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
         return True
-    # A private single-machine instance: nothing listens beyond this host, so
-    # Ray's token auth adds nothing; set it explicitly (DESIGN pitfalls).
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # A private single-machine instance, but Ray's ports listen on every
+    # interface and anyone who reaches them can run code: keep Ray's token auth
+    # (its default), chosen explicitly so Ray does not print a notice (DESIGN pitfalls).
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray.init(
         num_cpus=options.num_cpus or os.cpu_count() or 1,
         object_store_memory=256 * 1024 * 1024,  # tasks return small index entries, not arrays

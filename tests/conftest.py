@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 # Ray's token auth must be chosen explicitly for local clusters (DESIGN: Ray pitfalls);
-# every Ray the tests start, in this process or in subprocesses, is private to the test.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# the tests' Rays, in this process or in subprocesses, run as `refinery process` runs its own.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import threading
 import time

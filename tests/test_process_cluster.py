@@ -7,7 +7,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,46 +21,101 @@ from tests.processes import free_port
 RAY = Path(sys.executable).with_name("ray")
 
 
-@pytest.mark.slow
-def test_process_runs_on_a_cluster_by_address(tmp_path: Path, tiny_robot) -> None:
-    raw = tmp_path / "raw"
-    simulate_episode(raw, tiny_robot, robot_id="tiny-c1", seconds=2.0, seed=1)
-    simulate_episode(raw, tiny_robot, robot_id="tiny-c2", seconds=2.0, seed=2)
+def start_cluster(ray_tmp: Path, env: dict[str, str], *extra: str) -> int:
+    """A one-node Ray cluster in its own processes, as `ray start --head` on a head node; its GCS port."""
     port = free_port()
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rf-ray-"))  # short: Ray's socket paths must fit 107 bytes
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
+    # Ray's fixed default for the agent's HTTP port (52365) is already taken by the
+    # test session's own Ray.
     start = subprocess.run(
-        [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-         "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
+        [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--disable-usage-stats",
+         f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={ray_tmp}", *extra],
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert start.returncode == 0, start.stderr
+    return port
+
+
+@pytest.fixture
+def cluster_env() -> Iterator[tuple[Path, dict[str, str]]]:
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rf-ray-"))  # short: Ray's socket paths must fit 107 bytes
+    # The head runs submitted entrypoints with its own environment: `refinery` must be on its PATH.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{RAY.parent}:{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "process", str(raw), "--out", str(tmp_path / "ds.zarr"),
-             "--address", f"127.0.0.1:{port}"],
-            capture_output=True, text=True, env=env, timeout=300,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "processed 2" in result.stdout
-        assert len(load_index(tmp_path / "ds.zarr")) == 2
+        yield ray_tmp, env
     finally:
         stop_cluster(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+@pytest.fixture
+def two_raw_episodes(tmp_path: Path, tiny_robot) -> Path:
+    raw = tmp_path / "raw"
+    simulate_episode(raw, tiny_robot, robot_id="tiny-c1", seconds=2.0, seed=1)
+    simulate_episode(raw, tiny_robot, robot_id="tiny-c2", seconds=2.0, seed=2)
+    return raw
+
+
+@pytest.mark.slow
+def test_process_runs_on_a_cluster_by_address(tmp_path: Path, two_raw_episodes: Path, cluster_env) -> None:
+    ray_tmp, env = cluster_env
+    port = start_cluster(ray_tmp, env, "--include-dashboard=false")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "process", str(two_raw_episodes), "--out", str(tmp_path / "ds.zarr"),
+         "--address", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "processed 2" in result.stdout
+    assert len(load_index(tmp_path / "ds.zarr")) == 2
+
+
+@pytest.mark.slow
+def test_process_runs_as_a_submitted_ray_job(tmp_path: Path, two_raw_episodes: Path, cluster_env) -> None:
+    ray_tmp, env = cluster_env
+    dashboard_port = free_port()
+    start_cluster(ray_tmp, env, "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                  f"--dashboard-port={dashboard_port}")
+    # The entrypoint runs on the head node, which finds the cluster through RAY_ADDRESS.
+    submit = [str(RAY), "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}", "--",
+              "refinery", "process", str(two_raw_episodes), "--out", str(tmp_path / "ds.zarr")]
+    deadline = time.monotonic() + 90
+    while True:
+        result = subprocess.run(submit, capture_output=True, text=True, timeout=300, env=env)
+        # A fresh head accepts jobs only once its dashboard agent is up, some seconds after `ray start`.
+        if "No available agent" not in result.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "processed 2" in result.stdout
+    assert len(load_index(tmp_path / "ds.zarr")) == 2
+
+
 def stop_cluster(temp_dir: Path) -> None:
-    """Kill this cluster's processes only (`ray stop` would also stop the test session's own Ray)."""
+    """Kill this cluster's processes and their children only (`ray stop` would also stop the
+    test session's own Ray). Children are found before anyone is killed: the dashboard's
+    forkserver and module processes do not name the temp dir, and would be orphaned."""
+    parent_of: dict[int, int] = {}
+    named: set[int] = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
+            stat = (proc / "stat").read_text()
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
+        parent_of[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
         if str(temp_dir).encode() in cmdline:
-            try:
-                os.kill(int(proc.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            named.add(int(proc.name))
+    doomed = set(named)
+    grew = True
+    while grew:
+        children = {pid for pid, parent in parent_of.items() if parent in doomed} - doomed
+        doomed |= children
+        grew = bool(children)
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

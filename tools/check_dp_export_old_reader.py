@@ -219,7 +219,7 @@ def make_exports(work: Path) -> list[tuple[Path, Path, str]]:
     import numpy as np
     import zarr
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     from pipeline.dataset.frame_shards import read_jpeg_bytes
     from pipeline.dataset.jpeg_codec import decode_jpeg_chunk
     from pipeline.export_dp import export_diffusion_policy
