@@ -149,9 +149,11 @@ def _init_ray(options: JobOptions) -> bool:
         ray.init(address=address, log_to_driver=False)
         return True
     # A private single-machine instance, but Ray's ports listen on every
-    # interface and anyone who reaches them can run code: keep Ray's token auth
-    # (its default), chosen explicitly so Ray does not print a notice (DESIGN pitfalls).
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # interface and anyone who reaches them can run code: keep Ray's token auth.
+    # With RAY_AUTH_MODE unset, ray.init() turns it on and makes the token
+    # itself. Setting the variable here would not do: Ray reads it when it is
+    # imported, and a head started with "token" but no token file dies.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(
         num_cpus=options.num_cpus or os.cpu_count() or 1,
         object_store_memory=256 * 1024 * 1024,  # tasks return small index entries, not arrays

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -38,9 +39,14 @@ def start_cluster(ray_tmp: Path, env: dict[str, str], *extra: str) -> int:
 @pytest.fixture
 def cluster_env() -> Iterator[tuple[Path, dict[str, str]]]:
     ray_tmp = Path(tempfile.mkdtemp(prefix="rf-ray-"))  # short: Ray's socket paths must fit 107 bytes
+    # A cluster with token auth, its token its own (not the user's ~/.ray/auth_token).
+    token_file = ray_tmp / "auth_token"
+    token_file.write_text(secrets.token_hex(32))
     # The head runs submitted entrypoints with its own environment: `refinery` must be on its PATH.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{RAY.parent}:{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file),
+           "PATH": f"{RAY.parent}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN", None)
     try:
         yield ray_tmp, env
     finally:

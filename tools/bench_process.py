@@ -94,7 +94,6 @@ def run_job(raw_dir: Path, dataset: Path, workers: int) -> tuple[float, int]:
 
     from pipeline.process_job import JobOptions, run_process_job
 
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
              object_store_memory=256 * 1024 * 1024, configure_logging=False)
     try:

@@ -42,7 +42,6 @@ Exits 0 and prints ``N passed, 0 failed`` when every check passes. Needs PyPI
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -219,7 +218,6 @@ def make_exports(work: Path) -> list[tuple[Path, Path, str]]:
     import numpy as np
     import zarr
 
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     from pipeline.dataset.frame_shards import read_jpeg_bytes
     from pipeline.dataset.jpeg_codec import decode_jpeg_chunk
     from pipeline.export_dp import export_diffusion_policy
