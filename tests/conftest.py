@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
+import shutil
+import tempfile
 
-# Ray's token auth must be chosen explicitly for local clusters (DESIGN: Ray pitfalls);
-# the tests' Rays, in this process or in subprocesses, run as `refinery process` runs its own.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
+# Ray reads its auth mode when imported, so it is set before anything imports ray
+# (DESIGN: Ray pitfalls). The tests' Rays, here and in subprocesses, use token auth
+# as `refinery process` does, with a token of the session's own: ~/.ray is left alone.
+_ray_token_dir = tempfile.mkdtemp(prefix="rf-ray-token-")
+atexit.register(shutil.rmtree, _ray_token_dir, True)
+with open(os.path.join(_ray_token_dir, "auth_token"), "w") as _token_file:
+    _token_file.write(secrets.token_hex(32))
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.join(_ray_token_dir, "auth_token")
+os.environ.pop("RAY_AUTH_TOKEN", None)
 
 import threading
 import time
