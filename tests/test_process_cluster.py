@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -39,14 +38,10 @@ def start_cluster(ray_tmp: Path, env: dict[str, str], *extra: str) -> int:
 @pytest.fixture
 def cluster_env() -> Iterator[tuple[Path, dict[str, str]]]:
     ray_tmp = Path(tempfile.mkdtemp(prefix="rf-ray-"))  # short: Ray's socket paths must fit 107 bytes
-    # A cluster with token auth, its token its own (not the user's ~/.ray/auth_token).
-    token_file = ray_tmp / "auth_token"
-    token_file.write_text(secrets.token_hex(32))
+    # The cluster uses token auth with the session's token (conftest sets both).
     # The head runs submitted entrypoints with its own environment: `refinery` must be on its PATH.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file),
-           "PATH": f"{RAY.parent}:{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{RAY.parent}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
-    env.pop("RAY_AUTH_TOKEN", None)
     try:
         yield ray_tmp, env
     finally:
@@ -71,9 +66,7 @@ def test_process_runs_on_a_cluster_by_address(tmp_path: Path, two_raw_episodes: 
          "--address", f"127.0.0.1:{port}"],
         capture_output=True, text=True, env=env, timeout=300,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "processed 2" in result.stdout
-    assert len(load_index(tmp_path / "ds.zarr")) == 2
+    assert_both_processed(result, tmp_path / "ds.zarr")
 
 
 @pytest.mark.slow
@@ -92,9 +85,13 @@ def test_process_runs_as_a_submitted_ray_job(tmp_path: Path, two_raw_episodes: P
         if "No available agent" not in result.stderr or time.monotonic() > deadline:
             break
         time.sleep(2)
+    assert_both_processed(result, tmp_path / "ds.zarr")
+
+
+def assert_both_processed(result: subprocess.CompletedProcess[str], dataset: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "processed 2" in result.stdout
-    assert len(load_index(tmp_path / "ds.zarr")) == 2
+    assert len(load_index(dataset)) == 2
 
 
 def stop_cluster(temp_dir: Path) -> None:
@@ -102,7 +99,7 @@ def stop_cluster(temp_dir: Path) -> None:
     test session's own Ray). Children are found before anyone is killed: the dashboard's
     forkserver and module processes do not name the temp dir, and would be orphaned."""
     parent_of: dict[int, int] = {}
-    named: set[int] = set()
+    doomed: set[int] = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -113,13 +110,9 @@ def stop_cluster(temp_dir: Path) -> None:
             continue
         parent_of[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
         if str(temp_dir).encode() in cmdline:
-            named.add(int(proc.name))
-    doomed = set(named)
-    grew = True
-    while grew:
-        children = {pid for pid, parent in parent_of.items() if parent in doomed} - doomed
+            doomed.add(int(proc.name))
+    while children := {pid for pid, parent in parent_of.items() if parent in doomed} - doomed:
         doomed |= children
-        grew = bool(children)
     for pid in doomed:
         try:
             os.kill(pid, signal.SIGKILL)
