@@ -1,44 +1,44 @@
 """The processing job: raw HDF5 episodes in, a Zarr dataset out, on Ray.
 
-One Ray task per raw episode runs the stages and writes the episode's groups
-into the dataset's staging area, then renames them into ``episodes/``. The
-driver alone commits to the episode index, one raw episode at a time, so an
+The driver plans data segments: it groups the raw files not yet in the
+dataset by model and camera layout and cuts each group into batches of about
+``output.segment_mb`` of raw bytes (and into at least as many batches as
+there are workers, so a small job still uses every core). One Ray task per
+batch runs the stages on each of its raw files and writes their episodes
+into one data segment, which it renames into ``data/`` when whole. The
+driver alone commits to the episode index, one segment at a time, so an
 episode is in the dataset whole or not at all. Re-running skips what the
-index holds; a worker killed mid-episode is retried by Ray from scratch (its
-half-written staging group is discarded), and the dataset ends as a clean run
-would have left it.
+index holds; a worker killed mid-segment is retried by Ray from scratch (its
+half-written staging folder is discarded), and the dataset ends as a clean
+run would have left it: a segment's name is derived from its raw files and
+the configuration, so a retry writes the same segment.
+
+Raw files that cannot be read become rejected rows (``unreadable: ...``)
+and the job goes on with the others.
 
 Runs on an embedded local Ray by default; ``address`` (or ``RAY_ADDRESS``, or
 ``ray job submit -- refinery process ...``) runs it on a cluster, where the
-raw folder and the dataset must be on storage every node sees.
+raw folders and the dataset must be on storage every node sees.
 """
 
 from __future__ import annotations
 
-import fcntl
+import hashlib
+import json
 import logging
 import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import h5py
 
-from pipeline.dataset.index import (
-    DATASET_FORMAT,
-    DATASET_FORMAT_VERSION,
-    EPISODES_GROUP,
-    REJECTED_GROUP,
-    STAGING_GROUP,
-    EpisodeEntry,
-    commit_entries,
-    committed_sources,
-    load_index,
-)
+from pipeline.dataset.index import DATA_DIR, DatasetIndex, EpisodeEntry
+from pipeline.dataset.store import DatasetLock, check_format, create_dataset, discard_staging, read_root_attrs
 from pipeline.errors import RefineryError, StoreError
 from pipeline.processing.config import ProcessConfig
 from pipeline.raw_summary import raw_files
@@ -48,13 +48,17 @@ log = logging.getLogger("refinery.process")
 
 @dataclass(frozen=True)
 class JobOptions:
-    raw_dir: Path
+    raw_dir: Path | Sequence[Path]  # one raw folder or several (one per ingest)
     dataset: Path
     config: ProcessConfig = field(default_factory=ProcessConfig)
     address: str | None = None  # Ray cluster; None: RAY_ADDRESS or an embedded local Ray
     num_cpus: int | None = None  # embedded Ray only; default: all cores
     max_retries: int = 3
     crash_marker: Path | None = None  # fault injection for tests: kill the first worker once
+
+    @property
+    def raw_dirs(self) -> list[Path]:
+        return [Path(self.raw_dir)] if isinstance(self.raw_dir, (str, Path)) else [Path(p) for p in self.raw_dir]
 
 
 @dataclass
@@ -65,6 +69,7 @@ class JobSummary:
     accepted: int = 0
     rejected: int = 0
     split: int = 0
+    segments: int = 0
     failed: list[str] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
     frames: int = 0
@@ -74,7 +79,8 @@ class JobSummary:
     def lines(self) -> list[str]:
         out = [
             f"raw episodes found {self.raw_found}, already in the dataset {self.skipped}, processed {self.processed}",
-            f"accepted {self.accepted} dataset episodes ({self.split} raw episodes split), rejected {self.rejected}",
+            f"accepted {self.accepted} dataset episodes ({self.split} raw episodes split) in {self.segments} "
+            f"data segments, rejected {self.rejected}",
         ]
         for reason, n in self.reasons.most_common():
             out.append(f"  rejected {n}x: {reason}")
@@ -85,57 +91,89 @@ class JobSummary:
         return out
 
 
-def ensure_dataset(dataset: Path) -> None:
-    """Create an empty dataset (root, episodes/ and staging groups) unless it exists."""
-    import zarr
+@dataclass(frozen=True)
+class RawInput:
+    """A sealed raw file as the planner sees it (its attributes only)."""
 
-    if (dataset / "zarr.json").exists():
-        load_index(dataset)  # raises if it is not ours
-        return
-    root = zarr.open_group(str(dataset), mode="w-", zarr_format=3)
-    root.attrs.update(
-        {"format": DATASET_FORMAT, "format_version": DATASET_FORMAT_VERSION, "episodes": [], "stats": {}, "jobs": []}
-    )
-    root.create_group(EPISODES_GROUP)
-    root.create_group(REJECTED_GROUP)
-    root.create_group(STAGING_GROUP)
+    path: Path
+    episode_id: str
+    checksum: str
+    size: int
+    layout: str  # model and camera sizes: one segment holds one layout
+    problem: str = ""  # why it cannot be read, if it cannot
 
 
-class DatasetLock:
-    """One job per dataset at a time (an advisory lock file inside the store)."""
-
-    def __init__(self, dataset: Path) -> None:
-        self.path = dataset / ".refinery.lock"
-
-    def __enter__(self) -> DatasetLock:
-        self._fh = open(self.path, "w")
-        try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            self._fh.close()
-            raise StoreError(str(self.path.parent), "another job is writing this dataset; wait for it to finish") from err
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fh, fcntl.LOCK_UN)
-        self._fh.close()
-
-
-def raw_identity(path: Path) -> tuple[str, str]:
-    """(episode id, content checksum) of a sealed raw file, read from its attributes only."""
+def read_raw_input(path: Path) -> RawInput:
+    """What the planner needs of a raw file, without reading its streams."""
+    size = path.stat().st_size
     try:
         with h5py.File(path, "r") as h5:
-            return str(h5.attrs["episode_id"]), str(h5.attrs["content_sha256"])
-    except (OSError, KeyError) as err:
-        raise StoreError(str(path), f"not a readable sealed raw episode: {err}") from err
+            episode_id = str(h5.attrs["episode_id"])
+            checksum = str(h5.attrs["content_sha256"])
+            cameras = h5.get("cameras")
+            sizes = sorted(
+                (name, int(group.attrs.get("width", 0)), int(group.attrs.get("height", 0)))
+                for name, group in (cameras.items() if cameras is not None else [])
+            )
+            layout = json.dumps([str(h5.attrs.get("model", "")), sizes])
+    except (OSError, KeyError, ValueError) as err:
+        # An unreadable file is still recorded once: by its name and size.
+        return RawInput(path, path.stem, f"unreadable:{size}", size, "", f"{type(err).__name__}: {err}")
+    return RawInput(path, episode_id, checksum, size, layout)
 
 
-def _discard_staging(dataset: Path) -> None:
-    """Half-written episodes of killed workers or drivers; nothing in the index points at them."""
-    staging = dataset / STAGING_GROUP
-    for child in staging.iterdir() if staging.exists() else []:
-        if child.is_dir():
+def plan_segments(
+    inputs: Sequence[RawInput], config: ProcessConfig, workers: int
+) -> list[tuple[str, list[RawInput]]]:
+    """Batches of raw files, one data segment each, with the segment's name.
+
+    Each batch holds one layout (model and camera sizes; any size when frames
+    are resized) and about ``segment_mb`` of raw bytes, or less so that
+    there are at least ``workers`` batches.
+    """
+    resized = config.output.resize is not None
+    groups: dict[str, list[RawInput]] = {}
+    for raw in sorted(inputs, key=lambda r: (r.layout, str(r.path))):
+        groups.setdefault(json.loads(raw.layout)[0] if resized else raw.layout, []).append(raw)
+    total = sum(r.size for r in inputs)
+    target = min(config.output.segment_mb * 1024 * 1024, max(total / max(workers, 1), 1))
+    batches: list[list[RawInput]] = []
+    for group in groups.values():
+        batch: list[RawInput] = []
+        size = 0
+        for raw in group:
+            batch.append(raw)
+            size += raw.size
+            if size >= target:
+                batches.append(batch)
+                batch, size = [], 0
+        if batch:
+            batches.append(batch)
+    config_digest = json.dumps(config.to_dict(), sort_keys=True)
+    planned = []
+    for batch in batches:
+        digest = hashlib.sha256(config_digest.encode())
+        for raw in batch:
+            digest.update(f"{raw.episode_id}:{raw.checksum};".encode())
+        planned.append((f"seg-{digest.hexdigest()[:20]}", batch))
+    return planned
+
+
+def ensure_dataset(dataset: Path) -> None:
+    """Create an empty dataset unless one is there (anything else there is refused)."""
+    create_dataset(dataset)
+
+
+def remove_orphan_segments(dataset: Path, index: DatasetIndex) -> int:
+    """Data segments no index row points at: published by a job that died before its commit."""
+    data = dataset / DATA_DIR
+    referenced = set(index.table(["data_segment"])["data_segment"].to_pylist())
+    removed = 0
+    for child in data.iterdir() if data.exists() else []:
+        if child.is_dir() and child.name not in referenced:
             shutil.rmtree(child, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _init_ray(options: JobOptions) -> bool:
@@ -164,74 +202,113 @@ def _init_ray(options: JobOptions) -> bool:
     return True
 
 
-def run_process_job(options: JobOptions, progress: Callable[[int, int, str], None] | None = None) -> JobSummary:
-    """Process every raw episode under ``raw_dir`` not yet in the dataset."""
+def _workers() -> int:
     import ray
 
-    from pipeline.processing.refine_task import process_raw_episode
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def find_raw_inputs(raw_dirs: Sequence[Path]) -> list[Path]:
+    """Sealed raw files under every folder, each once (a file reached twice is one input)."""
+    found: dict[Path, None] = {}
+    for folder in raw_dirs:
+        if not folder.exists():
+            raise StoreError(str(folder), "does not exist; point at an ingest's data dir or its raw/ folder")
+        for path in raw_files(folder) if folder.is_dir() else [folder]:
+            found.setdefault(path.resolve(), None)
+    return list(found)
+
+
+def run_process_job(options: JobOptions, progress: Callable[[int, int, str], None] | None = None) -> JobSummary:
+    """Process every raw episode under the raw folders not yet in the dataset."""
+    import ray
+
+    from pipeline.processing.refine_task import process_raw_batch, unreadable_entry
 
     started = time.monotonic()
     summary = JobSummary()
     dataset = options.dataset
-    raws = raw_files(options.raw_dir)
-    summary.raw_found = len(raws)
-    if not raws:
-        raise StoreError(str(options.raw_dir), "no raw episodes (*.h5) found; point at the ingest's data dir or raw/")
+    paths = find_raw_inputs(options.raw_dirs)
+    summary.raw_found = len(paths)
+    if not paths:
+        folders = ", ".join(str(p) for p in options.raw_dirs)
+        raise StoreError(folders, "no raw episodes (*.h5) found; point at the ingest's data dir or raw/")
+    if (dataset / "zarr.json").exists():
+        check_format(dataset, read_root_attrs(dataset))
     ensure_dataset(dataset)
+    val_fraction = float(read_root_attrs(dataset).get("val_fraction", 0.1))
+    index = DatasetIndex(dataset)
+    job_info = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": options.config.to_dict(),
+                "raw_dirs": [str(p) for p in options.raw_dirs]}
     with DatasetLock(dataset):
-        _discard_staging(dataset)
-        done = committed_sources(load_index(dataset))
-        todo = []
-        for path in raws:
-            if raw_identity(path) in done:
+        discard_staging(dataset)
+        remove_orphan_segments(dataset, index)
+        done = index.committed_sources()
+        todo: list[RawInput] = []
+        seen: set[tuple[str, str]] = set()
+        for path in paths:
+            raw = read_raw_input(path)
+            identity = (raw.episode_id, raw.checksum)
+            if identity in done or identity in seen:
                 summary.skipped += 1
+                continue
+            seen.add(identity)
+            if raw.problem:
+                entry = unreadable_entry(str(path), raw.episode_id, raw.checksum, raw.problem)
+                index.commit([entry], job_info, val_fraction=val_fraction)
+                _count(summary, [entry], {})
+                log.warning("%s: %s", path, raw.problem)
             else:
-                todo.append(path)
+                todo.append(raw)
         if not todo:
             summary.seconds = time.monotonic() - started
             return summary
         we_started = _init_ray(options)
         try:
             task = ray.remote(num_cpus=1, max_retries=options.max_retries, retry_exceptions=[OSError])(
-                process_raw_episode
+                process_raw_batch
             )
             config = options.config.to_dict()
             marker = str(options.crash_marker) if options.crash_marker else None
-            pending = {task.remote(str(p), str(dataset.resolve()), config, marker): p for p in todo}
-            job_info = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": config,
-                        "raw_dir": str(options.raw_dir)}
-            total = len(pending)
+            plan = plan_segments(todo, options.config, _workers())
+            pending = {
+                task.remote([str(r.path) for r in batch], str(dataset.resolve()), config, segment_id, marker): batch
+                for segment_id, batch in plan
+            }
+            total, done_count = len(todo), 0
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
-                    path = pending.pop(ref)
+                    batch = pending.pop(ref)
                     try:
                         result = ray.get(ref)
                     except (ray.exceptions.RayError, RefineryError) as err:
-                        summary.failed.append(f"{path}: {_short(err)}")
-                        log.error("processing %s failed: %s", path, err)
+                        for raw in batch:
+                            summary.failed.append(f"{raw.path}: {_short(err)}")
+                        log.error("processing %d raw files from %s failed: %s", len(batch), batch[0].path, err)
                     else:
                         entries = [EpisodeEntry.from_dict(e) for e in result["entries"]]
-                        commit_entries(dataset, entries, job_info)
+                        index.commit(entries, job_info, val_fraction=val_fraction)
                         _count(summary, entries, result)
+                        summary.segments += any(e.data_segment for e in entries)
+                    done_count += len(batch)
                     if progress is not None:
-                        progress(total - len(pending), total, path.stem)
+                        progress(done_count, total, batch[-1].path.stem)
         finally:
             if we_started:
                 ray.shutdown()
-        _discard_staging(dataset)  # what killed workers left; their retries wrote it anew
+        discard_staging(dataset)  # what killed workers left; their retries wrote it anew
     summary.seconds = time.monotonic() - started
     return summary
 
 
 def _count(summary: JobSummary, entries: list[EpisodeEntry], result: dict[str, Any]) -> None:
-    summary.processed += 1
+    summary.processed += len({e.raw_episode_id for e in entries})
     summary.entries += entries
     summary.frames += int(result.get("frames", 0))
-    accepted = [e for e in entries if e.accepted]
-    summary.accepted += len(accepted)
-    if len(accepted) > 1:
-        summary.split += 1
+    by_raw = Counter(e.raw_episode_id for e in entries if e.accepted)
+    summary.accepted += sum(by_raw.values())
+    summary.split += sum(1 for n in by_raw.values() if n > 1)
     for e in entries:
         if not e.accepted:
             summary.rejected += 1

@@ -226,13 +226,15 @@ def conform_frame(jpeg: bytes, height: int, width: int, quality: int) -> bytes:
 
 
 def encode_shard(
-    frames: Sequence[bytes], frames_per_shard: int, *, index_at_end: bool = True, checksum: bool = True
+    frames: Sequence[bytes | None], frames_per_shard: int, *, index_at_end: bool = True, checksum: bool = True
 ) -> bytes:
     """Assemble one shard from chunk bytes, in zarr's ``sharding_indexed`` layout.
 
     Args:
         frames: The shard's chunks in time order; fewer than ``frames_per_shard``
             for a partial last shard (the remaining slots are marked empty).
+            ``None`` marks an empty slot (a step without a frame: it reads as
+            the array's fill value).
         frames_per_shard: Chunks per shard (the index has this many entries).
         index_at_end: ``index_location`` "end" (zarr's default) or "start".
         checksum: Whether the index codecs end with ``crc32c``.
@@ -243,18 +245,21 @@ def encode_shard(
     count = len(frames)
     if count > frames_per_shard:
         raise DatasetError("shard", f"{count} frames do not fit a shard of {frames_per_shard}")
-    lengths = np.fromiter((len(frame) for frame in frames), dtype=np.uint64, count=count)
+    present = np.fromiter((frame is not None for frame in frames), dtype=bool, count=count)
+    lengths = np.fromiter((len(frame) if frame is not None else 0 for frame in frames), dtype=np.uint64, count=count)
     index = np.full((frames_per_shard, 2), EMPTY_SLOT, dtype="<u8")
     index_size = 16 * frames_per_shard + (_CRC.size if checksum else 0)
     first = 0 if index_at_end else index_size
     if count:
-        index[:count, 0] = first + np.cumsum(lengths) - lengths
-        index[:count, 1] = lengths
+        offsets = first + np.cumsum(lengths) - lengths
+        index[:count, 0] = np.where(present, offsets, EMPTY_SLOT)
+        index[:count, 1] = np.where(present, lengths, EMPTY_SLOT)
     index_bytes = index.tobytes()
     if checksum:
         index_bytes += _CRC.pack(google_crc32c.value(index_bytes))
+    chunks = [frame for frame in frames if frame is not None]
     # One join, one copy of the frames: a shard is megabytes.
-    return b"".join([*frames, index_bytes] if index_at_end else [index_bytes, *frames])
+    return b"".join([*chunks, index_bytes] if index_at_end else [index_bytes, *chunks])
 
 
 def decode_shard_index(index_bytes: bytes, frames_per_shard: int, *, checksum: bool = True) -> npt.NDArray[np.uint64]:

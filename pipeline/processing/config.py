@@ -33,12 +33,18 @@ class OutputConfig:
             the recorded size (and store the received JPEG bytes unchanged).
         jpeg_quality: quality of frames that must be re-encoded (resized or
             with blurred faces).
-        frames_per_shard: camera frames per shard file.
+        segment_mb: about how many megabytes of raw episodes one task writes
+            into one data segment (files grow with bytes, not episodes).
+        shard_mb: about how many megabytes of frames one camera shard file holds.
+        frames_per_shard: a fixed number of camera frames per shard instead
+            of ``shard_mb`` (None: by size).
     """
 
     resize: tuple[int, int] | None = None
     jpeg_quality: int = 90
-    frames_per_shard: int = 128
+    segment_mb: int = 1024
+    shard_mb: int = 64
+    frames_per_shard: int | None = None
 
 
 @dataclass(frozen=True)

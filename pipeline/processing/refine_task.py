@@ -8,6 +8,7 @@ from this worker to the dataset.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 
 from pipeline.dataset.frame_shards import check_frame, conform_frame
 from pipeline.dataset.index import EpisodeEntry
-from pipeline.dataset.writer import EpisodeArrays, write_episode, write_rejected
+from pipeline.dataset.segment import EpisodeArrays, SegmentWriter
 from pipeline.errors import DatasetError, RefineryError
 from pipeline.processing.align import align
 from pipeline.processing.clean import CleanResult, Decision, clean_aligned, clean_raw
@@ -133,7 +134,7 @@ def _fill_missing(index: np.ndarray) -> np.ndarray | None:
     return index[positions]
 
 
-def _entry(raw: RawEpisode, result: RefineResult, config: ProcessConfig, operator: str) -> dict[str, Any]:
+def _entry(raw: RawEpisode, result: RefineResult, operator: str) -> dict[str, Any]:
     return {
         "raw_episode_id": raw.episode_id,
         "raw_checksum": str(raw.attrs.get("content_sha256", "")),
@@ -144,64 +145,106 @@ def _entry(raw: RawEpisode, result: RefineResult, config: ProcessConfig, operato
         "outcome": str(raw.attrs.get("outcome", "")),
         "rate_hz": result.rate_hz,
         "decisions": len(result.decisions),
+        "decisions_json": json.dumps([d.as_dict() for d in result.decisions]),
     }
 
 
-def process_raw_episode(
-    raw_path: str, dataset: str, config_dict: dict[str, Any], crash_marker: str | None = None
+def unreadable_entry(raw_path: str, episode_id: str, checksum: str, problem: str) -> EpisodeEntry:
+    """The index row of a raw file that cannot be read: rejected, with the reason."""
+    return EpisodeEntry(
+        key="", raw_episode_id=episode_id, raw_checksum=checksum, robot_id="", model="", task="", operator="",
+        outcome="", length=0, rate_hz=0.0, start_ns=0, grade="F", overall=0.0, accepted=False,
+        reasons=[f"unreadable: {problem}"], attrs_json=json.dumps({"raw_file": raw_path}),
+    )
+
+
+def process_raw_batch(
+    raw_paths: list[str],
+    dataset: str,
+    config_dict: dict[str, Any],
+    segment_id: str,
+    crash_marker: str | None = None,
 ) -> dict[str, Any]:
-    """Ray task: refine one raw file and write its episodes; return index entries."""
+    """Ray task: refine raw files and write their episodes into one data segment; return index rows.
+
+    Every raw file gives at least one row: its dataset episodes (all in the
+    segment ``segment_id``), or one rejected row with the reasons. The rows
+    are returned, not committed: the driver commits them after the segment
+    is in place.
+    """
     config = ProcessConfig.from_dict(config_dict)
-    raw = load_raw_episode(raw_path)
+    dataset_path = Path(dataset)
+    writer: SegmentWriter | None = None
+    entries: list[dict[str, Any]] = []
+    frames = 0
+    segment_attrs: dict[str, Any] = {}
+    try:
+        for raw_path in raw_paths:
+            rows, refined = _refine_file(raw_path, config)
+            for episode, entry in refined:
+                if writer is None:
+                    writer = SegmentWriter(
+                        dataset_path, segment_id, shard_bytes=config.output.shard_mb * 1024 * 1024,
+                        frames_per_shard=config.output.frames_per_shard, jpeg_quality=config.output.jpeg_quality,
+                    )
+                entry.data_segment = segment_id
+                entry.offset = writer.add(entry.key, episode.arrays)
+                frames += episode.unique_frames
+                attrs = entry.attrs
+                segment_attrs.setdefault("model", entry.model)
+                segment_attrs.setdefault("joint_names", attrs.get("joint_names", []))
+                segment_attrs.setdefault("standard_names", attrs.get("standard_names", []))
+            entries += [row.to_dict() for row in rows]
+        if writer is not None:
+            hook = _crash_once(crash_marker) if crash_marker else None
+            writer.publish(segment_attrs, before_publish=hook)
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    return {"entries": entries, "frames": frames}
+
+
+def _refine_file(raw_path: str, config: ProcessConfig) -> tuple[list[EpisodeEntry], list[tuple[RefinedEpisode, EpisodeEntry]]]:
+    """Index rows of one raw file, and its accepted episodes with their rows."""
+    try:
+        raw = load_raw_episode(raw_path)
+    except (RefineryError, OSError, KeyError, ValueError) as err:
+        name = Path(raw_path).stem
+        return [unreadable_entry(raw_path, name, "", str(err))], []
     operator = str(raw.attrs.get("operator", ""))
     if config.deidentify.pseudonymize_operators:
         operator = pseudonymize(operator, config.deidentify.key())
     result = refine(raw, config)
-    common = _entry(raw, result, config, operator)
+    common = _entry(raw, result, operator)
     base_attrs = {
-        "robot_id": raw.robot_id,
-        "model": raw.config.model,
-        "raw_episode_id": raw.episode_id,
         "raw_file": Path(raw_path).name,
-        "task": common["task"],
-        "operator": operator,
-        "outcome": common["outcome"],
-        "rate_hz": result.rate_hz,
         "joint_names": list(raw.config.joint_names),
         "standard_names": list(raw.config.standard_names),
-        "decisions": [d.as_dict() for d in result.decisions],
         "deidentify": result.deid,
     }
-    dataset_path = Path(dataset)
-    entries: list[dict[str, Any]] = []
-    frames = 0
     if result.rejected:
         quality = result.quality.to_dict() if result.quality else {}
-        write_rejected(dataset_path, raw.episode_id, {**base_attrs, "quality": quality, "reasons": result.reasons})
-        entries.append(
-            EpisodeEntry(
-                key="", length=0, start_ns=0, segment=0, accepted=False, reasons=result.reasons,
-                grade=str(quality.get("grade", "F")), overall=float(quality.get("overall", 0.0)), **common,
-            ).to_dict()
+        entry = EpisodeEntry(
+            key="", length=0, start_ns=0, segment=0, accepted=False, reasons=result.reasons,
+            grade=str(quality.get("grade", "F")), overall=float(quality.get("overall", 0.0)),
+            quality_json=json.dumps(quality), attrs_json=json.dumps(base_attrs), **common,
         )
-        return {"entries": entries, "frames": 0}
+        return [entry], []
+    rows: list[EpisodeEntry] = []
+    refined: list[tuple[RefinedEpisode, EpisodeEntry]] = []
     for episode in result.episodes:
         arrays = episode.arrays
-        arrays.attrs = {**base_attrs, "segment": episode.segment, "quality": episode.quality.to_dict(),
-                        "start_ns": int(arrays.timestamps_ns[0])}
-        hook = _crash_once(crash_marker) if crash_marker else None
-        write_episode(dataset_path, episode.key, arrays, frames_per_shard=config.output.frames_per_shard,
-                      before_publish=hook)
-        frames += episode.unique_frames
-        entries.append(
-            EpisodeEntry(
-                key=episode.key, length=arrays.length, start_ns=int(arrays.timestamps_ns[0]),
-                segment=episode.segment, accepted=True, reasons=result.reasons,
-                grade=episode.quality.grade, overall=episode.quality.overall,
-                cameras=sorted(arrays.frames), stats=arrays.stats(), **common,
-            ).to_dict()
+        entry = EpisodeEntry(
+            key=episode.key, length=arrays.length, start_ns=int(arrays.timestamps_ns[0]),
+            segment=episode.segment, accepted=True, reasons=result.reasons,
+            grade=episode.quality.grade, overall=episode.quality.overall,
+            cameras=sorted(arrays.frames), stats=arrays.stats(),
+            quality_json=json.dumps(episode.quality.to_dict()), attrs_json=json.dumps(base_attrs), **common,
         )
-    return {"entries": entries, "frames": frames}
+        rows.append(entry)
+        refined.append((episode, entry))
+    return rows, refined
 
 
 def _crash_once(marker: str):  # noqa: ANN202
