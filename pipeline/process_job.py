@@ -236,7 +236,6 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
     if (dataset / "zarr.json").exists():
         check_format(dataset, read_root_attrs(dataset))
     ensure_dataset(dataset)
-    val_fraction = float(read_root_attrs(dataset).get("val_fraction", 0.1))
     index = DatasetIndex(dataset)
     job_info = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": options.config.to_dict(),
                 "raw_dirs": [str(p) for p in options.raw_dirs]}
@@ -255,7 +254,7 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
             seen.add(identity)
             if raw.problem:
                 entry = unreadable_entry(str(path), raw.episode_id, raw.checksum, raw.problem)
-                index.commit([entry], job_info, val_fraction=val_fraction)
+                index.commit([entry], job_info)
                 _count(summary, [entry], {})
                 log.warning("%s: %s", path, raw.problem)
             else:
@@ -288,7 +287,7 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
                         log.error("processing %d raw files from %s failed: %s", len(batch), batch[0].path, err)
                     else:
                         entries = [EpisodeEntry.from_dict(e) for e in result["entries"]]
-                        index.commit(entries, job_info, val_fraction=val_fraction)
+                        index.commit(entries, job_info)
                         _count(summary, entries, result)
                         summary.segments += any(e.data_segment for e in entries)
                     done_count += len(batch)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dataset.index import load_index
+from pipeline.dataset.store import load_index
 from pipeline.raw_builder import simulate_episode
 from tests.processes import free_port
 

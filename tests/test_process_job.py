@@ -6,16 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
 from collectors.drivers.sim import SimFaults
-from pipeline.dataset.frame_shards import read_jpeg_bytes
-from pipeline.dataset.index import load_index, read_root_attrs
+from pipeline.dataset.store import Dataset, load_index
 from pipeline.process_job import JobOptions, run_process_job
 from pipeline.processing.config import ProcessConfig
 from pipeline.raw_builder import simulate_episode
 from pipeline.raw_store import RawEpisodeReader
-from pipeline.report import write_report
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -33,16 +30,18 @@ def run(raw_dir: Path, dataset: Path, **options) -> object:
 
 
 def arrays_of(dataset: Path) -> dict[str, bytes]:
-    """Every array's bytes and every episode group's attributes, for comparing datasets."""
-    root = zarr.open_group(str(dataset), mode="r")
+    """Every episode's arrays, stored frame bytes and index row, for comparing datasets."""
+    ds = Dataset(dataset)
     out = {}
-    for key, group in root["episodes"].groups():
-        out[f"{key}/attrs"] = repr(sorted(dict(group.attrs).items())).encode()
+    for entry in ds.index.entries():
+        row = {k: v for k, v in entry.to_dict().items() if k not in ("data_segment", "offset", "entry_id", "commit")}
+        out[f"{entry.raw_episode_id}/{entry.key}/row"] = repr(sorted(row.items())).encode()
+        if not entry.key:
+            continue
         for name in ("timestamps_ns", "state/position", "state/velocity", "action/position"):
-            out[f"{key}/{name}"] = group[name][:].tobytes()
-        for camera in group["cameras"].array_keys():
-            arr = group["cameras"][camera]
-            out[f"{key}/{camera}"] = b"".join(read_jpeg_bytes(arr, range(arr.shape[0])))
+            out[f"{entry.key}/{name}"] = ds.numeric(entry, name).tobytes()
+        for camera in entry.cameras:
+            out[f"{entry.key}/{camera}"] = b"".join(ds.jpeg_bytes(entry, camera, range(entry.length)))
     return out
 
 
@@ -50,28 +49,27 @@ def test_raw_episodes_become_dataset_episodes(raw_dir: Path, tmp_path: Path) -> 
     dataset = tmp_path / "ds.zarr"
     summary = run(raw_dir, dataset)
     assert summary.processed == 2 and summary.accepted == 2 and not summary.failed
-    entries = load_index(dataset)
+    ds = Dataset(dataset)
+    entries = ds.index.entries()
     assert {e.task for e in entries} == {"wave", "point"}
-    root = zarr.open_group(str(dataset), mode="r")
     for entry in entries:
-        group = root["episodes"][entry.key]
         assert entry.accepted and entry.grade in "ABCDF"
-        assert group["state/position"].shape == (entry.length, 6)
-        assert group["cameras"]["head_left"].shape == (entry.length, 48, 64, 3)
-        assert group.attrs["quality"]["grade"] == entry.grade
-        steps = np.diff(group["timestamps_ns"][:])
+        assert ds.numeric(entry, "state/position").shape == (entry.length, 6)
+        assert ds.frame_size(entry, "head_left") == (48, 64)
+        assert entry.quality["grade"] == entry.grade
+        steps = np.diff(ds.numeric(entry, "timestamps_ns"))
         assert np.all(np.abs(steps - 1e9 / 30) <= 1)  # the cameras' 30 fps by default
 
 
 def test_stored_frames_are_the_received_jpeg_bytes(raw_dir: Path, tmp_path: Path) -> None:
     dataset = tmp_path / "ds.zarr"
     run(raw_dir, dataset)
-    root = zarr.open_group(str(dataset), mode="r")
-    entry = load_index(dataset)[0]
+    ds = Dataset(dataset)
+    entry = ds.index.entries()[0]
     raw_file = next(raw_dir.rglob(f"{entry.raw_episode_id}.h5"))
     with RawEpisodeReader(raw_file) as raw:
         received = set(raw.frames("head_left"))
-    stored = read_jpeg_bytes(root["episodes"][entry.key]["cameras"]["head_left"], range(entry.length))
+    stored = ds.jpeg_bytes(entry, "head_left", range(entry.length))
     assert set(stored) <= received  # no re-encoding: every stored frame is a received one, bit for bit
     assert len(set(stored)) > 0.9 * len(received) - 5
 
@@ -89,7 +87,8 @@ def test_rerun_skips_committed_episodes_and_changes_nothing(raw_dir: Path, tmp_p
 def test_new_raw_episodes_are_appended_without_rewriting(raw_dir: Path, tmp_path: Path, tiny_robot) -> None:
     dataset = tmp_path / "ds.zarr"
     run(raw_dir, dataset)
-    files_before = {p: p.stat().st_mtime_ns for p in (dataset / "episodes").rglob("*") if p.is_file()}
+    files_before = {p: p.stat().st_mtime_ns for p in (dataset / "data").rglob("*") if p.is_file()}
+    files_before |= {p: p.stat().st_mtime_ns for p in (dataset / "index").glob("*.parquet")}
     simulate_episode(raw_dir, tiny_robot, robot_id="tiny-c", seconds=2.0, seed=3)
     summary = run(raw_dir, dataset)
     assert summary.processed == 1 and summary.skipped == 2
@@ -122,7 +121,7 @@ def test_discarded_and_faulty_episodes_are_rejected_with_reasons(tmp_path: Path,
     entries = {e.robot_id: e for e in load_index(dataset)}
     assert any("discarded" in r for r in entries["tiny-d"].reasons)
     assert entries["tiny-s"].reasons
-    card = read_root_attrs(dataset)["card"]
+    card = Dataset(dataset).card()
     assert card["episodes_rejected"] == 2 and card["rejection_reasons"]
 
 
@@ -137,6 +136,8 @@ def test_long_stall_splits_an_episode(tmp_path: Path, tiny_robot) -> None:
 
 
 def test_report_lists_every_episode(raw_dir: Path, tmp_path: Path) -> None:
+    from pipeline.report import write_report
+
     dataset = tmp_path / "ds.zarr"
     run(raw_dir, dataset)
     out = write_report(dataset, tmp_path / "report.html")
@@ -153,6 +154,58 @@ def test_resize_re_encodes_frames_at_the_asked_size(raw_dir: Path, tmp_path: Pat
     config = config.replace(output=dataclasses.replace(config.output, resize=(24, 32)))
     dataset = tmp_path / "ds.zarr"
     run(raw_dir, dataset, config=config)
-    root = zarr.open_group(str(dataset), mode="r")
-    entry = load_index(dataset)[0]
-    assert root["episodes"][entry.key]["cameras"]["head_left"].shape[1:] == (24, 32, 3)
+    ds = Dataset(dataset)
+    entry = ds.index.entries()[0]
+    assert ds.frame_size(entry, "head_left") == (24, 32)
+
+
+def test_episodes_share_data_segments_so_files_grow_with_bytes(tmp_path: Path, tiny_robot) -> None:
+    raw = tmp_path / "ingest"
+    for n in range(6):
+        simulate_episode(raw, tiny_robot, robot_id=f"tiny-{n}", seconds=1.5, seed=n)
+    dataset = tmp_path / "ds.zarr"
+    summary = run(raw, dataset, num_cpus=2)
+    entries = load_index(dataset)
+    segments = {e.data_segment for e in entries if e.accepted}
+    assert summary.accepted == 6 and len(segments) == summary.segments <= 2  # one per worker, not one per episode
+    ds = Dataset(dataset)
+    for segment in segments:
+        members = sorted((e.offset, e.end) for e in entries if e.data_segment == segment)
+        assert members[0][0] == 0 and all(a[1] == b[0] for a, b in zip(members, members[1:]))  # contiguous
+        assert ds.segment(segment)["timestamps_ns"].shape == (members[-1][1],)
+
+
+def test_several_raw_folders_feed_one_dataset(tmp_path: Path, tiny_robot) -> None:
+    first, second = tmp_path / "ingest-1", tmp_path / "ingest-2"
+    simulate_episode(first, tiny_robot, robot_id="tiny-a", seconds=2.0, seed=1)
+    simulate_episode(second, tiny_robot, robot_id="tiny-b", seconds=2.0, seed=2)
+    dataset = tmp_path / "ds.zarr"
+    summary = run_process_job(JobOptions(raw_dir=[first, second, first], dataset=dataset))
+    assert summary.raw_found == 2 and summary.accepted == 2
+    assert {e.robot_id for e in load_index(dataset)} == {"tiny-a", "tiny-b"}
+
+
+def test_an_unreadable_raw_file_is_rejected_and_the_rest_processed(raw_dir: Path, tmp_path: Path) -> None:
+    bad = raw_dir / "raw" / "tiny-x" / "broken.h5"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not an HDF5 file" * 100)
+    dataset = tmp_path / "ds.zarr"
+    summary = run(raw_dir, dataset)
+    assert summary.accepted == 2 and summary.rejected == 1 and not summary.failed
+    rejected = [e for e in load_index(dataset) if not e.accepted]
+    assert rejected[0].raw_episode_id == "broken" and rejected[0].reasons[0].startswith("unreadable:")
+    assert run(raw_dir, dataset).skipped == 3  # recorded once
+
+
+def test_a_segment_left_by_a_killed_driver_is_removed_by_the_next_job(
+    raw_dir: Path, tmp_path: Path, tiny_robot
+) -> None:
+    dataset = tmp_path / "ds.zarr"
+    run(raw_dir, dataset)
+    orphan = dataset / "data" / "seg-orphan"  # published, never committed
+    (orphan / "state").mkdir(parents=True)
+    (orphan / "zarr.json").write_text("{}")
+    simulate_episode(raw_dir, tiny_robot, robot_id="tiny-c", seconds=2.0, seed=3)
+    run(raw_dir, dataset)
+    assert not orphan.exists()
+    assert len(load_index(dataset)) == 3

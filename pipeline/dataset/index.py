@@ -77,22 +77,26 @@ _CURATION_FILE = re.compile(r"^x-(\d{12})\.parquet$")
 
 @dataclass
 class EpisodeEntry:
-    """One row of the episode index: a dataset episode, or a rejected raw episode."""
+    """One row of the episode index: a dataset episode, or a rejected raw episode.
 
-    key: str  # the episode's name ("" for a rejected raw episode: no data written)
-    raw_episode_id: str
-    raw_checksum: str  # content_sha256 of the raw file: re-runs skip what is committed
-    robot_id: str
-    model: str
-    task: str
-    operator: str  # pseudonym when de-identification is on
-    outcome: str
-    length: int  # steps at rate_hz
-    rate_hz: float
-    start_ns: int  # ingest clock of step 0
-    grade: str
-    overall: float
-    accepted: bool
+    Every field has a default so that a read of some columns only (see
+    :data:`LIGHT_COLUMNS`) still makes entries; the others keep their defaults.
+    """
+
+    key: str = ""  # the episode's name ("" for a rejected raw episode: no data written)
+    raw_episode_id: str = ""
+    raw_checksum: str = ""  # content_sha256 of the raw file: re-runs skip what is committed
+    robot_id: str = ""
+    model: str = ""
+    task: str = ""
+    operator: str = ""  # pseudonym when de-identification is on
+    outcome: str = ""
+    length: int = 0  # steps at rate_hz
+    rate_hz: float = 0.0
+    start_ns: int = 0  # ingest clock of step 0
+    grade: str = ""
+    overall: float = 0.0
+    accepted: bool = False
     reasons: list[str] = field(default_factory=list)
     segment: int = 0  # which part of a split raw episode
     decisions: int = 0
@@ -484,16 +488,23 @@ class DatasetIndex:
 
     # writing
 
-    def commit(self, new: Sequence[EpisodeEntry], job: dict[str, Any] | None = None, *, val_fraction: float = 0.0) -> list[EpisodeEntry]:
+    def commit(
+        self, new: Sequence[EpisodeEntry], job: dict[str, Any] | None = None, *, val_fraction: float | None = None
+    ) -> list[EpisodeEntry]:
         """Append ``new`` as one commit; returns them with ``entry_id``, ``commit`` and ``split`` set.
 
-        Rows of a raw episode already in the index (same id and checksum) are
-        skipped: a retried commit adds nothing twice.
+        The caller makes sure none is in the index already (the job checks
+        :meth:`committed_sources` before it plans; a commit costs in
+        proportion to what it adds, so it does not re-read the index). Rows
+        without a split get one by :func:`split_of` with ``val_fraction``
+        (default: the dataset's).
         """
+        if val_fraction is None:
+            val_fraction = self._val_fraction()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._remove_temporaries()
         state = self.state()
-        fresh = [e for e in new if not self._known(e)]
+        fresh = list(new)
         if not fresh:
             return []
         seq = state["seq"] + 1
@@ -514,15 +525,12 @@ class DatasetIndex:
         self.compact()
         return fresh
 
-    def _known(self, entry: EpisodeEntry) -> bool:
-        # The newest commit is the only one a retry can repeat (the driver commits
-        # one data segment at a time); older ones are checked by the job up front.
-        episodes, _ = self._files()
-        if not episodes:
-            return False
-        newest = pq.read_table(episodes[-1].path, columns=["raw_episode_id", "raw_checksum"])
-        pairs = set(zip(newest["raw_episode_id"].to_pylist(), newest["raw_checksum"].to_pylist()))
-        return (entry.raw_episode_id, entry.raw_checksum) in pairs
+    def _val_fraction(self) -> float:
+        try:
+            attrs = json.loads((self.dataset / "zarr.json").read_text()).get("attributes", {})
+        except (OSError, ValueError):
+            return 0.0
+        return float(attrs.get("val_fraction", 0.0))
 
     def curate(self, entry_ids: Sequence[int], *, excluded: bool, reason: str) -> int:
         """Exclude (or include again) episodes by ``entry_id``; returns how many changed.
