@@ -126,10 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("process", help="refine raw episodes into a Zarr dataset with Ray",
                        description="Align, clean, score, optionally de-identify, and write every raw episode under "
-                                   "RAW_DIR that the dataset does not hold yet. Runs on an embedded local Ray unless "
+                                   "the RAW_DIRs that the dataset does not hold yet (several folders, e.g. one per "
+                                   "ingest, or a quoted glob). Runs on an embedded local Ray unless "
                                    "--address or RAY_ADDRESS names a cluster (then RAW_DIR and --out must be on "
                                    "storage every node sees). Re-running skips committed episodes.")
-    p.add_argument("raw_dir", type=Path, metavar="RAW_DIR", help="folder with sealed raw episodes (*.h5), e.g. the ingest's data dir")
+    p.add_argument("raw_dir", type=Path, nargs="+", metavar="RAW_DIR",
+                   help="folder with sealed raw episodes (*.h5), e.g. an ingest's data dir; several, or a quoted glob")
     p.add_argument("--out", type=Path, required=True, metavar="DATASET.zarr", help="the Zarr dataset (created if missing)")
     p.add_argument("--config", type=Path, help="YAML overriding pipeline/processing/defaults.yaml (printed by --show-config)")
     p.add_argument("--rate", type=_positive_float, help="rate in Hz of the output timeline (default: the fastest camera's fps, so no frame is stored twice)")
@@ -139,8 +141,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace operator ids by keyed pseudonyms (key in REFINERY_PSEUDONYM_KEY)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--num-cpus", type=_positive_int, help="embedded Ray: worker processes (default: all cores)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="new dataset: share of raw episodes in the validation split, by a stable hash of their id "
+                        "(default: %(default)s)")
     p.add_argument("--show-config", action="store_true", help="print the effective configuration as YAML and exit")
     p.set_defaults(func=_cmd_process)
+
+    for name, verb in (("exclude", "exclude episodes from loaders, exports and statistics"),
+                       ("include", "take excluded episodes back")):
+        p = sub.add_parser(name, help=verb,
+                           description=f"{verb[0].upper()}{verb[1:]}, by key or by a condition on the index; the "
+                                       "data is never rewritten (a tombstone in the index, reversible). Conditions: "
+                                       "clauses like 'grade < \"C\"' (worse than C), 'robot_id == \"g1-07\"', "
+                                       "'length < 300', 'task in (\"a\", \"b\")', joined by 'and'.")
+        p.add_argument("dataset", type=Path, metavar="DATASET.zarr")
+        p.add_argument("--episode", action="append", default=[], metavar="KEY", help="an episode key (repeat)")
+        p.add_argument("--where", metavar="CONDITION", help="every episode matching this condition")
+        p.add_argument("--reason", required=name == "exclude", default="included again",
+                       help="why (kept with the exclusion)")
+        p.set_defaults(func=_cmd_curate, excluded=name == "exclude")
+
+    p = sub.add_parser("merge", help="merge datasets into a new one",
+                       description="Combine datasets into OUT with one index and consistent statistics. Data "
+                                   "segments are hard-linked (no bytes copied on one file system) or copied with "
+                                   "--copy; a raw episode in several inputs is kept once; exclusions come along.")
+    p.add_argument("datasets", type=Path, nargs="+", metavar="DATASET.zarr")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT.zarr", help="the new dataset (must not exist)")
+    p.add_argument("--copy", action="store_true", help="copy the data instead of hard-linking it")
+    p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("upgrade", help="convert a format-version-1 dataset to the current layout",
+                       description="Read a version-1 dataset (a group per episode) and write NEW in the current "
+                                   "layout: data segments of many episodes, the Parquet index. OLD is not changed.")
+    p.add_argument("old", type=Path, metavar="OLD.zarr")
+    p.add_argument("new", type=Path, metavar="NEW.zarr")
+    p.set_defaults(func=_cmd_upgrade)
 
     p = sub.add_parser("report", help="write an HTML quality report of a dataset",
                        description="Per-episode indicators and grades, why episodes were rejected, joint plots and "
@@ -496,13 +531,57 @@ def _cmd_process(args: argparse.Namespace) -> int:
     if args.show_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return 0
-    options = JobOptions(raw_dir=args.raw_dir, dataset=args.out, config=config, address=args.address,
-                         num_cpus=args.num_cpus)
+    options = JobOptions(raw_dir=_expand_globs(args.raw_dir), dataset=args.out, config=config, address=args.address,
+                         num_cpus=args.num_cpus, val_fraction=args.val_fraction)
     summary = run_process_job(options, progress=ProgressBar("processing"))
     for line in summary.lines():
         print(line)
     print(f"dataset: {args.out}")
     return 1 if summary.failed else 0
+
+
+def _expand_globs(paths: list[Path]) -> list[Path]:
+    """Quoted globs (``'/data/ingest-*'``) expanded here; anything else as given."""
+    import glob
+
+    out: list[Path] = []
+    for path in paths:
+        text = str(path)
+        matches = sorted(glob.glob(text)) if any(c in text for c in "*?[") and not path.exists() else []
+        out += [Path(m) for m in matches] or [path]
+    return out
+
+
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from pipeline.dataset.curation import exclude, include
+
+    if args.excluded:
+        n = exclude(args.dataset, keys=args.episode, where=args.where, reason=args.reason)
+        print(f"excluded {n} episodes from {args.dataset} ({args.reason}); `refinery include` takes them back")
+    else:
+        n = include(args.dataset, keys=args.episode, where=args.where, reason=args.reason)
+        print(f"included {n} episodes again in {args.dataset}")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from pipeline.dataset.merge import merge_datasets
+
+    summary = merge_datasets(args.datasets, args.out, copy=args.copy)
+    for line in summary.lines():
+        print(line)
+    print(f"dataset: {args.out}")
+    return 0
+
+
+def _cmd_upgrade(args: argparse.Namespace) -> int:
+    from pipeline.dataset.upgrade import upgrade_dataset
+
+    summary = upgrade_dataset(args.old, args.new)
+    for line in summary.lines():
+        print(line)
+    print(f"dataset: {args.new}")
+    return 0
 
 
 def _replace(obj, **changes):  # noqa: ANN001, ANN202

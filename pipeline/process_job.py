@@ -38,7 +38,12 @@ from typing import Any
 import h5py
 
 from pipeline.dataset.index import DATA_DIR, DatasetIndex, EpisodeEntry
-from pipeline.dataset.store import DatasetLock, check_format, create_dataset, discard_staging, read_root_attrs
+from pipeline.dataset.store import (
+    DEFAULT_VAL_FRACTION,
+    DatasetLock,
+    create_dataset,
+    discard_staging,
+)
 from pipeline.errors import RefineryError, StoreError
 from pipeline.processing.config import ProcessConfig
 from pipeline.raw_summary import raw_files
@@ -55,6 +60,7 @@ class JobOptions:
     num_cpus: int | None = None  # embedded Ray only; default: all cores
     max_retries: int = 3
     crash_marker: Path | None = None  # fault injection for tests: kill the first worker once
+    val_fraction: float = DEFAULT_VAL_FRACTION  # a new dataset's validation share
 
     @property
     def raw_dirs(self) -> list[Path]:
@@ -159,11 +165,6 @@ def plan_segments(
     return planned
 
 
-def ensure_dataset(dataset: Path) -> None:
-    """Create an empty dataset unless one is there (anything else there is refused)."""
-    create_dataset(dataset)
-
-
 def remove_orphan_segments(dataset: Path, index: DatasetIndex) -> int:
     """Data segments no index row points at: published by a job that died before its commit."""
     data = dataset / DATA_DIR
@@ -233,9 +234,7 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
     if not paths:
         folders = ", ".join(str(p) for p in options.raw_dirs)
         raise StoreError(folders, "no raw episodes (*.h5) found; point at the ingest's data dir or raw/")
-    if (dataset / "zarr.json").exists():
-        check_format(dataset, read_root_attrs(dataset))
-    ensure_dataset(dataset)
+    create_dataset(dataset, val_fraction=options.val_fraction)
     index = DatasetIndex(dataset)
     job_info = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": options.config.to_dict(),
                 "raw_dirs": [str(p) for p in options.raw_dirs]}

@@ -35,9 +35,9 @@ TEXT_FIELDS = ("grade", "robot_id", "model", "task", "operator", "outcome", "spl
 NUMBER_FIELDS = ("overall", "length", "rate_hz", "start_ns")
 _CLAUSE = re.compile(
     r"""\s*(?P<field>[a-z_]+)\s*(?P<op>==|!=|<=|>=|<|>|=|\bin\b)\s*"""
-    r"""(?P<value>\((?:[^()"']|"[^"]*"|'[^']*')*\)|"[^"]*"|'[^']*'|[-+0-9.eE]+)\s*(?:\band\b|$)""",
+    r"""(?P<value>\((?:[^()"']|"[^"]*"|'[^']*')*\)|"[^"]*"|'[^']*'|[-+\w.]+)\s*(?:\band\b|$)""",
 )
-_ITEM = re.compile(r"""\s*("[^"]*"|'[^']*'|[-+0-9.eE]+)\s*(?:,|$)""")
+_ITEM = re.compile(r"""\s*("[^"]*"|'[^']*'|[-+\w.]+)\s*(?:,|$)""")
 _MAX_CONDITION = 4096
 
 
