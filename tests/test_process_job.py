@@ -209,3 +209,23 @@ def test_a_segment_left_by_a_killed_driver_is_removed_by_the_next_job(
     run(raw_dir, dataset)
     assert not orphan.exists()
     assert len(load_index(dataset)) == 3
+
+
+def test_two_ingests_with_robots_split_between_them_feed_one_dataset(
+    start_ingest, make_collector, tmp_path: Path
+) -> None:
+    from tests.conftest import record_episode
+
+    ingests = [start_ingest(data_dir=tmp_path / f"ingest-{n}") for n in range(2)]
+    collectors = [make_collector(ingests[n % 2].endpoint, robot_id=f"tiny-{n}", seed=n) for n in range(4)]
+    for collector in collectors:
+        collector.start()
+    recorded = {c.config.robot_id: record_episode(c, 1.5, task="wave") for c in collectors}
+    for collector in collectors:
+        assert collector.drain(30)
+    assert all(len(ingest.raw_files()) == 2 for ingest in ingests)  # the fleet split over two ingest services
+    dataset = tmp_path / "ds.zarr"
+    summary = run_process_job(JobOptions(raw_dir=[i.data_dir for i in ingests], dataset=dataset))
+    assert summary.raw_found == 4 and not summary.failed
+    rows = load_index(dataset)
+    assert {(e.robot_id, e.raw_episode_id) for e in rows} == set(recorded.items())
