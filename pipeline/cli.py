@@ -10,6 +10,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +18,20 @@ from pipeline.errors import RefineryError
 
 log = logging.getLogger("refinery")
 
-EPILOG = "Docs: README.md. Every command takes --help; -v shows debug logs."
+EPILOG = "Docs: README.md. Every command takes --help; -v shows debug logs and tracebacks."
+EXIT_FAILED = 1  # the command ran, but some of its work failed (e.g. episodes not committed: re-run)
+EXIT_ERROR = 2  # the command could not run: bad arguments, input, configuration or environment
+EXIT_BAD_INPUTS = 3  # `process` finished, but some raw files were unreadable or corrupt (rejected, listed)
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("teleop-refinery")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def _positive_float(text: str) -> float:
@@ -88,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="refinery", description="Collect and refine teleoperated humanoid-robot data.", epilog=EPILOG
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="local demo: ingest + simulated robots + Ray processing + quality report",
@@ -145,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="new dataset: share of raw episodes in the validation split, by a stable hash of their id "
                         "(default: %(default)s)")
     p.add_argument("--show-config", action="store_true", help="print the effective configuration as YAML and exit")
-    p.set_defaults(func=_cmd_process)
+    p.set_defaults(func=_cmd_process,
+                   interrupted_hint="what was committed is kept: run the same command again to continue")
 
     for name, verb in (("exclude", "exclude episodes from loaders, exports and statistics"),
                        ("include", "take excluded episodes back")):
@@ -261,10 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RefineryError as err:
+        if args.verbose:
+            traceback.print_exc()
         print(f"refinery {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        hint = getattr(args, "interrupted_hint", "")
+        print(f"refinery {args.command}: stopped (Ctrl-C){'; ' + hint if hint else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 # ---------------------------------------------------------------------- ingest
@@ -537,7 +557,11 @@ def _cmd_process(args: argparse.Namespace) -> int:
     for line in summary.lines():
         print(line)
     print(f"dataset: {args.out}")
-    return 1 if summary.failed else 0
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    if summary.failed:
+        return EXIT_FAILED
+    return EXIT_BAD_INPUTS if summary.bad_inputs else 0
 
 
 def _expand_globs(paths: list[Path]) -> list[Path]:

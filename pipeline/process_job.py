@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections import Counter
@@ -46,6 +45,7 @@ from pipeline.dataset.store import (
 )
 from pipeline.errors import RefineryError, StoreError
 from pipeline.processing.config import ProcessConfig
+from pipeline.ray_runtime import RaySession
 from pipeline.raw_summary import raw_files
 
 log = logging.getLogger("refinery.process")
@@ -76,11 +76,19 @@ class JobSummary:
     rejected: int = 0
     split: int = 0
     segments: int = 0
+    planned: int = 0  # raw files this run set out to process
+    done: int = 0  # of those, how many came back (committed or failed)
+    interrupted: bool = False
     failed: list[str] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
     frames: int = 0
     seconds: float = 0.0
     entries: list[EpisodeEntry] = field(default_factory=list)
+
+    @property
+    def bad_inputs(self) -> list[EpisodeEntry]:
+        """Raw files rejected for what they are, not for what they hold: unreadable or corrupt."""
+        return [e for e in self.entries if any(r.startswith(("unreadable:", "corrupt:")) for r in e.reasons)]
 
     def lines(self) -> list[str]:
         out = [
@@ -90,8 +98,13 @@ class JobSummary:
         ]
         for reason, n in self.reasons.most_common():
             out.append(f"  rejected {n}x: {reason}")
+        for entry in self.bad_inputs:
+            out.append(f"  bad input {entry.attrs.get('raw_file') or entry.raw_episode_id}: {entry.reasons[0]}")
         for failure in self.failed:
             out.append(f"  FAILED (not committed; re-run to retry): {failure}")
+        if self.interrupted:
+            out.append(f"stopped: {self.done} of {self.planned} raw episodes committed this run; "
+                       "run the same command again to continue")
         if self.seconds:
             out.append(f"{self.frames} camera frames in {self.seconds:.1f} s ({self.frames / self.seconds:,.0f} frames/s)")
         return out
@@ -177,32 +190,6 @@ def remove_orphan_segments(dataset: Path, index: DatasetIndex) -> int:
     return removed
 
 
-def _init_ray(options: JobOptions) -> bool:
-    """Connect to a cluster or start an embedded Ray; True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = options.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return True
-    # A private single-machine instance, but Ray's ports listen on every
-    # interface and anyone who reaches them can run code: keep Ray's token auth.
-    # With RAY_AUTH_MODE unset, ray.init() turns it on and makes the token
-    # itself. Setting the variable here would not do: Ray reads it when it is
-    # imported, and a head started with "token" but no token file dies.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(
-        num_cpus=options.num_cpus or os.cpu_count() or 1,
-        object_store_memory=256 * 1024 * 1024,  # tasks return small index entries, not arrays
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    return True
-
-
 def _workers() -> int:
     import ray
 
@@ -261,7 +248,7 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
         if not todo:
             summary.seconds = time.monotonic() - started
             return summary
-        we_started = _init_ray(options)
+        session = RaySession(address=options.address, num_cpus=options.num_cpus)
         try:
             task = ray.remote(num_cpus=1, max_retries=options.max_retries, retry_exceptions=[OSError])(
                 process_raw_batch
@@ -273,7 +260,7 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
                 task.remote([str(r.path) for r in batch], str(dataset.resolve()), config, segment_id, marker): batch
                 for segment_id, batch in plan
             }
-            total, done_count = len(todo), 0
+            summary.planned = len(todo)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
@@ -289,12 +276,14 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
                         index.commit(entries, job_info)
                         _count(summary, entries, result)
                         summary.segments += any(e.data_segment for e in entries)
-                    done_count += len(batch)
+                    summary.done += len(batch)
                     if progress is not None:
-                        progress(done_count, total, batch[-1].path.stem)
+                        progress(summary.done, summary.planned, batch[-1].path.stem)
+        except KeyboardInterrupt:
+            # Committed segments stay; what was in flight is redone by the next run.
+            summary.interrupted = True
         finally:
-            if we_started:
-                ray.shutdown()
+            session.close()
         discard_staging(dataset)  # what killed workers left; their retries wrote it anew
     summary.seconds = time.monotonic() - started
     return summary
