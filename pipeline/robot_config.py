@@ -7,6 +7,8 @@ A malformed file is rejected with the file, the field and the problem.
 
 from __future__ import annotations
 
+import difflib
+
 import hashlib
 import json
 import math
@@ -253,7 +255,9 @@ class _Fields:
 
     def _get(self, key: str) -> Any:
         if key not in self.raw:
-            raise ConfigError(self.source, self.prefix + key, "missing")
+            near = difflib.get_close_matches(key, [str(k) for k in self.raw], n=1, cutoff=0.75)
+            hint = f" (there is a field {self.prefix}{near[0]!r}: misspelled?)" if near else ""
+            raise ConfigError(self.source, self.prefix + key, f"missing{hint}")
         return self.raw[key]
 
     def text(self, key: str) -> str:

@@ -283,7 +283,7 @@ def test_align_refuses_an_episode_without_joint_state(synthetic):
 
 def test_align_config_from_mapping_rejects_unknown_keys():
     assert AlignConfig.from_mapping({"rate_hz": 30}).rate_hz == 30
-    with pytest.raises(ConfigError, match="process.yaml: field 'rate': unknown field"):
+    with pytest.raises(ConfigError, match="process.yaml: field 'align.rate': unknown field"):
         AlignConfig.from_mapping({"rate": 30}, "process.yaml")
     with pytest.raises(ConfigError, match="field 'rate_hz'"):
         AlignConfig.from_mapping({"rate_hz": 0}, "process.yaml")

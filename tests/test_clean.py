@@ -426,7 +426,7 @@ def test_a_discarded_episode_is_rejected_with_its_reason():
 def test_clean_config_from_mapping_accepts_known_keys_and_names_unknown_ones():
     config = CleanConfig.from_mapping({"split_gap_ms": 500, "reject_outcomes": ["discarded", "failure"]})
     assert config.split_gap_ms == 500 and config.reject_outcomes == ("discarded", "failure")
-    with pytest.raises(ConfigError, match=r"clean\.yaml: field 'split_gap': unknown field"):
+    with pytest.raises(ConfigError, match=r"clean\.yaml: field 'clean\.split_gap': unknown field"):
         CleanConfig.from_mapping({"split_gap": 500}, "clean.yaml")
     with pytest.raises(ConfigError, match="clean.yaml: field 'frozen_max_s': expected a finite number"):
         CleanConfig.from_mapping({"frozen_max_s": "long"}, "clean.yaml")

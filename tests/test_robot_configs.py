@@ -100,6 +100,14 @@ def test_missing_joint_field_is_rejected(tmp_path, base):
     assert rejected(write(tmp_path, base)).field == f"{FIRST}.effort"
 
 
+def test_a_misspelled_field_is_named_beside_the_missing_one(tmp_path, base):
+    base["joints"][0]["velocty"] = base["joints"][0].pop("velocity")
+
+    error = rejected(write(tmp_path, base))
+    assert error.field == f"{FIRST}.velocity"
+    assert "velocty" in error.problem and "misspelled" in error.problem
+
+
 def test_wrong_type_is_rejected(tmp_path, base):
     base["joints"][0]["velocity"] = "fast"
 

@@ -222,7 +222,7 @@ class AlignConfig:
         allowed = {f.name for f in fields(cls)}
         for key in mapping:
             if key not in allowed:
-                raise ConfigError(source, str(key), f"unknown field; allowed: {', '.join(sorted(allowed))}")
+                raise ConfigError(source, f"align.{key}", f"unknown field; allowed: {', '.join(sorted(allowed))}")
         try:
             return cls(**mapping)
         except ConfigError as err:

@@ -203,7 +203,7 @@ class CleanConfig:
         values: dict[str, Any] = {}
         for key, value in mapping.items():
             if key not in allowed:
-                raise ConfigError(source, str(key), f"unknown field; allowed: {', '.join(sorted(allowed))}")
+                raise ConfigError(source, f"clean.{key}", f"unknown field; allowed: {', '.join(sorted(allowed))}")
             values[key] = tuple(value) if key == "reject_outcomes" and isinstance(value, list) else value
         try:
             return cls(**values)
