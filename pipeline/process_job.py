@@ -26,8 +26,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import socket
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +45,7 @@ from pipeline.dataset.store import (
     DatasetLock,
     create_dataset,
     discard_staging,
+    write_job_record,
 )
 from pipeline.errors import RefineryError, StoreError
 from pipeline.processing.config import ProcessConfig
@@ -223,13 +227,17 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
         raise StoreError(folders, "no raw episodes (*.h5) found; point at the ingest's data dir or raw/")
     create_dataset(dataset, val_fraction=options.val_fraction)
     index = DatasetIndex(dataset)
-    job_info = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": options.config.to_dict(),
+    job_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    job_info = {"job_id": job_id, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "raw_dirs": [str(p) for p in options.raw_dirs]}
+    job_record = {**job_info, "config": options.config.to_dict(), "refinery": _version(), "host": socket.gethostname(),
+                  "address": options.address or os.environ.get("RAY_ADDRESS") or "embedded"}
     with DatasetLock(dataset):
         discard_staging(dataset)
         remove_orphan_segments(dataset, index)
         done = index.committed_sources()
         todo: list[RawInput] = []
+        unreadable: list[RawInput] = []
         seen: set[tuple[str, str]] = set()
         for path in paths:
             raw = read_raw_input(path)
@@ -238,13 +246,17 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
                 summary.skipped += 1
                 continue
             seen.add(identity)
-            if raw.problem:
-                entry = unreadable_entry(str(path), raw.episode_id, raw.checksum, raw.problem)
-                index.commit([entry], job_info)
-                _count(summary, [entry], {})
-                log.warning("%s: %s", path, raw.problem)
-            else:
-                todo.append(raw)
+            (unreadable if raw.problem else todo).append(raw)
+        if not (todo or unreadable):
+            summary.seconds = time.monotonic() - started
+            return summary
+        write_job_record(dataset, job_record)
+        for raw in unreadable:
+            entry = unreadable_entry(str(raw.path), raw.episode_id, raw.checksum, raw.problem)
+            entry.job_id = job_id
+            index.commit([entry], job_info)
+            _count(summary, [entry], {})
+            log.warning("%s: %s", raw.path, raw.problem)
         if not todo:
             summary.seconds = time.monotonic() - started
             return summary
@@ -273,6 +285,8 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
                         log.error("processing %d raw files from %s failed: %s", len(batch), batch[0].path, err)
                     else:
                         entries = [EpisodeEntry.from_dict(e) for e in result["entries"]]
+                        for entry in entries:
+                            entry.job_id = job_id
                         index.commit(entries, job_info)
                         _count(summary, entries, result)
                         summary.segments += any(e.data_segment for e in entries)
@@ -301,6 +315,15 @@ def _count(summary: JobSummary, entries: list[EpisodeEntry], result: dict[str, A
             summary.rejected += 1
             for reason in e.reasons:
                 summary.reasons[reason] += 1
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("teleop-refinery")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def _short(err: BaseException) -> str:

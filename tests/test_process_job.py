@@ -34,7 +34,7 @@ def arrays_of(dataset: Path) -> dict[str, bytes]:
     ds = Dataset(dataset)
     out = {}
     for entry in ds.index.entries():
-        row = {k: v for k, v in entry.to_dict().items() if k not in ("data_segment", "offset", "entry_id", "commit")}
+        row = {k: v for k, v in entry.to_dict().items() if k not in ("data_segment", "offset", "entry_id", "commit", "job_id")}
         out[f"{entry.raw_episode_id}/{entry.key}/row"] = repr(sorted(row.items())).encode()
         if not entry.key:
             continue
@@ -59,6 +59,21 @@ def test_raw_episodes_become_dataset_episodes(raw_dir: Path, tmp_path: Path) -> 
         assert entry.quality["grade"] == entry.grade
         steps = np.diff(ds.numeric(entry, "timestamps_ns"))
         assert np.all(np.abs(steps - 1e9 / 30) <= 1)  # the cameras' 30 fps by default
+
+
+def test_every_episode_traces_back_to_its_raw_file_and_its_job(raw_dir: Path, tmp_path: Path) -> None:
+    dataset = tmp_path / "ds.zarr"
+    run(raw_dir, dataset)
+    ds = Dataset(dataset)
+    for entry in ds.index.entries():
+        raw_file = next(raw_dir.rglob(entry.attrs["raw_file"]))
+        with RawEpisodeReader(raw_file) as raw:
+            assert entry.raw_checksum == raw.attrs["content_sha256"]
+            duration = (raw.numeric("joint_state")["capture_ns"][-1] - raw.numeric("joint_state")["capture_ns"][0]) / 1e9
+        assert duration <= entry.raw_duration_s < duration + 0.2
+        assert entry.length / entry.rate_hz <= entry.raw_duration_s
+        job = ds.job(entry.job_id)
+        assert job["config"]["output"]["segment_mb"] == 1024 and str(raw_dir) in job["raw_dirs"]
 
 
 def test_stored_frames_are_the_received_jpeg_bytes(raw_dir: Path, tmp_path: Path) -> None:

@@ -60,6 +60,7 @@ DATASET_FORMAT_VERSION = 2
 INDEX_DIR = "index"
 DATA_DIR = "data"
 STAGING_DIR = "_staging"
+JOBS_DIR = "jobs"
 GRADES = ("A", "B", "C", "D", "F")
 """Grade letters, best first (the score stage's scale)."""
 TIMESTAMPS_KEY = "timestamps_ns"
@@ -105,6 +106,9 @@ class EpisodeEntry:
     data_segment: str = ""  # the data/<segment> group holding the arrays
     offset: int = 0  # first step of this episode in that segment's arrays
     split: str = ""  # "train" or "val", by a stable hash of the raw episode id
+    raw_duration_s: float = 0.0  # how long the raw recording ran (what cleaning kept is length / rate_hz)
+    producer: str = ""  # who sealed the raw file: the collector's key as the ingest recorded it
+    job_id: str = ""  # the job that refined it: jobs/<job_id>.json holds its configuration
     entry_id: int = -1  # position in the index, assigned at commit
     commit: int = -1  # the commit that added the row
     excluded: bool = False  # curation tombstone (resolved when read)
@@ -167,6 +171,9 @@ def _schema() -> pa.Schema:
         pa.field("data_segment", pa.string()),
         pa.field("offset", pa.int64()),
         pa.field("split", pa.string()),
+        pa.field("raw_duration_s", pa.float64()),
+        pa.field("producer", pa.string()),
+        pa.field("job_id", pa.string()),
         pa.field("quality_json", pa.string()),
         pa.field("decisions_json", pa.string()),
         pa.field("attrs_json", pa.string()),

@@ -6,6 +6,7 @@ Layout (format version 2; README, "Dataset layout")::
       zarr.json            root group: format, format_version, val_fraction
       index/               the episode index (Parquet; pipeline.dataset.index)
       data/<segment>/      data segments (Zarr groups; pipeline.dataset.segment)
+      jobs/<job_id>.json   what each job ran with; index rows name their job
       _staging/            segments being written (discarded by the next job)
       .refinery.lock       one writer at a time
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from pipeline.dataset.index import (
     DATASET_FORMAT,
     DATASET_FORMAT_VERSION,
     INDEX_DIR,
+    JOBS_DIR,
     STAGING_DIR,
     DatasetIndex,
     EpisodeEntry,
@@ -37,6 +40,7 @@ from pipeline.dataset.index import (
     dataset_stats,
 )
 from pipeline.errors import DatasetError, StoreError
+from pipeline.record_log import fsync_dir
 
 DEFAULT_VAL_FRACTION = 0.1
 
@@ -105,6 +109,21 @@ class DatasetLock:
         self._fh.close()
 
 
+def write_job_record(dataset: Path, record: dict[str, Any]) -> Path:
+    """``jobs/<job_id>.json``: what a job ran with (configuration, inputs, version, host); rows name it by ``job_id``."""
+    folder = dataset / JOBS_DIR
+    folder.mkdir(exist_ok=True)
+    final = folder / f"{record['job_id']}.json"
+    tmp = folder / f".{final.name}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(record, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    fsync_dir(folder)
+    return final
+
+
 def discard_staging(dataset: Path) -> None:
     """Half-written segments of killed workers or drivers: nothing in the index points at them."""
     staging = dataset / STAGING_DIR
@@ -143,6 +162,13 @@ class Dataset:
 
     def card(self) -> dict[str, Any]:
         return dataset_card(self.state())
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """What the job ``job_id`` ran with (configuration, inputs, Refinery version, host)."""
+        try:
+            return json.loads((self.path / JOBS_DIR / f"{job_id}.json").read_text())
+        except (OSError, ValueError) as err:
+            raise DatasetError(str(self.path), f"no readable record of job {job_id!r} ({err})") from err
 
     def segment(self, name: str) -> zarr.Group:
         group = self._segments.get(name)

@@ -144,9 +144,19 @@ def _entry(raw: RawEpisode, result: RefineResult, operator: str) -> dict[str, An
         "operator": operator,
         "outcome": str(raw.attrs.get("outcome", "")),
         "rate_hz": result.rate_hz,
+        "raw_duration_s": raw_duration_s(raw),
+        "producer": str(raw.attrs.get("producer_key", "")),
         "decisions": len(result.decisions),
         "decisions_json": json.dumps([d.as_dict() for d in result.decisions]),
     }
+
+
+def raw_duration_s(raw: RawEpisode) -> float:
+    """How long the recording ran: the span of capture stamps over every stream."""
+    stamps = [s.capture_ns for s in (raw.joint_state, raw.action, *raw.cameras.values()) if s is not None and s.capture_ns.size]
+    if not stamps:
+        return 0.0
+    return float(max(int(s.max()) for s in stamps) - min(int(s.min()) for s in stamps)) / 1e9
 
 
 def unreadable_entry(raw_path: str, episode_id: str, checksum: str, problem: str) -> EpisodeEntry:
