@@ -18,7 +18,7 @@ from pathlib import Path
 from collectors.agent import Collector, CollectorConfig
 from collectors.drivers import make_driver
 from pipeline.console import ProgressBar, StatusLine, format_table
-from pipeline.dataset.index import load_index
+from pipeline.dataset.store import load_index
 from pipeline.errors import RefineryError
 from pipeline.ingest import IngestConfig, IngestServer
 from pipeline.process_job import JobOptions, run_process_job

@@ -59,6 +59,14 @@ names them (``real_world/real_env.py``, ``DEFAULT_OBS_KEY_MAP``)::
 Any other key maps to its name with ``/`` replaced by ``_``. The mapping used
 is stored in the root attributes (``refinery.keys``).
 
+Reading the dataset (format version 2): the episodes are chosen from the
+index first (:func:`~pipeline.dataset.index.select_episodes`: only the index
+columns this needs, filters pushed down to the Parquet files, excluded
+episodes left out), so nothing of an unselected episode is read. Episodes
+that lie next to each other in a data segment are read as one run: numeric
+rows in blocks of many episodes, camera frames in batches whose JPEG bytes
+come out of the segment's shards with coalesced reads.
+
 The export is written under a temporary name beside ``out`` and renamed into
 place when complete, so ``out`` is either absent or whole.
 """
@@ -72,7 +80,7 @@ import re
 import shutil
 import uuid
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,16 +92,15 @@ from numcodecs import Blosc
 from pipeline.dataset.frame_shards import conform_frame, read_jpeg_bytes
 from pipeline.dataset.index import (
     CAMERA_PREFIX,
-    DATASET_FORMAT,
-    EPISODES_GROUP,
+    KEY_COUNT_COLUMNS,
     TIMESTAMPS_KEY,
     EpisodeEntry,
     episode_keys,
-    read_root_attrs,
     select_episodes,
 )
 from pipeline.dataset.jpeg_codec import decode_jpeg_chunk, read_jpeg_header
-from pipeline.errors import DatasetError, StoreError
+from pipeline.dataset.store import Dataset
+from pipeline.errors import DatasetError
 
 EXPORT_FORMAT = "refinery-diffusion-policy-export"
 EXPORT_FORMAT_VERSION = 1
@@ -108,11 +115,20 @@ DEFAULT_NAMES: dict[str, str] = {
 }
 """Replay-buffer names of the dataset's numeric keys (cameras: ``camera_<i>``)."""
 
+# The index columns an export reads: what it records of an episode, where its
+# rows are, and the per-key step counts that say which numeric keys it holds
+# (not the statistics themselves, nor the quality reports).
+INDEX_COLUMNS = (
+    "key", "robot_id", "model", "task", "grade", "length", "rate_hz", "start_ns", "cameras", "data_segment", "offset",
+    *KEY_COUNT_COLUMNS,
+)
 # Numeric chunks of about this many bytes (Diffusion Policy's get_optimal_chunks
 # aims at 2 MB; a chunk is decompressed whole for every window it serves).
 _NUMERIC_CHUNK_BYTES = 1 << 20
-# Frames read from the dataset per request: bounds memory on long episodes.
+# Frames read from the dataset per request: bounds memory on long runs.
 _FRAMES_PER_READ = 256
+# Numeric rows read per request (a few MB for a humanoid's joints).
+_ROWS_PER_READ = 1 << 16
 # A replay-buffer name is one path segment zarr 2 accepts as an array name.
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _NUMERIC_COMPRESSOR = Blosc(cname="lz4", clevel=5, shuffle=Blosc.NOSHUFFLE)
@@ -148,6 +164,16 @@ class ExportSummary:
         return out
 
 
+@dataclass(frozen=True)
+class _Run:
+    """Selected episodes stored back to back in one data segment: read as one range of rows."""
+
+    segment: str
+    start: int
+    stop: int
+    entries: tuple[EpisodeEntry, ...]
+
+
 def default_key_names(keys: Iterable[str]) -> dict[str, str]:
     """The default replay-buffer name of each dataset key (see the module docstring).
 
@@ -174,6 +200,7 @@ def export_diffusion_policy(
     models: str | Iterable[str] | None = None,
     robots: str | Iterable[str] | None = None,
     tasks: str | Iterable[str] | None = None,
+    split: str | None = None,
     image_size: tuple[int, int] | None = None,
     image_codec: str = "jpeg",
     jpeg_quality: int = 90,
@@ -195,6 +222,8 @@ def export_diffusion_policy(
         models: Keep episodes of these robot models.
         robots: Keep episodes of these robot ids.
         tasks: Keep episodes of these task instructions.
+        split: Keep episodes of this split (``"train"`` or ``"val"``, as the
+            index records them); None keeps both.
         image_size: ``(height, width)`` to resize every camera frame to
             (re-encodes); None keeps the stored frames as they are.
         image_codec: ``"jpeg"`` (frames as JPEG files, ``imagecodecs_jpeg``) or
@@ -213,7 +242,7 @@ def export_diffusion_policy(
             episode, episodes disagree on a key's shape (one robot model and
             one camera size per export: use ``models`` or ``image_size``), bad
             arguments, or ``out`` exists.
-        StoreError: ``dataset`` is not a Refinery dataset.
+        StoreError: ``dataset`` is not a Refinery dataset (of this format version).
     """
     dataset = Path(dataset)
     out = Path(out)
@@ -226,10 +255,12 @@ def export_diffusion_policy(
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise DatasetError(str(out), "already exists: remove it, choose another path, or pass overwrite")
 
-    entries = _select(dataset, min_grade, models, robots, tasks)
+    source = Dataset(dataset)
+    entries = select_episodes(
+        dataset, columns=INDEX_COLUMNS, min_grade=min_grade, models=models, robots=robots, tasks=tasks, split=split
+    )
     mapping = _key_mapping(dataset, entries, keys)
-    root = zarr.open_group(str(dataset), mode="r")
-    arrays = [_episode_arrays(dataset, root, entry, mapping) for entry in entries]
+    arrays = _segment_arrays(source, entries, mapping)
     shapes = _row_shapes(dataset, entries, arrays, size)
     lengths = [e.length for e in entries]
 
@@ -237,9 +268,7 @@ def export_diffusion_policy(
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = staging.with_name(staging.name + ".zarr") if zip else staging
     try:
-        _write_buffer(
-            folder, dataset, entries, arrays, mapping, shapes, lengths, size, image_codec, jpeg_quality, progress
-        )
+        _write_buffer(folder, dataset, entries, arrays, mapping, shapes, size, image_codec, jpeg_quality, progress)
         if zip:
             _zip_folder(folder, staging)
             shutil.rmtree(folder)
@@ -263,7 +292,6 @@ def export_diffusion_policy(
     )
 
 
-
 def _check_image_size(out: Path, image_size: tuple[int, int] | None) -> tuple[int, int] | None:
     if image_size is None:
         return None
@@ -274,20 +302,6 @@ def _check_image_size(out: Path, image_size: tuple[int, int] | None) -> tuple[in
     if not (16 <= height <= 8192 and 16 <= width <= 8192):
         raise DatasetError(str(out), f"image_size={image_size!r}: height and width must be 16-8192 pixels")
     return height, width
-
-
-def _select(
-    dataset: Path,
-    min_grade: str | None,
-    models: str | Iterable[str] | None,
-    robots: str | Iterable[str] | None,
-    tasks: str | Iterable[str] | None,
-) -> list[EpisodeEntry]:
-    attrs = read_root_attrs(dataset)
-    if attrs.get("format") != DATASET_FORMAT:
-        raise StoreError(str(dataset), "not a Refinery dataset (root attribute format missing)")
-    entries = [EpisodeEntry.from_dict(e) for e in attrs.get("episodes", [])]
-    return select_episodes(dataset, entries, min_grade=min_grade, models=models, robots=robots, tasks=tasks)
 
 
 def _key_mapping(dataset: Path, entries: list[EpisodeEntry], keys: Mapping[str, str] | None) -> dict[str, str]:
@@ -319,38 +333,48 @@ def _key_mapping(dataset: Path, entries: list[EpisodeEntry], keys: Mapping[str, 
     return mapping
 
 
-def _episode_arrays(
-    dataset: Path, root: zarr.Group, entry: EpisodeEntry, mapping: Mapping[str, str]
-) -> dict[str, zarr.Array]:
-    """The arrays of one episode to export, checked against its index entry."""
-    arrays = {}
-    for key in mapping:
-        where = f"{dataset} episode {entry.key!r} key {key!r}"
-        try:
-            node = root[f"{EPISODES_GROUP}/{entry.key}/{key}"]
-        except KeyError as err:
-            raise DatasetError(where, "is in the index but not in the store: the dataset is corrupt") from err
-        if not isinstance(node, zarr.Array):
-            raise DatasetError(where, "is a group, not an array: the dataset is corrupt")
-        if node.shape[0] != entry.length:
-            problem = f"has {node.shape[0]} steps, the index says {entry.length}: the dataset is corrupt"
-            raise DatasetError(where, problem)
-        arrays[key] = node
+def _segment_arrays(
+    source: Dataset, entries: list[EpisodeEntry], mapping: Mapping[str, str]
+) -> dict[str, dict[str, zarr.Array]]:
+    """The arrays to export of every data segment holding a selected episode, checked against the index."""
+    needed: dict[str, int] = {}
+    for entry in entries:
+        needed[entry.data_segment] = max(needed.get(entry.data_segment, 0), entry.end)
+    arrays: dict[str, dict[str, zarr.Array]] = {}
+    for name, rows in needed.items():
+        group = source.segment(name)
+        arrays[name] = {}
+        for key in mapping:
+            where = f"{source.path} data segment {name!r} key {key!r}"
+            try:
+                node = group[key]
+            except KeyError as err:
+                raise DatasetError(where, "is in the index but not in the store: the dataset is corrupt") from err
+            if not isinstance(node, zarr.Array):
+                raise DatasetError(where, "is a group, not an array: the dataset is corrupt")
+            if node.shape[0] < rows:
+                problem = (f"has {node.shape[0]} steps, the index places episodes up to step {rows}: "
+                           "the dataset is corrupt")
+                raise DatasetError(where, problem)
+            arrays[name][key] = node
     return arrays
 
 
 def _row_shapes(
     dataset: Path,
     entries: list[EpisodeEntry],
-    arrays: list[dict[str, zarr.Array]],
+    arrays: Mapping[str, Mapping[str, zarr.Array]],
     size: tuple[int, int] | None,
 ) -> dict[str, tuple[int, ...]]:
     """The per-step shape of each key, the same in every episode (else a clear error)."""
+    first: dict[str, EpisodeEntry] = {}  # segment -> its first selected episode, to name in errors
+    for entry in entries:
+        first.setdefault(entry.data_segment, entry)
     shapes: dict[str, tuple[int, ...]] = {}
-    for key in arrays[0]:
+    for key in next(iter(arrays.values())):
         seen: dict[tuple[int, ...], str] = {}
-        for entry, episode in builtins.zip(entries, arrays, strict=True):
-            shape = tuple(int(n) for n in episode[key].shape[1:])
+        for segment, entry in first.items():
+            shape = tuple(int(n) for n in arrays[segment][key].shape[1:])
             if key.startswith(CAMERA_PREFIX) and size is not None:
                 shape = (*size, 3)
             seen.setdefault(shape, f"{entry.key!r} ({entry.model})")
@@ -369,6 +393,18 @@ def _row_shapes(
     return shapes
 
 
+def _runs(entries: list[EpisodeEntry]) -> Iterator[_Run]:
+    """The selection, in order, as runs of episodes stored back to back in one segment."""
+    group: list[EpisodeEntry] = []
+    for entry in entries:
+        if group and (entry.data_segment != group[-1].data_segment or entry.offset != group[-1].end):
+            yield _Run(group[0].data_segment, group[0].offset, group[-1].end, tuple(group))
+            group = []
+        group.append(entry)
+    if group:
+        yield _Run(group[0].data_segment, group[0].offset, group[-1].end, tuple(group))
+
+
 def _time_chunk(total: int, row_shape: tuple[int, ...], itemsize: int) -> int:
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * itemsize)
     return max(1, min(total, _NUMERIC_CHUNK_BYTES // row_bytes))
@@ -378,16 +414,15 @@ def _write_buffer(
     folder: Path,
     dataset: Path,
     entries: list[EpisodeEntry],
-    arrays: list[dict[str, zarr.Array]],
+    arrays: Mapping[str, Mapping[str, zarr.Array]],
     mapping: Mapping[str, str],
     shapes: Mapping[str, tuple[int, ...]],
-    lengths: list[int],
     size: tuple[int, int] | None,
     image_codec: str,
     jpeg_quality: int,
     progress: Callable[[int, int, str], None] | None,
 ) -> None:
-    ends = np.cumsum(lengths, dtype=np.int64)
+    ends = np.cumsum([e.length for e in entries], dtype=np.int64)
     total = int(ends[-1])
     root = zarr.open_group(str(folder), mode="w-", zarr_format=2)
     root.attrs["refinery"] = {
@@ -406,21 +441,21 @@ def _write_buffer(
     meta = root.create_group("meta")
     meta.create_array("episode_ends", data=ends, chunks=(len(ends),), compressors=None)
 
-    numeric = [k for k in mapping if not k.startswith(CAMERA_PREFIX)]
-    for key in numeric:
-        parts = [np.asarray(episode[key][...]) for episode in arrays]
-        if key == TIMESTAMPS_KEY:
-            values = np.concatenate(parts).astype(np.int64).astype(np.float64) / 1e9
-        else:
-            values = np.concatenate(parts).astype(np.float32)
-        chunk = _time_chunk(total, values.shape[1:], values.dtype.itemsize)
-        data.create_array(
-            mapping[key], data=values, chunks=(chunk, *values.shape[1:]), compressors=_NUMERIC_COMPRESSOR,
+    numeric: dict[str, _NumericWriter] = {}
+    for key in mapping:
+        if key.startswith(CAMERA_PREFIX):
+            continue
+        dtype = np.dtype(np.float64 if key == TIMESTAMPS_KEY else np.float32)
+        chunk = _time_chunk(total, shapes[key], dtype.itemsize)
+        array = data.create_array(
+            mapping[key], shape=(total, *shapes[key]), dtype=dtype, chunks=(chunk, *shapes[key]),
+            compressors=_NUMERIC_COMPRESSOR,
         )
-
-    cameras = [k for k in mapping if k.startswith(CAMERA_PREFIX)]
-    writers = {}
-    for key in cameras:
+        numeric[key] = _NumericWriter(array, chunk)
+    cameras: dict[str, _FrameWriter] = {}
+    for key in mapping:
+        if not key.startswith(CAMERA_PREFIX):
+            continue
         height, width, _ = shapes[key]
         name = mapping[key]
         array = data.create_array(
@@ -431,20 +466,72 @@ def _write_buffer(
             compressors=_NUMERIC_COMPRESSOR if image_codec == "blosc" else None,
             fill_value=0,
         )
-        writers[key] = _FrameWriter(folder / "data" / name, array, image_codec, size, jpeg_quality)
-    start = 0
-    for done, (entry, episode, length) in enumerate(builtins.zip(entries, arrays, lengths, strict=True), start=1):
-        for key in cameras:
-            source = episode[key]
-            for first in range(0, length, _FRAMES_PER_READ):
-                last = min(length, first + _FRAMES_PER_READ)
-                jpegs = read_jpeg_bytes(source, range(first, last))
-                writers[key].write(start + first, jpegs, f"{dataset} episode {entry.key!r} {key}")
-        start += length
-        if progress is not None:
-            progress(done, len(entries), entry.key)
-    for writer in writers.values():
+        cameras[key] = _FrameWriter(folder / "data" / name, array, image_codec, size, jpeg_quality)
+
+    position = 0  # replay-buffer step of the run's first row
+    done = 0
+    for run in _runs(entries):
+        source = arrays[run.segment]
+        for key, writer in numeric.items():
+            for first in range(run.start, run.stop, _ROWS_PER_READ):
+                rows = np.asarray(source[key][first : min(run.stop, first + _ROWS_PER_READ)])
+                writer.add(rows.astype(np.int64).astype(np.float64) / 1e9 if key == TIMESTAMPS_KEY else rows)
+        # Camera frames in batches over the whole run; an episode counts as done
+        # once the batches have passed its last step.
+        finished = 0
+        for first in range(run.start, run.stop, _FRAMES_PER_READ):
+            last = min(run.stop, first + _FRAMES_PER_READ)
+            for key, frames in cameras.items():
+                jpegs = read_jpeg_bytes(source[key], range(first, last))
+                where = f"{dataset} data segment {run.segment!r} {key} rows {first}..{last}"
+                frames.write(position + first - run.start, jpegs, where)
+            while finished < len(run.entries) and run.entries[finished].end <= last:
+                finished += 1
+                done += 1
+                if progress is not None:
+                    progress(done, len(entries), run.entries[finished - 1].key)
+        position += run.stop - run.start
+    for writer in numeric.values():
         writer.finish()
+    for frames in cameras.values():
+        frames.finish()
+
+
+class _NumericWriter:
+    """Fills one numeric replay-buffer array front to back, a whole chunk per write.
+
+    Rows arrive a run at a time; writing only whole chunks (and the last,
+    partial one at the end) never reads a chunk back, and memory stays at
+    about one chunk plus one read.
+    """
+
+    def __init__(self, array: zarr.Array, chunk: int) -> None:
+        self.array = array
+        self.chunk = chunk
+        self.position = 0
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        self.pending.append(rows.astype(self.array.dtype, copy=False))
+        self.pending_rows += rows.shape[0]
+        if self.pending_rows >= self.chunk:
+            block = np.concatenate(self.pending)
+            whole = block.shape[0] // self.chunk * self.chunk
+            self._write(block[:whole])
+            self.pending = [block[whole:]]
+            self.pending_rows = block.shape[0] - whole
+
+    def finish(self) -> None:
+        if self.pending_rows:
+            self._write(np.concatenate(self.pending))
+        self.pending, self.pending_rows = [], 0
+        if self.position != self.array.shape[0]:
+            raise DatasetError(str(self.array.path), f"wrote {self.position} rows of {self.array.shape[0]}")
+
+    def _write(self, block: np.ndarray) -> None:
+        self.array[self.position : self.position + block.shape[0]] = block
+        self.position += block.shape[0]
 
 
 class _FrameWriter:

@@ -1,44 +1,77 @@
 """`refinery inspect`: what a dataset holds, as plain text.
 
-For a Refinery Zarr dataset: the dataset card, the array keys of each robot
-model (dtype, shape per step, chunking, codecs), every episode (key, robot,
-model, task, seconds, grade, accepted, size), a grade histogram and the size
-on disk. For a Diffusion Policy replay buffer written by
-:mod:`pipeline.export_dp` (folder or ``.zarr.zip``): its episodes and arrays.
+For a Refinery Zarr dataset (format version 2): the dataset card, where the
+bytes are (data segments with their files and sizes, index files, anything
+a killed job left), the array keys of each robot model (dtype, shape per
+step, chunking, codecs), the episodes (key, robot, model, task, seconds,
+grade, split, accepted, size), a grade histogram and the statistics. For a
+Diffusion Policy replay buffer written by :mod:`pipeline.export_dp` (folder
+or ``.zarr.zip``): its episodes and arrays.
 
-Everything is read from metadata (``zarr.json``, ``.zarray``) and the index:
-no chunk is decoded, so it is quick on large datasets.
+It stays quick on a dataset of a million episodes: the card and statistics
+come from the index's state (one Parquet footer), the per-model and
+per-segment figures from a few light index columns aggregated in Arrow, the
+keys from each segment's array metadata (no chunk is decoded), and only the
+first ``max_episodes`` episodes are listed row by row.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from pipeline.console import format_table
-from pipeline.dataset.index import (
-    EPISODES_GROUP,
-    REJECTED_GROUP,
-    STAGING_GROUP,
-    EpisodeEntry,
-    load_index,
-    read_root_attrs,
-)
+from pipeline.dataset.index import DATA_DIR, GRADES, INDEX_DIR, STAGING_DIR, dataset_card
+from pipeline.dataset.store import Dataset
 from pipeline.errors import StoreError
 
-GRADES = ("A", "B", "C", "D", "F")
+DEFAULT_MAX_EPISODES = 50
+"""Episodes listed row by row; the rest are summed up."""
+DEFAULT_MAX_SEGMENTS = 20
+"""Data segments and index files listed one by one."""
 _BAR = 40
+# Columns of every row: enough for the per-model and per-segment sums.
+_SUM_COLUMNS = ["key", "model", "length", "rate_hz", "accepted", "data_segment"]
+# Columns of the rows listed one by one.
+_LIST_COLUMNS = ["key", "raw_episode_id", "robot_id", "model", "task", "length", "rate_hz", "grade", "accepted",
+                 "reasons", "split", "data_segment"]
 
 
-def inspect_dataset(path: Path) -> str:
+@dataclass
+class _Segment:
+    """A data segment folder: its files, bytes and array metadata."""
+
+    name: str
+    missing: bool = False  # the index points at it but the folder is gone: the dataset is damaged
+    files: int = 0
+    bytes: int = 0
+    attrs: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> zarr.json
+
+    @property
+    def steps(self) -> int:
+        shapes = [meta["shape"][0] for meta in self.arrays.values()]
+        return max(shapes, default=0)
+
+
+def inspect_dataset(
+    path: Path, *, max_episodes: int = DEFAULT_MAX_EPISODES, max_segments: int = DEFAULT_MAX_SEGMENTS
+) -> str:
     """Describe a Refinery dataset (or a Diffusion Policy export of one).
 
     Args:
         path: A Refinery Zarr dataset, or a replay buffer folder / ``.zarr.zip``.
+        max_episodes: List at most this many episodes (index order) one by one.
+        max_segments: List at most this many data segments and index files one by one.
 
     Returns:
         The description, several lines of text.
@@ -53,34 +86,53 @@ def inspect_dataset(path: Path) -> str:
         if path.is_dir() and next(path.rglob("*.h5"), None) is not None:
             raise StoreError(str(path), "holds raw episodes, not a dataset: list them with `refinery verify`")
         raise StoreError(str(path), "not a Refinery dataset (no zarr.json); create one with `refinery process`")
-    entries = load_index(path)
-    attrs = read_root_attrs(path)
-    accepted = [e for e in entries if e.accepted]
-    sizes = {e.key: _tree_bytes(path / EPISODES_GROUP / e.key) for e in accepted if e.key}
-    out = [f"Refinery dataset {path}"]
-    total = _tree_bytes(path)
-    parts = ", ".join(
-        f"{group} {_mb(_tree_bytes(path / group))}" for group in (EPISODES_GROUP, REJECTED_GROUP, STAGING_GROUP)
-        if (path / group).exists()
-    )
-    out.append(f"  format {attrs.get('format')} v{attrs.get('format_version')}, {_mb(total)} on disk ({parts})")
-    out += ["", "Card", *_card_lines(attrs.get("card", {}))]
-    by_model: dict[str, list[EpisodeEntry]] = defaultdict(list)
-    for entry in accepted:
-        by_model[entry.model].append(entry)
-    for model, group in sorted(by_model.items()):
-        out += ["", *_model_lines(path, model, group)]
-    out += ["", f"Episodes ({len(accepted)} accepted, {len(entries) - len(accepted)} rejected)"]
-    out.append(_indent(_episode_table(entries, sizes)))
-    out += ["", "Grades of accepted episodes", *_histogram(accepted)]
-    stats = attrs.get("stats", {})
+    dataset = Dataset(path)
+    rows = dataset.index.table(_SUM_COLUMNS)
+    with_data = pc.and_(pc.not_equal(rows["key"], ""), pc.greater(rows["length"], 0))
+    included = rows.filter(pc.and_(pc.and_(with_data, rows["accepted"]), pc.invert(rows["excluded"])))
+    referenced = set(pc.unique(rows.filter(with_data)["data_segment"]).to_pylist())
+    segments = {name: _read_segment(path / DATA_DIR / name) for name in sorted(referenced)}
+    orphans = _folders(path / DATA_DIR, exclude=referenced)
+    staging = _folders(path / STAGING_DIR)
+    index_files = _index_files(path / INDEX_DIR)
+    state = dataset.state()
+    card = dataset_card(state)
+
+    data_bytes = sum(s.bytes for s in segments.values())
+    # From the parts, so that the data is walked once.
+    total = (data_bytes + sum(orphans.values()) + sum(staging.values()) + sum(size for _, _, size in index_files)
+             + _files_bytes(path) + _files_bytes(path / DATA_DIR))
+    parts = [f"data {_mb(data_bytes)} in {_n(len(segments), 'segment')} of "
+             f"{_n(sum(s.files for s in segments.values()), 'file')}",
+             f"index {_mb(sum(size for _, _, size in index_files))} in {_n(len(index_files), 'file')}"]
+    out = [f"Refinery dataset {path}",
+           f"  format {dataset.attrs.get('format')} v{dataset.attrs.get('format_version')}, {_mb(total)} on disk: "
+           f"{', '.join(parts)}"]
+    if orphans:
+        out.append(f"  {_n(len(orphans), 'data segment')} in no commit ({_mb(sum(orphans.values()))}): left by a "
+                   "job that died before committing them; the next `refinery process` removes them")
+    if staging:
+        out.append(f"  {_n(len(staging), 'staging folder')} ({_mb(sum(staging.values()))}): half-written segments "
+                   "of killed workers; the next `refinery process` removes them")
+    out += ["", "Card", *_card_lines(card)]
+    out += ["", *_segment_lines(segments, rows.filter(with_data), max_segments)]
+    out += ["", *_index_lines(index_files, len(rows), max_segments)]
+    for model, model_rows in _by_model(included):
+        out += ["", *_model_lines(model, model_rows, segments)]
+    out += ["", *_episode_lines(dataset, rows, with_data, segments, max_episodes)]
+    out += ["", "Grades of accepted episodes", *_histogram(card.get("grades", {}))]
+    stats = state.get("stats", {})
     if stats:
         out += ["", "Normalisation statistics (mean, std, min, max per column)"]
         out += [f"  {model}: {', '.join(sorted(keys))}" for model, keys in sorted(stats.items())]
     return "\n".join(out) + "\n"
 
 
-def _mb(size: int) -> str:
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _mb(size: int | float) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
 
 
@@ -91,15 +143,72 @@ def _indent(text: str) -> str:
 def _tree_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                continue  # a writer replaced it meanwhile
+    return total
+
+
+def _files_bytes(folder: Path) -> int:
+    """Bytes of the files directly in ``folder`` (metadata, the lock file)."""
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+
+
+def _folders(parent: Path, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
+    """Bytes of each subfolder of ``parent`` not named in ``exclude``."""
+    if not parent.is_dir():
+        return {}
+    return {
+        child.name: _tree_bytes(child) for child in parent.iterdir() if child.is_dir() and child.name not in exclude
+    }
+
+
+def _read_segment(folder: Path) -> _Segment:
+    """Files, bytes and metadata of one data segment, in one walk of its folder."""
+    segment = _Segment(folder.name, missing=not folder.is_dir())
+    for where, _, files in os.walk(folder):
+        for name in files:
+            file = Path(where) / name
+            try:
+                segment.bytes += file.stat().st_size
+            except FileNotFoundError:
+                continue
+            segment.files += 1
+            if name != "zarr.json":
+                continue
+            meta = json.loads(file.read_text())
+            if meta.get("node_type") == "array":
+                segment.arrays[file.parent.relative_to(folder).as_posix()] = meta
+            elif file.parent == folder:
+                segment.attrs = meta.get("attributes", {})
+    return segment
+
+
+def _index_files(index_dir: Path) -> list[tuple[str, int, int]]:
+    """(name, rows, bytes) of every Parquet file of the index, from their footers."""
+    found = []
+    for file in sorted(index_dir.glob("*.parquet")) if index_dir.is_dir() else []:
+        if file.name.startswith("."):
+            continue  # a commit being written
+        try:
+            found.append((file.name, pq.read_metadata(file).num_rows, file.stat().st_size))
+        except FileNotFoundError:
+            continue  # merged away by a compaction meanwhile
+    return found
 
 
 def _card_lines(card: dict[str, Any]) -> list[str]:
-    if not card:
+    if not card.get("updated"):
         return ["  (no card yet: no job has committed to this dataset)"]
     lines = [
         f"  raw episodes {card.get('raw_episodes', 0)}: accepted {card.get('episodes_accepted', 0)} dataset "
-        f"episodes ({card.get('hours_accepted', 0)} h), rejected {card.get('episodes_rejected', 0)}",
+        f"episodes ({card.get('hours_accepted', 0)} h), rejected {card.get('episodes_rejected', 0)}, "
+        f"excluded {card.get('episodes_excluded', 0)}",
+        f"  splits: {', '.join(f'{s} {n}' for s, n in card.get('splits', {}).items()) or '-'}",
         f"  robots: {', '.join(card.get('robots', [])) or '-'}",
         f"  models: {', '.join(card.get('models', [])) or '-'}",
         f"  tasks: {', '.join(repr(t) for t in card.get('tasks', [])) or '-'}",
@@ -109,17 +218,45 @@ def _card_lines(card: dict[str, Any]) -> list[str]:
         lines.append(f"  rejected {count}x: {reason}")
     job = card.get("last_job", {})
     if job:
-        lines.append(f"  last job: started {job.get('started', '?')} from {job.get('raw_dir', '?')}")
+        raw = job.get("raw_dirs") or [job.get("raw_dir", "?")]
+        lines.append(f"  last job: started {job.get('started', '?')} from {', '.join(map(str, raw))}")
     lines.append(f"  updated {card.get('updated', '?')}")
     return lines
 
 
-def _arrays(group: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(key, zarr.json) of every array under an episode group, keys like ``state/position``."""
-    for meta_path in sorted(group.rglob("zarr.json")):
-        meta = json.loads(meta_path.read_text())
-        if meta.get("node_type") == "array":
-            yield meta_path.parent.relative_to(group).as_posix(), meta
+def _segment_lines(segments: dict[str, _Segment], rows: pa.Table, limit: int) -> list[str]:
+    files = sum(s.files for s in segments.values())
+    head = f"Data segments ({len(segments)}; {_n(files, 'file')}, {_mb(sum(s.bytes for s in segments.values()))})"
+    if not segments:
+        return [head, "  (none yet)"]
+    sums = rows.group_by("data_segment").aggregate([("length", "sum"), ("length", "count")])
+    counts = zip(sums["length_count"].to_pylist(), sums["length_sum"].to_pylist())
+    per = dict(zip(sums["data_segment"].to_pylist(), counts))
+    table = []
+    for name, segment in list(segments.items())[:limit]:
+        episodes, steps = per.get(name, (0, 0))
+        size = "MISSING (the index points at it)" if segment.missing else _mb(segment.bytes)
+        table.append([name, segment.attrs.get("model", "?"), episodes, steps, segment.files, size])
+    lines = [head, _indent(format_table(["segment", "model", "episodes", "steps", "files", "size"], table))]
+    if len(segments) > limit:
+        lines.append(f"  ... and {len(segments) - limit} more segments")
+    return lines
+
+
+def _index_lines(files: list[tuple[str, int, int]], rows: int, limit: int) -> list[str]:
+    head = f"Index ({_n(len(files), 'file')}, {_n(rows, 'row')}, {_mb(sum(size for _, _, size in files))})"
+    if not files:
+        return [head, "  (empty: no job has committed to this dataset)"]
+    table = [[name, n, _mb(size)] for name, n, size in files[:limit]]
+    lines = [head, _indent(format_table(["file", "rows", "size"], table))]
+    if len(files) > limit:
+        lines.append(f"  ... and {len(files) - limit} more files")
+    return lines
+
+
+def _by_model(included: pa.Table) -> list[tuple[str, pa.Table]]:
+    models = sorted(pc.unique(included["model"]).to_pylist())
+    return [(model, included.filter(pc.equal(included["model"], model))) for model in models]
 
 
 def _codecs(codecs: list[dict[str, Any]]) -> str:
@@ -135,53 +272,81 @@ def _codecs(codecs: list[dict[str, Any]]) -> str:
 
 
 def _array_row(meta: dict[str, Any]) -> tuple[str, str, str, str]:
-    """dtype, shape per step, chunking and codecs of one array's ``zarr.json``."""
+    """dtype, shape per step, chunking and codecs of one segment array's ``zarr.json``."""
     shape = meta["shape"]
     grid = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
     codecs = meta.get("codecs", [])
+    steps = shape[0]
+    # Chunks and shards that span the whole segment are said so, so that
+    # segments of different lengths group together.
     if len(codecs) == 1 and codecs[0].get("name") == "sharding_indexed":
         inner = codecs[0].get("configuration", {})
-        chunks = f"{inner.get('chunk_shape', ['?'])[0]} step, shards of {grid}"
+        chunk = inner.get("chunk_shape", [grid])[0]
+        shards = "one shard" if grid >= steps else f"shards of {grid}"
         codec = _codecs(inner.get("codecs", []))
     else:
-        # Short episodes are one chunk whatever the chunk length: say so, so they group with the rest.
-        chunks, codec = ("whole episode" if grid >= shape[0] else f"{grid} steps"), _codecs(codecs)
-    return meta["data_type"], str(tuple(shape[1:])), chunks, codec
+        chunk, shards, codec = grid, "", _codecs(codecs)
+    chunks = "whole segment" if chunk >= steps > 1 else f"{chunk} step{'' if chunk == 1 else 's'}"
+    return meta["data_type"], str(tuple(shape[1:])), f"{chunks}, {shards}" if shards else chunks, codec
 
 
-def _model_lines(dataset: Path, model: str, entries: list[EpisodeEntry]) -> list[str]:
-    steps = sum(e.length for e in entries)
-    rates = sorted({e.rate_hz for e in entries})
-    head = (f"Keys of model {model} ({len(entries)} episodes, {steps} steps at "
-            f"{', '.join(f'{r:g}' for r in rates)} Hz)")
+def _model_lines(model: str, rows: pa.Table, segments: dict[str, _Segment]) -> list[str]:
+    steps = pc.sum(rows["length"]).as_py() or 0
+    rates = sorted(pc.unique(rows["rate_hz"]).to_pylist())
+    names = sorted(pc.unique(rows["data_segment"]).to_pylist())
+    head = (f"Keys of model {model} ({_n(len(rows), 'episode')}, {_n(steps, 'step')} at "
+            f"{', '.join(f'{r:g}' for r in rates)} Hz, in {_n(len(names), 'data segment')})")
     variants: dict[str, Counter[tuple[str, str, str, str]]] = defaultdict(Counter)
-    for entry in entries:
-        for key, meta in _arrays(dataset / EPISODES_GROUP / entry.key):
+    for name in names:
+        for key, meta in segments[name].arrays.items():
             variants[key][_array_row(meta)] += 1
-    rows = []
+    table = []
     for key in sorted(variants):
         for (dtype, step, chunks, codec), count in variants[key].most_common():
-            note = "" if count == len(entries) else f" (in {count} of {len(entries)} episodes)"
-            rows.append([key, dtype, step, chunks, codec + note])
-    return [head, _indent(format_table(["key", "dtype", "shape per step", "chunks", "codecs"], rows))]
+            note = "" if count == len(names) else f" (in {count} of {len(names)} segments)"
+            table.append([key, dtype, step, chunks, codec + note])
+    return [head, _indent(format_table(["key", "dtype", "shape per step", "chunks", "codecs"], table))]
 
 
-def _episode_table(entries: list[EpisodeEntry], sizes: dict[str, int]) -> str:
-    rows = []
-    for e in entries:
+def _episode_lines(
+    dataset: Dataset, rows: pa.Table, with_data: pa.ChunkedArray, segments: dict[str, _Segment], limit: int
+) -> list[str]:
+    accepted = pc.sum(pc.and_(with_data, rows["accepted"])).as_py() or 0
+    excluded = pc.sum(rows["excluded"]).as_py() or 0
+    head = f"Episodes ({accepted - excluded} accepted, {len(rows) - accepted} rejected, {excluded} excluded)"
+    # Only the rows listed are read with their text columns.
+    first = rows["entry_id"][:limit]
+    shown = dataset.index.entries(_LIST_COLUMNS, pc.field("entry_id").isin(first)) if limit > 0 else []
+    table = []
+    for e in shown:
         seconds = round(e.length / e.rate_hz, 2) if e.rate_hz else 0.0
-        status = "yes" if e.accepted else "no: " + "; ".join(e.reasons)[:60]
-        rows.append([e.key or f"({e.raw_episode_id})", e.robot_id, e.model, e.task or "-", seconds, e.grade,
-                     status, _mb(sizes[e.key]) if e.key in sizes else "-"])
-    return format_table(["episode", "robot", "model", "task", "seconds", "grade", "accepted", "size"], rows)
+        if e.excluded:
+            status = f"excluded: {e.exclude_reason}"[:60]
+        elif e.accepted:
+            status = "yes"
+        else:
+            status = "no: " + "; ".join(e.reasons)[:60]
+        segment = segments.get(e.data_segment)
+        size = "-"
+        if e.key and segment is not None and segment.steps:
+            size = "~" + _mb(segment.bytes * e.length / segment.steps)
+        table.append([e.key or f"({e.raw_episode_id})", e.robot_id, e.model, e.task or "-", seconds, e.grade or "-",
+                      (e.split or "-") if e.key else "-", status, size])
+    headers = ["episode", "robot", "model", "task", "seconds", "grade", "split", "accepted", "size"]
+    lines = [head, _indent(format_table(headers, table))]
+    if len(rows) > len(shown):
+        lines.append(f"  (the first {len(shown)} of {len(rows)} index rows; size is the episode's share of its "
+                     "segment; every row: Dataset(path).index.table() in Python, or the Parquet files in index/)")
+    elif shown:
+        lines.append("  (size: the episode's share of its data segment)")
+    return lines
 
 
-def _histogram(accepted: list[EpisodeEntry]) -> list[str]:
-    counts = Counter(e.grade for e in accepted)
-    most = max(counts.values(), default=0)
+def _histogram(grades: dict[str, int]) -> list[str]:
+    most = max(grades.values(), default=0)
     lines = []
     for grade in GRADES:
-        n = counts.get(grade, 0)
+        n = grades.get(grade, 0)
         bar = "#" * (round(n / most * _BAR) if most else 0)
         lines.append(f"  {grade} {n:>5} {bar}".rstrip())
     return lines

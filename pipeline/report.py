@@ -4,6 +4,12 @@ Per episode: the quality indicators and grade, the cleaning decisions, a plot
 of the joint positions (inline SVG) and a contact sheet of frames per camera
 (inline JPEG thumbnails); rejected episodes with their reasons. No external
 files, scripts or fonts: it opens anywhere, offline.
+
+Everything comes from the index (format version 2): the table of episodes
+from its light columns, the quality reports and cleaning decisions from the
+``quality_json`` and ``decisions_json`` columns of the episodes shown in
+detail only (the first ``max_detailed`` rejected and accepted ones), and
+their joints and frames from their rows of the data segments.
 """
 
 from __future__ import annotations
@@ -16,15 +22,25 @@ from typing import Any
 
 import cv2
 import numpy as np
-import zarr
+import pyarrow.compute as pc
 
-from pipeline.dataset.frame_shards import read_jpeg_bytes
-from pipeline.dataset.index import EPISODES_GROUP, REJECTED_GROUP, EpisodeEntry, load_index, read_root_attrs
+from pipeline.dataset.index import KEY_COUNT_COLUMNS, EpisodeEntry, dataset_card
+from pipeline.dataset.store import Dataset
 
+DEFAULT_MAX_DETAILED = 100
+"""Rejected and accepted episodes shown in detail (each); the table lists every episode."""
 _PLOT_W, _PLOT_H = 640, 180
 _THUMB_W = 160
 _THUMBS_PER_CAMERA = 6
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+# Index columns of every row: the table, and where a detailed episode's data is.
+_COLUMNS = (
+    "key", "raw_episode_id", "robot_id", "model", "task", "length", "rate_hz", "grade", "overall", "accepted",
+    "reasons", "cameras", "data_segment", "offset",
+    *KEY_COUNT_COLUMNS,
+)
+# Read for the episodes shown in detail only.
+_DETAIL_COLUMNS = ("quality_json", "decisions_json", "attrs_json")
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}
@@ -35,27 +51,62 @@ summary{cursor:pointer;font-weight:600}img{margin:2px;border:1px solid #999}.mut
 """
 
 
-def write_report(dataset: Path, out: Path) -> Path:
-    """Write the report of ``dataset`` to ``out`` (an .html file)."""
-    entries = load_index(dataset)
-    card = read_root_attrs(dataset).get("card", {})
-    root = zarr.open_group(str(dataset), mode="r")
+def write_report(dataset: Path, out: Path, *, max_detailed: int = DEFAULT_MAX_DETAILED) -> Path:
+    """Write the report of ``dataset`` to ``out`` (an .html file).
+
+    Args:
+        dataset: A Refinery dataset.
+        out: The HTML file to write.
+        max_detailed: Show at most this many rejected and this many accepted
+            episodes in detail (plots, frames, indicators, decisions); the
+            table above lists every episode.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        StoreError: ``dataset`` is not a Refinery dataset (of this format version).
+    """
+    dataset = Path(dataset)
+    source = Dataset(dataset)
+    card = dataset_card(source.state())
+    entries = source.index.entries(_COLUMNS)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Refinery report: {_e(dataset.name)}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>Quality report: {_e(dataset.name)}</h1>", _card(card)]
     parts.append("<h2>Episodes</h2>" + _episode_table(entries))
-    accepted = [e for e in entries if e.accepted]
+    accepted = [e for e in entries if e.accepted and e.key and not e.excluded]
     rejected = [e for e in entries if not e.accepted]
+    shown = [*rejected[:max_detailed], *accepted[:max_detailed]]
+    details = _details(source, shown)
     if rejected:
         parts.append("<h2>Rejected</h2>")
-        for entry in rejected:
-            parts.append(_rejected_section(root, entry))
+        for entry in rejected[:max_detailed]:
+            parts.append(_rejected_section(entry, details[entry.entry_id]))
+        parts.append(_more(len(rejected), max_detailed, "rejected"))
     parts.append("<h2>Accepted episodes</h2>")
-    for n, entry in enumerate(accepted):
-        parts.append(_episode_section(root, entry, expanded=n == 0))
+    for n, entry in enumerate(accepted[:max_detailed]):
+        parts.append(_episode_section(source, entry, details[entry.entry_id], expanded=n == 0))
+    parts.append(_more(len(accepted), max_detailed, "accepted"))
     parts.append("</body></html>")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts), encoding="utf-8")
     return out
+
+
+def _details(source: Dataset, entries: list[EpisodeEntry]) -> dict[int, EpisodeEntry]:
+    """entry_id -> the entry with its quality report, decisions and attributes, for ``entries`` only."""
+    if not entries:
+        return {}
+    ids = sorted(e.entry_id for e in entries)
+    found = source.index.entries(_DETAIL_COLUMNS, pc.field("entry_id").isin(ids))
+    return {e.entry_id: e for e in found}
+
+
+def _more(total: int, shown: int, what: str) -> str:
+    if total <= shown:
+        return ""
+    return (f"<p class='muted'>{total - shown} more {what} episodes are in the table above but not shown in "
+            f"detail (the report details the first {shown}).</p>")
 
 
 def _e(value: object) -> str:
@@ -77,11 +128,14 @@ def _episode_table(entries: list[EpisodeEntry]) -> str:
     for e in entries:
         name = e.key or e.raw_episode_id
         seconds = e.length / e.rate_hz if e.rate_hz else 0
+        if e.excluded:
+            status, reasons = "<b class=rej>excluded</b>", [e.exclude_reason]
+        else:
+            status, reasons = ("yes" if e.accepted else "<b class=rej>no</b>"), e.reasons
         rows.append(
             f"<tr><td><a href='#{_e(name)}'>{_e(name)}</a></td><td>{_e(e.robot_id)}</td><td>{_e(e.model)}</td>"
             f"<td>{_e(e.task)}</td><td>{seconds:.1f}</td><td class='{_e(e.grade)}'>{_e(e.grade)}</td>"
-            f"<td>{e.overall:.2f}</td><td>{'yes' if e.accepted else '<b class=rej>no</b>'}</td>"
-            f"<td>{_e('; '.join(e.reasons))}</td></tr>"
+            f"<td>{e.overall:.2f}</td><td>{status}</td><td>{_e('; '.join(reasons))}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
 
@@ -114,31 +168,25 @@ def _decisions(decisions: list[dict[str, Any]], limit: int = 40) -> str:
             f"{rows}</table>{more}")
 
 
-def _rejected_section(root: zarr.Group, entry: EpisodeEntry) -> str:
-    attrs: dict[str, Any] = {}
-    path = f"{REJECTED_GROUP}/{entry.raw_episode_id}"
-    if path in root:
-        attrs = dict(root[path].attrs)
+def _rejected_section(entry: EpisodeEntry, detail: EpisodeEntry) -> str:
     return (f"<details id='{_e(entry.raw_episode_id)}'><summary class='rej'>{_e(entry.raw_episode_id)}: "
-            f"{_e('; '.join(entry.reasons))}</summary>{_indicator_table(attrs.get('quality', {}))}"
-            f"<h4>Cleaning decisions</h4>{_decisions(attrs.get('decisions', []))}</details>")
+            f"{_e('; '.join(entry.reasons))}</summary>{_indicator_table(detail.quality)}"
+            f"<h4>Cleaning decisions</h4>{_decisions(detail.decision_list)}</details>")
 
 
-def _episode_section(root: zarr.Group, entry: EpisodeEntry, expanded: bool = False) -> str:
-    group = root[f"{EPISODES_GROUP}/{entry.key}"]
-    attrs = dict(group.attrs)
-    quality = attrs.get("quality", {})
+def _episode_section(source: Dataset, entry: EpisodeEntry, detail: EpisodeEntry, expanded: bool = False) -> str:
+    seconds = entry.length / entry.rate_hz if entry.rate_hz else 0.0
     body = [f"<details id='{_e(entry.key)}'{' open' if expanded else ''}><summary><span class='{_e(entry.grade)}'>&nbsp;{_e(entry.grade)}&nbsp;</span> "
-            f"{_e(entry.key)} ({entry.length / entry.rate_hz:.1f} s, {_e(entry.model)}, {_e(entry.task)})</summary>"]
-    if "state" in group and "position" in group["state"]:
-        position = group["state"]["position"][:]
-        body.append("<h4>Joint positions (rad)</h4>" + _plot(position, attrs.get("joint_names", [])))
-    if "cameras" in group:
+            f"{_e(entry.key)} ({seconds:.1f} s, {_e(entry.model)}, {_e(entry.task)})</summary>"]
+    if "state/position" in entry.stats:
+        position = source.numeric(entry, "state/position")
+        body.append("<h4>Joint positions (rad)</h4>" + _plot(position, detail.attrs.get("joint_names", [])))
+    if entry.cameras:
         body.append("<h4>Contact sheet</h4>")
-        for camera in sorted(group["cameras"].array_keys()):
-            body.append(f"<div><b>{_e(camera)}</b><br>{_contact_sheet(group['cameras'][camera])}</div>")
-    body.append("<h4>Quality indicators</h4>" + _indicator_table(quality))
-    body.append("<h4>Cleaning decisions</h4>" + _decisions(attrs.get("decisions", [])))
+        for camera in sorted(entry.cameras):
+            body.append(f"<div><b>{_e(camera)}</b><br>{_contact_sheet(source, entry, camera)}</div>")
+    body.append("<h4>Quality indicators</h4>" + _indicator_table(detail.quality))
+    body.append("<h4>Cleaning decisions</h4>" + _decisions(detail.decision_list))
     body.append("</details>")
     return "".join(body)
 
@@ -166,13 +214,13 @@ def _plot(values: np.ndarray, names: list[str], max_lines: int = 8) -> str:
             f"<div style='font-size:12px'>{' '.join(legend)} <span class='muted'>range {lo:.2f}..{hi:.2f}</span></div>")
 
 
-def _contact_sheet(array: zarr.Array) -> str:
-    n = array.shape[0]
+def _contact_sheet(source: Dataset, entry: EpisodeEntry, camera: str) -> str:
+    n = entry.length
     if n == 0:
         return ""
     picks = sorted(set(np.linspace(0, n - 1, min(_THUMBS_PER_CAMERA, n)).astype(int).tolist()))
     images = []
-    for index, jpeg in zip(picks, read_jpeg_bytes(array, picks)):
+    for index, jpeg in zip(picks, source.jpeg_bytes(entry, camera, picks)):
         image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_REDUCED_COLOR_2)
         if image is None:
             images.append(f"<span class='rej'>frame {index} does not decode</span>")

@@ -43,7 +43,7 @@ def test_a_commit_is_one_new_file_and_rows_come_back_whole(dataset: Path) -> Non
     index.commit([entry(0), entry(1)], {"job": 1})
     index.commit([entry(2)], {"job": 2})
     assert sorted(p.name for p in (dataset / "index").iterdir()) == [
-        "e-000000000001-000000000001.parquet", "e-000000000002-000000000002.parquet"]
+        "e-000000000001-000000000001-2.parquet", "e-000000000002-000000000002-1.parquet"]
     rows = index.entries()
     assert [e.key for e in rows] == ["ep-0", "ep-1", "ep-2"]
     assert [e.entry_id for e in rows] == [0, 1, 2] and [e.commit for e in rows] == [1, 1, 2]
@@ -71,7 +71,7 @@ def test_compaction_merges_files_and_keeps_rows_and_state(dataset: Path) -> None
         index.commit([entry(n)])
     files = sorted(p.name for p in (dataset / "index").glob("*.parquet"))
     assert len(files) < 2 * FAN_IN  # 67 single-row commits, a handful of files
-    assert files[0] == f"e-000000000001-{FAN_IN * FAN_IN:012d}.parquet"
+    assert files[0] == f"e-000000000001-{FAN_IN * FAN_IN:012d}-{FAN_IN * FAN_IN}.parquet"
     rows = index.entries()
     assert [e.entry_id for e in rows] == list(range(FAN_IN * FAN_IN + 3))
     assert Dataset(dataset).card()["episodes_accepted"] == FAN_IN * FAN_IN + 3
@@ -85,7 +85,7 @@ def test_a_merged_file_hides_the_files_it_replaced(dataset: Path) -> None:
     # A compaction killed before it deleted the old files: they reappear beside the merged one.
     table = pq.read_table(merged)
     for n in range(FAN_IN):
-        pq.write_table(table.slice(n, 1), dataset / "index" / f"e-{n + 1:012d}-{n + 1:012d}.parquet")
+        pq.write_table(table.slice(n, 1), dataset / "index" / f"e-{n + 1:012d}-{n + 1:012d}-1.parquet")
     assert [e.entry_id for e in index.entries()] == list(range(FAN_IN))
 
 

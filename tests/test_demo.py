@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dataset.index import load_index
+from pipeline.dataset.store import load_index
 
 
 @pytest.mark.slow

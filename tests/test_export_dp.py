@@ -1,8 +1,15 @@
-"""Diffusion Policy export: the replay-buffer layout its reader accepts, values, keys, filters, zip."""
+"""Diffusion Policy export: the replay-buffer layout its reader accepts, values, keys, filters, zip.
+
+The dataset is format version 2: episodes are rows of data segments, so the
+values are compared with the rows the index places them at, and selections
+that leave holes in a segment, excluded episodes and splits are exercised.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -12,12 +19,14 @@ import pytest
 import yaml
 import zarr
 
-from pipeline.dataset.frame_shards import read_jpeg_bytes
-from pipeline.dataset.index import EpisodeEntry, load_index
+from pipeline.dataset.index import DatasetIndex, EpisodeEntry
 from pipeline.dataset.jpeg_codec import decode_jpeg_chunk
-from pipeline.errors import DatasetError
+from pipeline.dataset.store import Dataset, DatasetLock, create_dataset, load_index
+from pipeline import export_dp
+from pipeline.errors import DatasetError, StoreError
 from pipeline.export_dp import default_key_names, export_diffusion_policy
 from pipeline.process_job import JobOptions, run_process_job
+from pipeline.processing.config import ProcessConfig
 from pipeline.raw_builder import simulate_episode
 from pipeline.robot_config import load_robot_config
 
@@ -29,16 +38,18 @@ TINY = "tiny_humanoid"
 HD = "tiny_humanoid_hd"  # the same robot with 96x128 cameras
 GRADES = "ABCDF"
 BLOSC_KEYS = {"id", "cname", "clevel", "shuffle", "blocksize"}
+FRAMES_PER_SHARD = 32  # several camera shards per segment: reads cross shard boundaries
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Path:
-    """Two accepted tiny episodes, one discarded one, and one episode with larger cameras."""
+    """Three accepted tiny episodes, one discarded one, and one episode with larger cameras."""
     work = tmp_path_factory.mktemp("export_dp")
     tiny = load_robot_config(TINY_ROBOT)
     raw = work / "ingest"
     simulate_episode(raw, tiny, robot_id="tiny-a", seconds=2.0, seed=1, task="wave")
     simulate_episode(raw, tiny, robot_id="tiny-b", seconds=2.0, seed=2, task="point")
+    simulate_episode(raw, tiny, robot_id="tiny-c", seconds=1.5, seed=5, task="wave")
     simulate_episode(raw, tiny, robot_id="tiny-x", seconds=2.0, seed=3, outcome="discarded")
     spec = yaml.safe_load(TINY_ROBOT.read_text())
     spec["model"] = HD
@@ -47,13 +58,16 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Path
     (work / "hd.yaml").write_text(yaml.safe_dump(spec))
     simulate_episode(raw, load_robot_config(work / "hd.yaml"), robot_id="hd-a", seconds=2.0, seed=4, task="wave")
     ds = work / "ds.zarr"
-    summary = run_process_job(JobOptions(raw_dir=raw, dataset=ds))
-    assert summary.accepted == 3 and summary.rejected == 1, summary.lines()
+    create_dataset(ds, val_fraction=0.5)  # both splits likely hold episodes
+    config = ProcessConfig()
+    config = config.replace(output=dataclasses.replace(config.output, frames_per_shard=FRAMES_PER_SHARD))
+    summary = run_process_job(JobOptions(raw_dir=raw, dataset=ds, config=config))
+    assert summary.accepted == 4 and summary.rejected == 1, summary.lines()
     return ds
 
 
 def tiny_entries(dataset: Path) -> list[EpisodeEntry]:
-    return [e for e in load_index(dataset) if e.accepted and e.model == TINY]
+    return [e for e in load_index(dataset) if e.accepted and not e.excluded and e.model == TINY]
 
 
 @pytest.fixture(scope="module")
@@ -68,17 +82,19 @@ def zarray(path: Path) -> dict:
 
 
 def dataset_values(dataset: Path, entries: list[EpisodeEntry], key: str) -> np.ndarray:
-    root = zarr.open_group(str(dataset), mode="r")
-    return np.concatenate([root["episodes"][e.key][key][...] for e in entries])
+    """The episodes' rows of a numeric key, read one episode at a time through the store."""
+    ds = Dataset(dataset)
+    return np.concatenate([ds.numeric(e, key) for e in entries])
 
 
 def dataset_jpegs(dataset: Path, entries: list[EpisodeEntry], camera: str) -> list[bytes]:
-    root = zarr.open_group(str(dataset), mode="r")
-    out: list[bytes] = []
-    for e in entries:
-        array = root["episodes"][e.key]["cameras"][camera]
-        out += read_jpeg_bytes(array, range(array.shape[0]))
-    return out
+    ds = Dataset(dataset)
+    return [jpeg for e in entries for jpeg in ds.jpeg_bytes(e, camera, range(e.length))]
+
+
+def by_robot(dataset: Path, *robots: str) -> list[EpisodeEntry]:
+    entries = {e.robot_id: e for e in load_index(dataset)}
+    return [entries[r] for r in robots]
 
 
 def data_names(buffer: Path) -> list[str]:
@@ -215,7 +231,7 @@ def test_min_grade_keeps_episodes_graded_that_or_better(dataset: Path, tmp_path:
     out = tmp_path / "dp.zarr"
 
     if not expected:
-        with pytest.raises(DatasetError, match="no accepted episode matches"):
+        with pytest.raises(DatasetError, match="no episodes match"):
             export_diffusion_policy(dataset, out, models=TINY, min_grade=grade)
         return
     summary = export_diffusion_policy(dataset, out, models=TINY, min_grade=grade)
@@ -231,11 +247,99 @@ def test_robot_and_task_filters_select_episodes(dataset: Path, tmp_path: Path) -
     assert summary.episodes == 1 and summary.shapes["camera_0"][1:] == (96, 128, 3)
 
 
+def test_a_selection_with_holes_in_a_segment_exports_exactly_its_rows(dataset: Path, tmp_path: Path) -> None:
+    chosen = by_robot(dataset, "tiny-a", "tiny-c")
+    (skipped,) = by_robot(dataset, "tiny-b")
+    # The premise: tiny-b lies between the two in one data segment.
+    assert chosen[0].data_segment == skipped.data_segment == chosen[1].data_segment
+    assert chosen[0].end == skipped.offset and skipped.end == chosen[1].offset
+
+    summary = export_diffusion_policy(dataset, tmp_path / "dp.zarr", robots=["tiny-a", "tiny-c"])
+
+    data = open_buffer(tmp_path / "dp.zarr")["data"]
+    assert list(summary.episode_keys) == [e.key for e in chosen]
+    np.testing.assert_array_equal(data["robot_joint"][...], dataset_values(dataset, chosen, "state/position"))
+    np.testing.assert_array_equal(data["timestamp"][...], dataset_values(dataset, chosen, "timestamps_ns") / 1e9)
+    stored = [(tmp_path / "dp.zarr" / "data" / "camera_1" / f"{i}.0.0.0").read_bytes() for i in range(summary.steps)]
+    assert stored == dataset_jpegs(dataset, chosen, "head_right")
+
+
+def test_numeric_chunks_smaller_than_an_episode_hold_the_same_values(
+    export: Path, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export_dp, "_NUMERIC_CHUNK_BYTES", 7 * 6 * 4)  # 7 rows of 6 float32
+    monkeypatch.setattr(export_dp, "_ROWS_PER_READ", 16)
+
+    export_diffusion_policy(dataset, tmp_path / "dp.zarr", models=TINY)
+
+    assert zarray(tmp_path / "dp.zarr" / "data" / "robot_joint")["chunks"] == [7, 6]
+    small, whole = open_buffer(tmp_path / "dp.zarr")["data"], open_buffer(export)["data"]
+    for name in ("robot_joint", "action", "timestamp"):
+        np.testing.assert_array_equal(small[name][...], whole[name][...])
+
+
+def test_excluded_episodes_are_left_out(dataset: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "ds.zarr"
+    shutil.copytree(dataset, copy)
+    (gone,) = by_robot(copy, "tiny-b")
+    with DatasetLock(copy):
+        assert DatasetIndex(copy).curate([gone.entry_id], excluded=True, reason="operator error") == 1
+
+    summary = export_diffusion_policy(copy, tmp_path / "dp.zarr", models=TINY)
+
+    kept = tiny_entries(copy)
+    assert gone.key not in summary.episode_keys and list(summary.episode_keys) == [e.key for e in kept]
+    data = open_buffer(tmp_path / "dp.zarr")["data"]
+    np.testing.assert_array_equal(data["action"][...], dataset_values(copy, kept, "action/position"))
+
+
+def test_split_keeps_the_episodes_the_index_assigns_to_it(dataset: Path, tmp_path: Path) -> None:
+    exported: list[str] = []
+    for split in ("train", "val"):
+        expected = [e.key for e in tiny_entries(dataset) if e.split == split]
+        out = tmp_path / f"{split}.zarr"
+        if not expected:
+            with pytest.raises(DatasetError, match="no episodes match"):
+                export_diffusion_policy(dataset, out, models=TINY, split=split)
+            continue
+        summary = export_diffusion_policy(dataset, out, models=TINY, split=split)
+        assert list(summary.episode_keys) == expected
+        exported += expected
+    assert sorted(exported) == sorted(e.key for e in tiny_entries(dataset))
+
+
+def test_a_selection_reads_nothing_of_the_segments_it_leaves_out(dataset: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "ds.zarr"
+    shutil.copytree(dataset, copy)
+    (hd,) = by_robot(copy, "hd-a")
+    tiny_segments = {e.data_segment for e in tiny_entries(copy)}
+    assert hd.data_segment not in tiny_segments
+    for segment in tiny_segments:
+        shutil.rmtree(copy / "data" / segment)
+
+    summary = export_diffusion_policy(copy, tmp_path / "hd.zarr", models=HD)
+
+    assert summary.episode_keys == (hd.key,)
+    with pytest.raises(DatasetError, match="data segment"):
+        export_diffusion_policy(copy, tmp_path / "tiny.zarr", models=TINY)
+    assert not (tmp_path / "tiny.zarr").exists()
+
+
+def test_progress_counts_every_episode_once_in_order(dataset: Path, tmp_path: Path) -> None:
+    calls: list[tuple[int, int, str]] = []
+
+    summary = export_diffusion_policy(
+        dataset, tmp_path / "dp.zarr", models=TINY, progress=lambda done, total, key: calls.append((done, total, key))
+    )
+
+    assert calls == [(n, summary.episodes, key) for n, key in enumerate(summary.episode_keys, start=1)]
+
+
 def test_rejected_episodes_are_never_exported(export: Path, dataset: Path) -> None:
     assert [e.robot_id for e in load_index(dataset) if not e.accepted] == ["tiny-x"]
 
     exported = [e["robot_id"] for e in open_buffer(export).attrs["refinery"]["episodes"]]
-    assert sorted(exported) == ["tiny-a", "tiny-b"]
+    assert sorted(exported) == ["tiny-a", "tiny-b", "tiny-c"]
 
 
 def test_zip_output_reads_with_zipstore_like_the_folder(export: Path, dataset: Path, tmp_path: Path) -> None:
@@ -274,7 +378,7 @@ def test_resize_puts_mixed_camera_sizes_in_one_buffer(dataset: Path, tmp_path: P
     summary = export_diffusion_policy(dataset, tmp_path / "dp.zarr", image_size=(32, 40), jpeg_quality=80)
 
     root = open_buffer(tmp_path / "dp.zarr")
-    assert summary.episodes == 3 and root["meta"]["episode_ends"][-1] == summary.steps
+    assert summary.episodes == 4 and root["meta"]["episode_ends"][-1] == summary.steps
     assert zarray(tmp_path / "dp.zarr" / "data" / "camera_0")["shape"] == [summary.steps, 32, 40, 3]
     last = (tmp_path / "dp.zarr" / "data" / "camera_0" / f"{summary.steps - 1}.0.0.0").read_bytes()
     assert cv2.imdecode(np.frombuffer(last, np.uint8), cv2.IMREAD_COLOR).shape == (32, 40, 3)
@@ -318,3 +422,11 @@ def test_bad_arguments_are_refused_before_writing(dataset: Path, tmp_path: Path)
         with pytest.raises(DatasetError):
             export_diffusion_policy(dataset, tmp_path / "dp.zarr", models=TINY, **options)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_folder_that_is_not_a_dataset_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+
+    with pytest.raises(StoreError, match="refinery process"):
+        export_diffusion_policy(tmp_path / "empty", tmp_path / "dp.zarr")
+    assert not (tmp_path / "dp.zarr").exists()

@@ -1,16 +1,21 @@
-"""`refinery inspect`: every episode, key, grade and size of a dataset, and of its DP export."""
+"""`refinery inspect`: card, segments, index files, keys, episodes, grades and sizes; also of a DP export."""
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 
-from pipeline.dataset.index import load_index
+from pipeline.dataset.index import DatasetIndex
+from pipeline.dataset.store import DatasetLock, load_index
 from pipeline.errors import StoreError
 from pipeline.export_dp import export_diffusion_policy
 from pipeline.inspect_dataset import inspect_dataset
 from pipeline.process_job import JobOptions, run_process_job
+from pipeline.processing.config import ProcessConfig
 from pipeline.raw_builder import simulate_episode
 from pipeline.robot_config import load_robot_config
 
@@ -20,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 KEYS = ["timestamps_ns", "state/position", "state/velocity", "state/effort", "action/position",
         "cameras/head_left", "cameras/head_right"]
+FRAMES_PER_SHARD = 64
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +36,31 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Path
     simulate_episode(work / "raw", tiny, robot_id="tiny-b", seconds=2.5, seed=2, task="point")
     simulate_episode(work / "raw", tiny, robot_id="tiny-x", seconds=2.0, seed=3, outcome="discarded")
     ds = work / "ds.zarr"
-    run_process_job(JobOptions(raw_dir=work / "raw", dataset=ds))
+    config = ProcessConfig()
+    config = config.replace(output=dataclasses.replace(config.output, frames_per_shard=FRAMES_PER_SHARD))
+    run_process_job(JobOptions(raw_dir=work / "raw", dataset=ds, config=config))
     return ds
 
 
 @pytest.fixture(scope="module")
 def text(dataset: Path) -> str:
     return inspect_dataset(dataset)
+
+
+@pytest.fixture
+def copy(dataset: Path, tmp_path: Path) -> Path:
+    """A copy of the dataset to change."""
+    out = tmp_path / "ds.zarr"
+    shutil.copytree(dataset, out)
+    return out
+
+
+def section(text: str, title: str) -> list[str]:
+    """The lines of the section whose heading starts with ``title`` (up to the next blank line)."""
+    lines = text.splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith(title))
+    end = next((n for n in range(start, len(lines)) if not lines[n].strip()), len(lines))
+    return lines[start:end]
 
 
 def test_every_episode_is_listed_with_robot_task_grade_and_status(dataset: Path, text: str) -> None:
@@ -48,7 +72,7 @@ def test_every_episode_is_listed_with_robot_task_grade_and_status(dataset: Path,
         assert entry.robot_id in line and entry.model in line and entry.grade in line
         assert ("yes" in line) == entry.accepted
         if entry.accepted:
-            assert entry.task in line and f"{entry.length / entry.rate_hz:.2f}" in line
+            assert entry.task in line and f"{entry.length / entry.rate_hz:.2f}" in line and entry.split in line
     assert "discarded" in text  # the rejection reason
 
 
@@ -57,10 +81,11 @@ def test_every_key_is_listed_with_dtype_shape_and_chunking(text: str) -> None:
 
     assert sorted(rows) == sorted(KEYS)
     assert "float32" in rows["state/position"] and "(6,)" in rows["state/position"]
-    assert "int64" in rows["timestamps_ns"]
+    assert "int64" in rows["timestamps_ns"] and "whole segment" in rows["timestamps_ns"]
     camera = rows["cameras/head_left"]
-    assert "uint8" in camera and "(48, 64, 3)" in camera and "shards of 128" in camera and "imagecodecs_jpeg" in camera
-    assert "in 1 of 2 episodes" not in text  # both episodes share every key's layout
+    assert "uint8" in camera and "(48, 64, 3)" in camera and f"1 step, shards of {FRAMES_PER_SHARD}" in camera
+    assert "imagecodecs_jpeg" in camera
+    assert " of 2 segments" not in text  # the tiny episodes share one segment: every key one layout
 
 
 def test_card_grades_and_sizes_are_shown(dataset: Path, text: str) -> None:
@@ -76,6 +101,79 @@ def test_card_grades_and_sizes_are_shown(dataset: Path, text: str) -> None:
     assert counts == {g: sum(e.grade == g for e in accepted) for g in "ABCDF"}
     assert all(len(row) == 3 and set(row[2]) == {"#"} for row in histogram if counts[row[0]])
     assert "on disk" in text and ("MB" in text or "kB" in text)
+
+
+def test_data_segments_are_listed_with_episodes_files_and_bytes(dataset: Path, text: str) -> None:
+    entries = [e for e in load_index(dataset) if e.key]
+    segments = sorted({e.data_segment for e in entries})
+
+    lines = section(text, "Data segments")
+    assert lines[0].startswith(f"Data segments ({len(segments)};")
+    for name in segments:
+        row = next(line for line in lines if line.split()[0] == name).split()
+        files = [p for p in (dataset / "data" / name).rglob("*") if p.is_file()]
+        episodes = [e for e in entries if e.data_segment == name]
+        assert row[1] == "tiny_humanoid"
+        assert int(row[2]) == len(episodes) and int(row[3]) == sum(e.length for e in episodes)
+        assert int(row[4]) == len(files)
+        size = sum(p.stat().st_size for p in files)
+        assert " ".join(row[5:]) == (f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB")
+
+
+def test_index_files_are_listed_with_their_rows(dataset: Path, text: str) -> None:
+    files = sorted((dataset / "index").glob("*.parquet"))
+
+    lines = section(text, "Index (")
+    assert lines[0].startswith(f"Index ({len(files)} file")
+    listed = {line.split()[0]: int(line.split()[1]) for line in lines if line.split()[0].endswith(".parquet")}
+    assert sorted(listed) == [f.name for f in files]
+    assert sum(listed.values()) == len(load_index(dataset))
+
+
+def test_excluded_episodes_are_shown_as_excluded_with_the_reason(copy: Path) -> None:
+    gone = next(e for e in load_index(copy) if e.robot_id == "tiny-b")
+    with DatasetLock(copy):
+        DatasetIndex(copy).curate([gone.entry_id], excluded=True, reason="wrong task")
+
+    text = inspect_dataset(copy)
+
+    line = next(line for line in text.splitlines() if gone.key in line)
+    assert "excluded: wrong task" in line and "yes" not in line
+    assert "Episodes (1 accepted, 1 rejected, 1 excluded)" in text
+    assert "excluded 1" in text and "Keys of model tiny_humanoid (1 episode," in text
+
+
+def test_leftovers_of_killed_jobs_are_pointed_out(copy: Path) -> None:
+    segment = next(p for p in (copy / "data").iterdir() if p.is_dir())
+    shutil.copytree(segment, copy / "data" / "seg-orphan")
+    (copy / "_staging" / "seg-half-1234").mkdir(parents=True)
+    (copy / "_staging" / "seg-half-1234" / "part").write_bytes(b"x" * 10)
+
+    text = inspect_dataset(copy)
+
+    assert "1 data segment in no commit" in text and "1 staging folder" in text
+    assert "Data segments (1;" in text  # what no commit points at is not data
+
+
+def test_a_large_index_is_summed_up_and_only_its_first_episodes_listed(copy: Path) -> None:
+    model = next(e for e in load_index(copy) if e.accepted)
+    # Index rows as a fleet makes them, pointing at the real episode's rows.
+    rows = [dataclasses.replace(model, key=f"bulk-{n:05d}", raw_episode_id=f"bulk-{n:05d}", raw_checksum=str(n),
+                                entry_id=-1, commit=-1, split="")
+            for n in range(5000)]
+    with DatasetLock(copy):
+        DatasetIndex(copy).commit(rows)
+
+    started = time.monotonic()
+    text = inspect_dataset(copy, max_episodes=10)
+    seconds = time.monotonic() - started
+
+    listed = section(text, "Episodes (")
+    assert listed[0] == "Episodes (5002 accepted, 1 rejected, 0 excluded)"
+    assert len([line for line in listed if "tiny" in line or "bulk-" in line]) == 10
+    assert listed[-1].startswith("  (the first 10 of 5003 index rows")
+    assert "bulk-00009" not in text and "Keys of model tiny_humanoid (5002 episodes" in text
+    assert seconds < 10, f"inspect took {seconds:.1f} s on 5,003 index rows"
 
 
 def test_a_diffusion_policy_export_is_described_folder_or_zip(dataset: Path, tmp_path: Path) -> None:

@@ -11,11 +11,14 @@ zarr 3. This script
    ``zarr==2.16.*``, ``numcodecs==0.11.*`` (UMI's conda pins zarr 2.16 and
    numcodecs 0.11), ``numpy<2`` and ``imagecodecs==2023.9.18`` (UMI's pin; its
    numcodecs ``Jpeg`` predates several of today's settings keys);
-2. in this environment (zarr 3), simulates two episodes of the test robot,
-   processes them into a dataset on an embedded Ray, and exports it three
-   ways: a folder with JPEG frames, a ``.zarr.zip`` with JPEG frames, and a
-   folder with Blosc frames; it writes what each array must hold (numeric
-   values, every frame's JPEG bytes and OpenCV's decoded pixels) to a .npz;
+2. in this environment (zarr 3), simulates three episodes of the test robot,
+   processes them into a dataset (format version 2: one data segment of the
+   three, camera shards of 32 frames) on an embedded Ray, and exports it
+   three ways: a folder with JPEG frames, a ``.zarr.zip`` with JPEG frames,
+   and a folder with Blosc frames of the first and last episode only (a
+   selection with a hole in the segment); it writes what each array must
+   hold (numeric values, every frame's JPEG bytes and OpenCV's decoded
+   pixels, read episode by episode through the dataset's store) to a .npz;
 3. in the old environment, reads every export the way Diffusion Policy's
    ``ReplayBuffer.copy_from_path`` does, with both of its backends: ``zarr.open``
    (or ``zarr.ZipStore``), ``zarr.group(store)``, ``meta/episode_ends`` and
@@ -42,6 +45,7 @@ Exits 0 and prints ``N passed, 0 failed`` when every check passes. Needs PyPI
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -216,41 +220,57 @@ def make_exports(work: Path) -> list[tuple[Path, Path, str]]:
     import json
 
     import numpy as np
-    import zarr
 
-    from pipeline.dataset.frame_shards import read_jpeg_bytes
     from pipeline.dataset.jpeg_codec import decode_jpeg_chunk
+    from pipeline.dataset.store import Dataset
     from pipeline.export_dp import export_diffusion_policy
     from pipeline.process_job import JobOptions, run_process_job
+    from pipeline.processing.config import ProcessConfig
     from pipeline.raw_builder import simulate_episode
     from pipeline.robot_config import load_robot_config
 
     config = load_robot_config(Path(__file__).resolve().parents[1] / "tests" / "data" / "robots" / "tiny_humanoid.yaml")
-    for i, task in enumerate(["wave", "point"]):
-        simulate_episode(work / "raw", config, robot_id=f"tiny-{i}", seconds=2.0, seed=i + 1, task=task)
+    robots = [f"tiny-{i}" for i in range(3)]
+    for i, (robot, task) in enumerate(zip(robots, ["wave", "point", "wave"])):
+        simulate_episode(work / "raw", config, robot_id=robot, seconds=2.0, seed=i + 1, task=task)
     dataset = work / "dataset.zarr"
-    run_process_job(JobOptions(raw_dir=work / "raw", dataset=dataset, num_cpus=1))
+    # One worker: the three episodes share one data segment, and small camera
+    # shards make the export read across shard boundaries.
+    process = ProcessConfig()
+    process = process.replace(output=dataclasses.replace(process.output, frames_per_shard=32))
+    run_process_job(JobOptions(raw_dir=work / "raw", dataset=dataset, config=process, num_cpus=1))
+    source = Dataset(dataset)
+    by_key = {e.key: e for e in source.index.entries()}
+    segments = {e.data_segment for e in by_key.values()}
+    print(f"dataset: {len(by_key)} episodes in {len(segments)} data segment(s)")
 
     runs = []
-    for out, codec in [(work / "dp.zarr", "jpeg"), (work / "dp.zarr.zip", "jpeg"), (work / "dp-blosc.zarr", "blosc")]:
-        summary = export_diffusion_policy(dataset, out, image_codec=codec)
-        root = zarr.open_group(str(dataset), mode="r")
-        groups = [root["episodes"][key] for key in summary.episode_keys]
+    exports = [
+        (work / "dp.zarr", "jpeg", None),
+        (work / "dp.zarr.zip", "jpeg", None),
+        # Leaves the middle episode of the segment out: the rows around a hole.
+        (work / "dp-blosc.zarr", "blosc", [robots[0], robots[2]]),
+    ]
+    for out, codec, chosen in exports:
+        summary = export_diffusion_policy(dataset, out, image_codec=codec, robots=chosen)
+        entries = [by_key[key] for key in summary.episode_keys]
         expected: dict[str, np.ndarray] = {
             "names": np.array(json.dumps(summary.keys)),
-            "episode_ends": np.cumsum([g["timestamps_ns"].shape[0] for g in groups]).astype(np.int64),
+            "episode_ends": np.cumsum([e.length for e in entries]).astype(np.int64),
         }
         for key in summary.keys:
             if key.startswith("cameras/"):
-                jpegs = [j for g in groups for j in read_jpeg_bytes(g[key], range(g[key].shape[0]))]
+                camera = key.removeprefix("cameras/")
+                jpegs = [j for e in entries for j in source.jpeg_bytes(e, camera, range(e.length))]
                 expected[f"jpeg:{key}"] = np.frombuffer(b"".join(jpegs), dtype=np.uint8)
                 expected[f"offsets:{key}"] = np.concatenate([[0], np.cumsum([len(j) for j in jpegs])]).astype(np.int64)
-                shape = tuple(groups[0][key].shape[1:])
+                shape = (*source.frame_size(entries[0], camera), 3)
                 expected[f"pixels:{key}"] = np.stack([decode_jpeg_chunk(j, shape) for j in jpegs])
             elif key == "timestamps_ns":
-                expected[f"values:{key}"] = np.concatenate([g[key][...] for g in groups]).astype(np.float64) / 1e9
+                values = np.concatenate([source.numeric(e, key) for e in entries])
+                expected[f"values:{key}"] = values.astype(np.float64) / 1e9
             else:
-                expected[f"values:{key}"] = np.concatenate([g[key][...] for g in groups]).astype(np.float32)
+                expected[f"values:{key}"] = np.concatenate([source.numeric(e, key) for e in entries]).astype(np.float32)
         np.savez(out.with_name(out.name + ".expected.npz"), **expected)
         runs.append((out, out.with_name(out.name + ".expected.npz"), codec))
     return runs

@@ -4,7 +4,7 @@ Everything a reader filters on is a column of one table with a row per
 dataset episode and per rejected raw episode (Parquet, so pandas, polars,
 DuckDB, Spark and Ray Data read it as it is). It lives in ``index/``::
 
-    index/e-<first>-<last>.parquet   episode rows committed by commits first..last
+    index/e-<first>-<last>-<rows>.parquet   episode rows committed by commits first..last
     index/x-<seq>.parquet            curation rows (exclude / include) of commit seq
 
 Commits
@@ -49,7 +49,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipeline.dataset.stats import KeyStats
@@ -72,7 +71,7 @@ STATE_KEY = b"refinery.state"
 FAN_IN = 8
 _TASKS_KEPT = 1000  # distinct task texts counted in the card; the rest count as "(other)"
 _JOBS_KEPT = 20
-_EPISODE_FILE = re.compile(r"^e-(\d{12})-(\d{12})\.parquet$")
+_EPISODE_FILE = re.compile(r"^e-(\d{12})-(\d{12})-(\d+)\.parquet$")  # first commit, last commit, rows
 _CURATION_FILE = re.compile(r"^x-(\d{12})\.parquet$")
 
 
@@ -194,10 +193,13 @@ CURATION_SCHEMA = pa.schema(
         pa.field("time", pa.string()),
     ]
 )
+KEY_COUNT_COLUMNS = tuple(_stats_column(key, "count") for key in NUMERIC_KEYS)
+"""One column per numeric key: its step count where the episode holds the key (which keys it has)."""
 LIGHT_COLUMNS = tuple(
-    name for name in SCHEMA.names if not name.startswith("stats.") and name not in ("quality_json", "decisions_json")
+    name for name in SCHEMA.names
+    if not name.startswith("stats.") and name not in ("quality_json", "decisions_json", "attrs_json")
 )
-"""Columns a loader or a listing needs: no per-episode statistics or reports."""
+"""Columns a loader or a listing needs: no per-episode statistics, reports or attributes."""
 
 
 def _to_row(entry: EpisodeEntry) -> dict[str, Any]:
@@ -210,20 +212,22 @@ def _to_row(entry: EpisodeEntry) -> dict[str, Any]:
     return row
 
 
-def _from_row(row: dict[str, Any]) -> EpisodeEntry:
-    stats: dict[str, dict[str, Any]] = {}
-    for key in NUMERIC_KEYS:
-        count = row.pop(_stats_column(key, "count"), None)
-        values = {name: row.pop(_stats_column(key, name), None) for name in _STATS_FIELDS}
-        if count is not None:
-            stats[key] = {"count": count, **values}
-    entry = EpisodeEntry.from_dict({k: v for k, v in row.items() if v is not None})
-    entry.stats = stats
-    return entry
-
-
 def entries_from_table(table: pa.Table) -> list[EpisodeEntry]:
-    return [_from_row(row) for row in table.to_pylist()]
+    """Index rows as entries; columns the table lacks keep their defaults."""
+    known = {f.name for f in fields(EpisodeEntry)}
+    data = table.to_pydict()
+    plain = [c for c in data if c in known and c != "stats"]
+    keyed = [k for k in NUMERIC_KEYS if _stats_column(k, "count") in data]
+    entries = []
+    for i in range(table.num_rows):
+        entry = EpisodeEntry(**{c: data[c][i] for c in plain if data[c][i] is not None})
+        for key in keyed:
+            count = data[_stats_column(key, "count")][i]
+            if count is not None:
+                entry.stats[key] = {"count": count, **{
+                    n: data[_stats_column(key, n)][i] for n in _STATS_FIELDS if _stats_column(key, n) in data}}
+        entries.append(entry)
+    return entries
 
 
 def split_of(raw_episode_id: str, val_fraction: float) -> str:
@@ -245,6 +249,7 @@ class _IndexFile:
     kind: str  # "e" (episode rows) or "x" (curation rows)
     first: int
     last: int
+    rows: int = 0
 
 
 def _list_files(index_dir: Path) -> tuple[list[_IndexFile], list[_IndexFile]]:
@@ -257,7 +262,7 @@ def _list_files(index_dir: Path) -> tuple[list[_IndexFile], list[_IndexFile]]:
         return [], []
     for name in names:
         if m := _EPISODE_FILE.match(name):
-            episodes.append(_IndexFile(index_dir / name, "e", int(m[1]), int(m[2])))
+            episodes.append(_IndexFile(index_dir / name, "e", int(m[1]), int(m[2]), int(m[3])))
         elif m := _CURATION_FILE.match(name):
             curation.append(_IndexFile(index_dir / name, "x", int(m[1]), int(m[1])))
     # Widest first: a file inside the range of one already kept was merged into it.
@@ -271,10 +276,15 @@ def _list_files(index_dir: Path) -> tuple[list[_IndexFile], list[_IndexFile]]:
     return visible, curation
 
 
-def _write_atomically(index_dir: Path, name: str, table: pa.Table) -> Path:
+def _write_atomically(index_dir: Path, name: str, table: pa.Table, *, small: bool = False) -> Path:
     tmp = index_dir / f".tmp-{uuid.uuid4().hex}.parquet"
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        if small:
+            # A commit's own file: a few rows, soon merged; encoding and statistics
+            # would cost more than they save (a third of a commit's time).
+            pq.write_table(table, tmp, compression="none", use_dictionary=False, write_statistics=False)
+        else:
+            pq.write_table(table, tmp, compression="zstd")
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -295,6 +305,20 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _read_file(path: Path, columns: list[str], where: pc.Expression | None) -> pa.Table:
+    """``columns`` of one index file, rows matching ``where``; columns a file lacks come back as nulls."""
+    # One file at a time: pyarrow's dataset layer costs more than the reading here.
+    present = pq.read_schema(path).names
+    if all(c in present for c in columns):
+        return pq.read_table(path, columns=columns, filters=where)
+    table = pq.read_table(path, columns=[c for c in columns if c in present])
+    for name in columns:
+        if name not in present:
+            table = table.append_column(SCHEMA.field(name), pa.nulls(len(table), SCHEMA.field(name).type))
+    table = table.select(columns)
+    return table.filter(where) if where is not None else table
 
 
 def _tier(rows: int) -> int:
@@ -406,6 +430,7 @@ class DatasetIndex:
     def __init__(self, dataset: Path | str) -> None:
         self.dataset = Path(dataset)
         self.dir = self.dataset / INDEX_DIR
+        self._state: tuple[str, dict[str, Any]] | None = None  # (newest file's prefix, its state)
 
     # reading
 
@@ -419,13 +444,19 @@ class DatasetIndex:
             newest = max([*episodes, *curation], key=lambda f: f.last, default=None)
             if newest is None:
                 return empty_state()
+            # The newest commit's files start alike whether merged or not ("e-<first>" or "x-<seq>").
+            tag = f"{newest.kind}-{newest.last:012d}"
+            if self._state is not None and self._state[0] == tag:
+                return json.loads(json.dumps(self._state[1]))  # a copy the caller may change
             try:
                 metadata = pq.read_metadata(newest.path).metadata or {}
             except FileNotFoundError:
                 continue
             except (OSError, pa.ArrowException) as err:
                 raise StoreError(str(newest.path), f"unreadable index file: {err}") from err
-            return json.loads(metadata[STATE_KEY])
+            state = json.loads(metadata[STATE_KEY])
+            self._state = (tag, state)
+            return json.loads(json.dumps(state))
         raise StoreError(str(self.dir), "the index kept changing while being read; try again")
 
     def _exclusions(self, curation: list[_IndexFile]) -> dict[int, str]:
@@ -461,11 +492,8 @@ class DatasetIndex:
         for _ in range(3):
             episodes, curation = self._files()
             try:
-                if episodes:
-                    source = pads.dataset([str(f.path) for f in episodes], schema=SCHEMA, format="parquet")
-                    table = source.to_table(columns=read, filter=where)
-                else:
-                    table = SCHEMA.empty_table().select(read)
+                parts = [_read_file(f.path, read, where) for f in episodes]
+                table = pa.concat_tables(parts) if parts else SCHEMA.empty_table().select(read)
                 exclusions = self._exclusions(curation)
                 break
             except FileNotFoundError:
@@ -528,7 +556,8 @@ class DatasetIndex:
         state["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         table = pa.Table.from_pylist([_to_row(e) for e in fresh], schema=SCHEMA)
         table = table.replace_schema_metadata({STATE_KEY: json.dumps(state).encode()})
-        _write_atomically(self.dir, f"e-{seq:012d}-{seq:012d}.parquet", table)
+        _write_atomically(self.dir, f"e-{seq:012d}-{seq:012d}-{len(fresh)}.parquet", table, small=len(fresh) < FAN_IN)
+        self._state = (f"e-{seq:012d}", json.loads(json.dumps(state)))
         self.compact()
         return fresh
 
@@ -602,16 +631,14 @@ class DatasetIndex:
         merges = 0
         while True:
             episodes, _ = self._files()
-            if len(episodes) < FAN_IN:
-                return merges
             tail = episodes[-FAN_IN:]
-            rows = [pq.read_metadata(f.path).num_rows for f in tail]
-            if len({_tier(n) for n in rows}) != 1:
+            if len(tail) < FAN_IN or len({_tier(f.rows) for f in tail}) != 1:
                 return merges
             tables = [pq.read_table(f.path, schema=SCHEMA) for f in tail]
             metadata = pq.read_metadata(tail[-1].path).metadata or {}
             merged = pa.concat_tables(tables).replace_schema_metadata({STATE_KEY: metadata[STATE_KEY]})
-            _write_atomically(self.dir, f"e-{tail[0].first:012d}-{tail[-1].last:012d}.parquet", merged)
+            rows = sum(f.rows for f in tail)
+            _write_atomically(self.dir, f"e-{tail[0].first:012d}-{tail[-1].last:012d}-{rows}.parquet", merged)
             for f in tail:
                 f.path.unlink(missing_ok=True)
             _fsync_dir(self.dir)
