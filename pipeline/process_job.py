@@ -94,12 +94,35 @@ class JobSummary:
         """Raw files rejected for what they are, not for what they hold: unreadable or corrupt."""
         return [e for e in self.entries if any(r.startswith(("unreadable:", "corrupt:")) for r in e.reasons)]
 
+    def kept(self) -> tuple[float, float]:
+        """Seconds of raw recording this run processed, and seconds of them kept in accepted episodes."""
+        raw = {e.raw_episode_id: e.raw_duration_s for e in self.entries}
+        kept = sum(e.length / e.rate_hz for e in self.entries if e.accepted and e.rate_hz)
+        return sum(raw.values()), kept
+
+    def decision_kinds(self) -> Counter[str]:
+        """Cleaning decisions of this run, counted by kind."""
+        kinds: Counter[str] = Counter()
+        done: set[str] = set()
+        for e in self.entries:
+            if e.raw_episode_id not in done:  # the parts of a split episode share one decision list
+                done.add(e.raw_episode_id)
+                kinds.update(d.get("kind", "?") for d in e.decision_list)
+        return kinds
+
     def lines(self) -> list[str]:
         out = [
             f"raw episodes found {self.raw_found}, already in the dataset {self.skipped}, processed {self.processed}",
             f"accepted {self.accepted} dataset episodes ({self.split} raw episodes split) in {self.segments} "
             f"data segments, rejected {self.rejected}",
         ]
+        raw_s, kept_s = self.kept()
+        if raw_s:
+            out.append(f"kept {kept_s:,.1f} of {raw_s:,.1f} s recorded ({kept_s / raw_s:.0%}); the rest was cut "
+                       "or rejected by cleaning")
+        kinds = self.decision_kinds()
+        if kinds:
+            out.append("cleaning decisions: " + ", ".join(f"{kind} {n}" for kind, n in kinds.most_common()))
         for reason, n in self.reasons.most_common():
             out.append(f"  rejected {n}x: {reason}")
         for entry in self.bad_inputs:

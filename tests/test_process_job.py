@@ -244,3 +244,14 @@ def test_two_ingests_with_robots_split_between_them_feed_one_dataset(
     assert summary.raw_found == 4 and not summary.failed
     rows = load_index(dataset)
     assert {(e.robot_id, e.raw_episode_id) for e in rows} == set(recorded.items())
+
+
+def test_the_summary_says_how_much_cleaning_kept(tmp_path: Path, tiny_robot) -> None:
+    raw = tmp_path / "ingest"
+    simulate_episode(raw, tiny_robot, robot_id="tiny-g", seconds=5.0, faults=SimFaults(stall=((2.0, 0.6),)))
+    summary = run(raw, tmp_path / "ds.zarr")
+    raw_s, kept_s = summary.kept()
+    assert 4.9 < raw_s < 5.2 and 3.0 < kept_s < raw_s - 0.5  # the stall and its edges were cut
+    text = "\n".join(summary.lines())
+    assert f"of {raw_s:,.1f} s recorded ({kept_s / raw_s:.0%})" in text
+    assert "cleaning decisions: " in text and summary.decision_kinds()
