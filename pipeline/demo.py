@@ -83,8 +83,13 @@ def run_demo(config: DemoConfig) -> int:
             while time.monotonic() < deadline:
                 _show(status, server, collectors, episode + 1, config.episodes)
                 time.sleep(0.25)
-            for c in collectors:
-                c.stop_episode("success")
+            # Together: a stop waits until its robot's capture has caught up with the
+            # moment asked, so one robot after another would stretch the later episodes.
+            stoppers = [threading.Thread(target=c.stop_episode, args=("success",)) for c in collectors]
+            for stopper in stoppers:
+                stopper.start()
+            for stopper in stoppers:
+                stopper.join()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not all(c.drain(0.05) for c in collectors):
             _show(status, server, collectors, config.episodes, config.episodes)
@@ -122,7 +127,18 @@ def run_demo(config: DemoConfig) -> int:
     print(format_table(["episode", "model", "task", "seconds", "steps", "grade", "score", "accepted", "reasons"], rows))
     report = write_report(dataset, data_dir / "quality-report.html")
     print(f"\n4. Quality report: {report}")
+    size = sum(p.stat().st_size for p in data_dir.rglob("*") if p.is_file())
+    print(f"\nThe demo wrote {size / 1e6:,.0f} MB to {data_dir}; remove it with: rm -r {_shell_path(data_dir)}")
     return 1 if summary.failed else 0
+
+
+def _shell_path(path: Path) -> str:
+    import shlex
+
+    try:
+        return shlex.quote(str(path.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(path))
 
 
 def _show(status: StatusLine, server: IngestServer, collectors: list[Collector], episode: int, total: int) -> None:

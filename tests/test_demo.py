@@ -31,5 +31,8 @@ def test_demo_records_processes_and_reports(tmp_path: Path) -> None:
     entries = load_index(out / "dataset.zarr")
     assert {e.model for e in entries} == {"unitree_g1", "fourier_gr1"}
     assert all(e.accepted for e in entries)
+    # Robots are stopped together: every episode lasts what was asked, not one stop after another.
+    assert all(abs(e.raw_duration_s - 1.5) < 0.75 for e in entries), [e.raw_duration_s for e in entries]
+    assert "remove it with: rm -r" in result.stdout
     report = (out / "quality-report.html").read_text()
     assert all(e.key in report for e in entries)
