@@ -147,3 +147,17 @@ def test_clock_sample_offset_and_round_trip() -> None:
 def test_time_reply_body_size_is_checked() -> None:
     with pytest.raises(ProtocolError, match="TIME_REPLY"):
         protocol.decode([b"RF\x01\x0a" + struct.pack("<qq", 1, 2)])
+
+
+def test_welcome_without_episode_states_is_the_old_layout() -> None:
+    """An ingest that predates ``Welcome.episodes`` sends none: the field decodes empty."""
+    welcome = protocol.Welcome(window=8, max_message_bytes=1024, sealed=("ep-0",))
+    (frame,) = welcome.encode()
+    assert b"episodes" not in frame
+    assert protocol.decode([frame]).episodes == {}
+
+
+def test_welcome_episode_states_must_map_ids_to_names() -> None:
+    body = b'{"window":8,"max_message_bytes":1024,"episodes":{"ep-0":3}}'
+    with pytest.raises(ProtocolError, match="episodes"):
+        protocol.decode([b"RF\x01\x02" + body])
