@@ -10,6 +10,12 @@ Two threads share the spool:
 
 Nothing is sent that is not spooled first, so a dead link, a dead ingest or a
 killed collector loses nothing: the spool is resent after the handshake.
+
+Every episode is closed and its seal confirmed: the spool remembers each episode
+until the ingest says it is sealed, every HELLO asks about all of them
+(``Hello.pending``), and the WELCOME states each one's state
+(``Welcome.episodes``); an episode a killed collector left open is closed with
+an ``interrupted`` stop event after the first handshake of the next start.
 """
 
 from __future__ import annotations
@@ -132,6 +138,12 @@ class Collector:
         self._interrupted = set(self.spool.recovered_without_stop)
         if self._marker.exists():
             self._interrupted.add(self._marker.read_text().strip())
+        self._interrupted.discard("")
+        # A spool written before unsealed.json existed, or a collector killed between
+        # its marker and its first message: wait on those episodes' seals too.
+        for episode in sorted(self._interrupted | set(self.spool.pending_episodes())):
+            self.spool.expect_seal(episode)
+        self._failed: dict[str, str] = {}  # episode -> why the ingest can never seal it
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -152,19 +164,39 @@ class Collector:
         self.spool.close()
 
     def drain(self, timeout_s: float) -> bool:
-        """Wait until the ingest has sealed every spooled episode."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.fatal is not None:
-                raise self.fatal
-            if self.spool.unacked() == 0 and all(self.spool.is_sealed(e) for e in self._known_episodes()):
-                return True
-            time.sleep(0.05)
-        return False
+        """Wait until every message is acknowledged and every episode sealed.
 
-    def _known_episodes(self) -> set[str]:
+        Returns True then; False when ``timeout_s`` runs out first, or when nothing
+        is left to wait for but some episode can never be sealed
+        (:meth:`failed_episodes`). Raises what ended the link (a refused handshake).
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.waiting():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return not self._failed
+
+    def waiting(self) -> bool:
+        """True while messages are unacknowledged or episodes unclosed or unsealed."""
+        if self.fatal is not None:
+            raise self.fatal
+        return bool(self.spool.unacked() or self.unsealed_episodes())
+
+    def unsealed_episodes(self) -> list[str]:
+        """Episodes recorded (or interrupted) whose seal the ingest has not confirmed yet."""
         with self._lock:
-            return {episode for episode, _ in self._next_seq}
+            return sorted(set(self.spool.unsealed()) | self._interrupted)
+
+    def unclosed_episodes(self) -> list[str]:
+        """Episodes a killed collector left open that are not closed yet (no handshake since)."""
+        with self._lock:
+            return sorted(self._interrupted)
+
+    def failed_episodes(self) -> dict[str, str]:
+        """Episodes the ingest says it can never seal, with the reason."""
+        with self._lock:
+            return dict(self._failed)
 
     def _close_interrupted(self, ingest_acked: dict[str, dict[str, int]]) -> None:
         """A collector killed mid-episode left it without a stop event. Close it after
@@ -172,11 +204,17 @@ class Collector:
         ingest holds, so the ingest can seal what was recorded."""
         with self._lock:
             for episode in sorted(self._interrupted):
+                if self.spool.is_sealed(episode):
+                    continue  # sealed (as incomplete) while this collector was away
                 for stream, seq in ingest_acked.get(episode, {}).items():
                     key = (episode, stream)
                     self._next_seq[key] = max(self._next_seq.get(key, 0), seq + 1)
                 if not any(e == episode for e, _ in self._next_seq):
-                    continue  # neither side holds anything of it
+                    # Neither side holds anything of it (killed before its first message).
+                    log.info("robot=%s episode=%s was interrupted before anything was recorded",
+                             self.config.robot_id, episode)
+                    self.spool.forget(episode)
+                    continue
                 log.warning(
                     "robot=%s episode=%s was interrupted by a collector restart; closing it",
                     self.config.robot_id, episode,
@@ -197,6 +235,7 @@ class Collector:
             t0 = time.time_ns()
             self.driver.start(t0)
             self._write_marker(episode)
+            self.spool.expect_seal(episode)
             self._episode = episode
             self._episode_started = time.monotonic()
             self._batches = {}
@@ -455,7 +494,7 @@ class Collector:
             config_digest=self.config.robot.digest,
             config=self.config.robot.to_dict(),
             software=f"refinery-collector pid={os.getpid()}",
-            pending=tuple(sorted(set(self.spool.pending_episodes()) | self._interrupted)),
+            pending=tuple(self._asked_about()),
         )
         deadline = time.monotonic() + self.config.hello_timeout_s
         sent = False
@@ -488,6 +527,7 @@ class Collector:
                     self.spool.set_acked(record.acked, record.sealed)
                     if self._interrupted:
                         self._close_interrupted(record.acked)
+                    self._adopt_states(record.episodes)
                     self.window = record.window
                     self.handshakes += 1
                     resent = self.spool.rewind()
@@ -496,6 +536,29 @@ class Collector:
                     return True
         self.link_state = "down: ingest unreachable, spooling"
         return False
+
+    def _asked_about(self) -> list[str]:
+        """What a HELLO asks the ingest about: every episode still waited on."""
+        with self._lock:
+            return sorted(set(self.spool.pending_episodes()) | self._interrupted)
+
+    def _adopt_states(self, states: dict[str, str]) -> None:
+        """Act on the WELCOME's state of each episode asked about (empty from older ingests)."""
+        for episode, state in states.items():
+            if state == "sealed":
+                self.spool.mark_sealed(episode)
+            elif state == "quarantined":
+                self._give_up(episode, "quarantined by the ingest (it could not be sealed)")
+            elif state == "unknown" and not self.spool.has_entries(episode) and episode != self._episode:
+                self._give_up(episode, "unknown to the ingest, and this spool holds nothing of it to send")
+
+    def _give_up(self, episode: str, why: str) -> None:
+        with self._lock:
+            if episode in self._failed:
+                return
+            self._failed[episode] = why
+            self.spool.forget(episode)
+        log.error("robot=%s episode=%s %s", self.config.robot_id, episode, why)
 
     def _serve(self, sock: zmq.Socket) -> None:
         """Send within the credit window and read replies until the ingest goes quiet.

@@ -390,18 +390,45 @@ def _cmd_collect(args: argparse.Namespace) -> int:
                     stop.wait(args.gap)
         else:
             _interactive(collector, args, stop, show)
+        # Wait for the seals; a new Ctrl-C (or SIGTERM) gives up at once.
+        stop.clear()
         deadline = time.monotonic() + args.drain_timeout
-        while time.monotonic() < deadline and not collector.drain(0.2):
+        while collector.waiting() and time.monotonic() < deadline and not stop.is_set():
             show()
+            time.sleep(0.2)
     finally:
         status.done()
         collector.close()
-    left = collector.spool.unacked()
-    if left:
-        print(f"{robot_id}: {left} messages not yet acknowledged; they stay in {collector.config.spool_dir} "
-              "and are sent at the next start", file=sys.stderr)
+    verdict = drain_verdict(collector, gave_up=collector.waiting(), timeout_s=args.drain_timeout)
+    if verdict:
+        print(verdict, file=sys.stderr)
         return 1
     return 0
+
+
+def drain_verdict(collector, gave_up: bool, timeout_s: float) -> str | None:  # noqa: ANN001
+    """One line saying what the ingest did not seal, or None when everything was sealed.
+
+    ``refinery collect`` exits 1 when there is such a line.
+    """
+    unclosed = collector.unclosed_episodes()
+    unsealed = [e for e in collector.unsealed_episodes() if e not in unclosed]
+    parts = []
+    if unclosed:
+        parts.append(f"interrupted episode(s) not closed (no handshake with the ingest): {', '.join(unclosed)}")
+    if unsealed:
+        parts.append(f"{len(unsealed)} episode(s) not sealed by the ingest: {', '.join(unsealed)}")
+    parts.extend(f"episode {episode} {why}" for episode, why in collector.failed_episodes().items())
+    left = collector.spool.unacked()
+    if left:
+        parts.append(f"{left} messages unacknowledged")
+    if not parts:
+        return None
+    line = f"{collector.config.robot_id}: " + "; ".join(parts)
+    if gave_up:
+        line += (f" (gave up waiting after --drain-timeout {timeout_s:g} s; {collector.config.spool_dir} keeps them "
+                 "and the next start with this --spool sends them and asks again)")
+    return line
 
 
 def _interactive(collector, args: argparse.Namespace, stop: threading.Event, show) -> None:  # noqa: ANN001
