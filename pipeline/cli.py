@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "public keys (--allow); give each collector its secret and the ingest's public key.")
     p.add_argument("dir", type=Path)
     p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--force", action="store_true",
+                   help="replace existing key pairs (whoever holds the old ones can no longer connect)")
     p.set_defaults(func=_cmd_keys)
 
     p = sub.add_parser("process", help="refine raw episodes into a Zarr dataset with Ray",
@@ -477,6 +479,13 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
     for name in args.names:
         check_id(name, "key name")
+    existing = [path for name in args.names for path in (args.dir / f"{name}.key", args.dir / f"{name}.key_secret")
+                if path.exists()]
+    if existing and not args.force:
+        # Re-running the README's command must not break every deployed collector.
+        raise RefineryError(f"{', '.join(str(p) for p in existing)} already exist(s); nothing written. "
+                            "Pass --force to replace (collectors and ingests holding the old keys must then get the new ones)")
+    for name in args.names:
         public, secret = make_key_pair(args.dir, name)
         print(f"{name}: public {public}  secret {secret}")
     return 0
