@@ -41,6 +41,7 @@ from pipeline import protocol
 from pipeline.auth import ClientKeys
 from pipeline.errors import HandshakeRefused, ProtocolError, SpoolFullError
 from pipeline.protocol.framing import refusal_reason
+from pipeline.protocol.records import MAX_PENDING
 from pipeline.robot_config import RobotConfig
 from pipeline.streams import ACTION, CLOCK, EVENTS, JOINT_STATE
 
@@ -538,9 +539,15 @@ class Collector:
         return False
 
     def _asked_about(self) -> list[str]:
-        """What a HELLO asks the ingest about: every episode still waited on."""
+        """What a HELLO asks the ingest about: every episode still waited on.
+
+        Interrupted episodes first (they must be closed); at most MAX_PENDING, the
+        ingest's limit: the rest are asked about at a later handshake.
+        """
         with self._lock:
-            return sorted(set(self.spool.pending_episodes()) | self._interrupted)
+            interrupted = sorted(self._interrupted)
+            rest = sorted(set(self.spool.pending_episodes()) - self._interrupted)
+        return (interrupted + rest)[:MAX_PENDING]
 
     def _adopt_states(self, states: dict[str, str]) -> None:
         """Act on the WELCOME's state of each episode asked about (empty from older ingests)."""

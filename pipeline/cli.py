@@ -375,6 +375,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             raise collector.fatal
         status.update(format_collector_status(robot_id, collector.status()))
 
+    prompt = None
     try:
         if args.drain_only:
             pass
@@ -391,7 +392,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
                 if n + 1 < args.episodes:
                     stop.wait(args.gap)
         else:
-            _interactive(collector, args, stop, show)
+            prompt = _interactive(collector, args, stop, lambda: format_collector_status(robot_id, _checked_status(collector)))
         # Wait for the seals; a new Ctrl-C (or SIGTERM) gives up at once.
         stop.clear()
         deadline = time.monotonic() + args.drain_timeout
@@ -401,6 +402,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     finally:
         status.done()
         collector.close()
+    if prompt is not None:
+        print(prompt.summary())
     verdict = drain_verdict(collector, gave_up=collector.waiting(), timeout_s=args.drain_timeout)
     if verdict:
         print(verdict, file=sys.stderr)
@@ -433,41 +436,40 @@ def drain_verdict(collector, gave_up: bool, timeout_s: float) -> str | None:  # 
     return line
 
 
-def _interactive(collector, args: argparse.Namespace, stop: threading.Event, show) -> None:  # noqa: ANN001
+def _checked_status(collector):  # noqa: ANN001, ANN202
+    if collector.fatal is not None:
+        raise collector.fatal
+    return collector.status()
+
+
+def _interactive(collector, args: argparse.Namespace, stop: threading.Event, status):  # noqa: ANN001, ANN202
+    """The operator's prompt (collectors/prompt.py) until q, end of input or a signal."""
     import queue
 
-    lines: queue.Queue[str] = queue.Queue()
+    from collectors.prompt import ConsoleLogHandler, OperatorPrompt, TerminalConsole, run_prompt
 
-    def read_stdin() -> None:
-        for line in sys.stdin:
-            lines.put(line.strip())
-        lines.put("q")
+    lines: queue.Queue[str | None] = queue.Queue()
 
-    threading.Thread(target=read_stdin, daemon=True).start()
-    print("commands: s [task] start | e end (success) | f end (failure) | d discard | l TEXT label | q quit",
-          file=sys.stderr)
-    while not stop.is_set():
-        show()
-        try:
-            line = lines.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        cmd, _, rest = line.partition(" ")
-        if cmd == "s":
-            collector.start_episode(rest or args.task, args.operator)
-        elif cmd == "e":
-            collector.stop_episode("success")
-        elif cmd == "f":
-            collector.stop_episode("failure")
-        elif cmd == "d":
-            collector.stop_episode("discarded")
-        elif cmd == "l":
-            collector.label(rest)
-        elif cmd == "q":
-            collector.stop_episode("interrupted")
-            return
-        elif cmd:
-            print(f"unknown command {cmd!r}", file=sys.stderr)
+    tty = sys.stdin.isatty() and sys.stderr.isatty()
+    console = TerminalConsole(sys.stderr, tty=tty, input_fd=sys.stdin.fileno() if tty else None)
+    prompt = OperatorPrompt(collector, console, args.task, args.operator)
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    if console.tty:
+        # Log records go through the console, above the status line, never into the typed text.
+        handler = ConsoleLogHandler(console)
+        handler.setFormatter(saved[0].formatter if saved else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.handlers = [handler]
+    console.open()
+    threading.Thread(target=console.read_lines, args=(lines.put,), name="stdin", daemon=True).start()
+    try:
+        run_prompt(prompt, lines, stop, status)
+    finally:
+        console.close()
+        root.handlers = saved
+    if prompt.current is not None:  # Ctrl-C or SIGTERM at the prompt
+        prompt.handle("q")
+    return prompt
 
 
 # ---------------------------------------------------------------------- keys, verify, demo

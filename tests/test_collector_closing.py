@@ -9,6 +9,7 @@ SIGKILL; a scripted ingest (tests/fake_ingest.py) stages the lost notices.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.protocol.records import MAX_PENDING
 from pipeline.raw_store import RawEpisodeReader, verify_episode
 from tests.conftest import TINY_ROBOT
 from tests.fake_ingest import FakeIngest
@@ -196,3 +198,13 @@ def test_collect_exits_non_zero_naming_unsealed_episodes_when_it_gives_up(tmp_pa
     episode = re.search(r"episode=(\S+) started", proc.log()).group(1)
     lines = [line for line in proc.log().splitlines() if "not sealed" in line]
     assert len(lines) == 1 and episode in lines[0] and "--drain-timeout" in lines[0], proc.log()
+
+
+def test_hello_asks_about_interrupted_episodes_first_and_within_the_ingest_limit(make_collector) -> None:
+    probe = make_collector("tcp://127.0.0.1:1")  # never started: only its spool is read
+    spool = probe.config.spool_dir
+    probe.close()
+    (spool / "unsealed.json").write_text(json.dumps([f"tiny-0-{n:05d}" for n in range(MAX_PENDING + 10)]))
+    (spool / "episode.open").write_text("tiny-0-zzz-interrupted")
+    asked = make_collector("tcp://127.0.0.1:1")._asked_about()
+    assert len(asked) == MAX_PENDING and asked[0] == "tiny-0-zzz-interrupted"

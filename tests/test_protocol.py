@@ -149,15 +149,8 @@ def test_time_reply_body_size_is_checked() -> None:
         protocol.decode([b"RF\x01\x0a" + struct.pack("<qq", 1, 2)])
 
 
-def test_welcome_without_episode_states_is_the_old_layout() -> None:
+def test_welcome_of_an_older_ingest_decodes_without_episode_states() -> None:
     """An ingest that predates ``Welcome.episodes`` sends none: the field decodes empty."""
-    welcome = protocol.Welcome(window=8, max_message_bytes=1024, sealed=("ep-0",))
-    (frame,) = welcome.encode()
-    assert b"episodes" not in frame
-    assert protocol.decode([frame]).episodes == {}
-
-
-def test_welcome_episode_states_must_map_ids_to_names() -> None:
-    body = b'{"window":8,"max_message_bytes":1024,"episodes":{"ep-0":3}}'
-    with pytest.raises(ProtocolError, match="episodes"):
-        protocol.decode([b"RF\x01\x02" + body])
+    old = b"RF\x01\x02" + b'{"acked":{},"max_message_bytes":1024,"sealed":["ep-0"],"window":8}'
+    welcome = protocol.decode([old])
+    assert welcome.episodes == {} and welcome.sealed == ("ep-0",)

@@ -45,6 +45,7 @@ TIME_REQUEST_BODY = struct.Struct("<q")
 TIME_REPLY_BODY = struct.Struct("<qqq")
 CLOCK_PAYLOAD = struct.Struct("<4q")
 MAX_HEADER_BYTES = 64 * 1024
+MAX_PENDING = 4096  # episodes a HELLO may ask about; a collector's spool holds far fewer
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 """Robot ids, episode ids and stream names: safe as one path component."""
