@@ -208,3 +208,36 @@ def test_hello_asks_about_interrupted_episodes_first_and_within_the_ingest_limit
     (spool / "episode.open").write_text("tiny-0-zzz-interrupted")
     asked = make_collector("tcp://127.0.0.1:1")._asked_about()
     assert len(asked) == MAX_PENDING and asked[0] == "tiny-0-zzz-interrupted"
+
+
+def test_seal_finished_by_a_restarted_ingest_reaches_the_collector(tmp_path, make_collector) -> None:
+    """The ingest dies after acknowledging everything, before it announced the seal;
+    restarted while the collector cannot reach it (here: on another port), it seals
+    the journal during recovery and tells nobody. The collector's next HELLO asks
+    about the episode, so it hears of the seal instead of waiting out its drain
+    timeout."""
+    ingest = IngestProcess(tmp_path / "ingest", free_port())
+    ingest.start()
+    c = make_collector(ingest.endpoint, resend_timeout_s=0.5, hello_timeout_s=0.3)
+    c.start()
+    for _ in range(5):
+        episode = c.start_episode(task="t", operator="op")
+        time.sleep(0.3)
+        c.stop_episode("success")
+        wait_for(lambda: c.spool.unacked() == 0, 20, "every message acknowledged")
+        ingest.kill(signal.SIGKILL)
+        if not c.spool.is_sealed(episode):
+            break  # caught it: acknowledged, seal not announced
+        ingest.start()
+    else:
+        pytest.fail("the seal notice always came before the kill")
+    assert episode in c.unsealed_episodes()
+    raw = ingest.data_dir / "raw" / "tiny-0" / f"{episode}.h5"
+    elsewhere = IngestProcess(ingest.data_dir, free_port())
+    elsewhere.start()
+    wait_for(raw.exists, 20, "the recovery seal")
+    elsewhere.stop()
+    ingest.start()
+    assert c.drain(20), c.status()
+    assert (ingest.data_dir / "raw" / "tiny-0" / f"{episode}.h5").exists()
+    ingest.stop()
