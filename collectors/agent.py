@@ -199,14 +199,14 @@ class Collector:
         with self._lock:
             return dict(self._failed)
 
-    def _close_interrupted(self, ingest_acked: dict[str, dict[str, int]]) -> None:
+    def _close_interrupted(self, ingest_acked: dict[str, dict[str, int]], states: dict[str, str]) -> None:
         """A collector killed mid-episode left it without a stop event. Close it after
         the first handshake, numbering the stop after everything the spool or the
         ingest holds, so the ingest can seal what was recorded."""
         with self._lock:
             for episode in sorted(self._interrupted):
-                if self.spool.is_sealed(episode):
-                    continue  # sealed (as incomplete) while this collector was away
+                if self.spool.is_sealed(episode) or states.get(episode) in ("sealed", "sealing", "quarantined"):
+                    continue  # the ingest closed it itself (abandoned: sealed as incomplete), or gave it up
                 for stream, seq in ingest_acked.get(episode, {}).items():
                     key = (episode, stream)
                     self._next_seq[key] = max(self._next_seq.get(key, 0), seq + 1)
@@ -527,7 +527,7 @@ class Collector:
                 if isinstance(record, protocol.Welcome):
                     self.spool.set_acked(record.acked, record.sealed)
                     if self._interrupted:
-                        self._close_interrupted(record.acked)
+                        self._close_interrupted(record.acked, record.episodes)
                     self._adopt_states(record.episodes)
                     self.window = record.window
                     self.handshakes += 1
@@ -551,7 +551,10 @@ class Collector:
 
     def _adopt_states(self, states: dict[str, str]) -> None:
         """Act on the WELCOME's state of each episode asked about (empty from older ingests)."""
+        waited_on = set(self.spool.unsealed())
         for episode, state in states.items():
+            if episode not in waited_on:
+                continue  # sealed, or forgotten as interrupted before anything was recorded
             if state == "sealed":
                 self.spool.mark_sealed(episode)
             elif state == "quarantined":

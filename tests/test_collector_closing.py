@@ -241,3 +241,31 @@ def test_seal_finished_by_a_restarted_ingest_reaches_the_collector(tmp_path, mak
     assert c.drain(20), c.status()
     assert (ingest.data_dir / "raw" / "tiny-0" / f"{episode}.h5").exists()
     ingest.stop()
+
+
+def test_an_episode_interrupted_before_anything_was_recorded_is_dropped_quietly(fake_ingest, make_collector) -> None:
+    probe = make_collector(fake_ingest.endpoint)
+    spool = probe.config.spool_dir
+    probe.close()
+    (spool / "episode.open").write_text("tiny-0-20261130T120000-000000")  # killed before its first message
+    fake_ingest.states_on_hello["tiny-0-20261130T120000-000000"] = "unknown"
+    c = make_collector(fake_ingest.endpoint)
+    c.start()
+    assert c.drain(5)
+    assert c.failed_episodes() == {} and c.unsealed_episodes() == []
+    assert fake_ingest.events == []  # no stop event for an episode nobody holds
+
+
+def test_an_interrupted_episode_the_ingest_is_sealing_gets_no_second_stop(fake_ingest, make_collector) -> None:
+    probe = make_collector(fake_ingest.endpoint)
+    spool = probe.config.spool_dir
+    probe.close()
+    episode = "tiny-0-20261130T120000-111111"
+    (spool / "episode.open").write_text(episode)  # the ingest abandoned it and seals it as incomplete
+    fake_ingest.states_on_hello[episode] = "sealing"
+    c = make_collector(fake_ingest.endpoint)
+    c.start()
+    assert not c.drain(0.5)  # waits for the seal
+    assert c.unsealed_episodes() == [episode] and fake_ingest.events == []
+    fake_ingest.announce_sealed(episode)
+    assert c.drain(5)
