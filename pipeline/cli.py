@@ -450,12 +450,14 @@ def _interactive(collector, args: argparse.Namespace, stop: threading.Event, sta
 
     lines: queue.Queue[str | None] = queue.Queue()
 
-    tty = sys.stdin.isatty() and sys.stderr.isatty()
-    console = TerminalConsole(sys.stderr, tty=tty, input_fd=sys.stdin.fileno() if tty else None)
+    # The operator's screen: stderr, or stdout when only stdout is a terminal (2>log).
+    stream = sys.stdout if sys.stdout.isatty() and not sys.stderr.isatty() else sys.stderr
+    tty = sys.stdin.isatty() and stream.isatty()
+    console = TerminalConsole(stream, tty=tty, input_fd=sys.stdin.fileno() if tty else None)
     prompt = OperatorPrompt(collector, console, args.task, args.operator)
     root = logging.getLogger()
     saved = root.handlers[:]
-    if console.tty:
+    if console.tty and stream is sys.stderr:
         # Log records go through the console, above the status line, never into the typed text.
         handler = ConsoleLogHandler(console)
         handler.setFormatter(saved[0].formatter if saved else logging.Formatter("%(levelname)s %(name)s: %(message)s"))

@@ -8,12 +8,13 @@ import fcntl
 import os
 import pty
 import re
+import signal
 import struct
 import subprocess
 import sys
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pyte
 import pytest
@@ -36,7 +37,7 @@ class Terminal:
             env={**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "xterm"}, start_new_session=True,
         )
         RUNNING.append(self.proc)
-        os.close(slave)
+        self.slave_probe = slave  # kept open: the terminal's mode is read from it after the child exits
         self.master = master
         self.screen = pyte.Screen(COLS, ROWS)
         self.stream = pyte.ByteStream(self.screen)
@@ -88,12 +89,32 @@ class Terminal:
         while self.proc.poll() is None and time.monotonic() < deadline:
             self.pump(0.1)
         self.pump(0.2)
+        code = self.proc.wait(1)
+        return code
+
+    def close(self) -> None:
         os.close(self.master)
-        return self.proc.wait(1)
+        os.close(self.slave_probe)
 
 
-def test_operator_session_on_a_terminal(ingest, tmp_path) -> None:
-    term = Terminal(["collect", "--robot", str(TINY_ROBOT), "--robot-id", "tiny-op", "--ingest", ingest.endpoint,
+@pytest.fixture
+def open_terminal() -> Iterator[Callable[[list[str]], Terminal]]:
+    opened: list[Terminal] = []
+
+    def open_(args: list[str]) -> Terminal:
+        opened.append(Terminal(args))
+        return opened[-1]
+
+    yield open_
+    for term in opened:
+        if term.proc.poll() is None:
+            term.proc.kill()
+            term.proc.wait(10)
+        term.close()
+
+
+def test_operator_session_on_a_terminal(ingest, tmp_path, open_terminal) -> None:
+    term = open_terminal(["collect", "--robot", str(TINY_ROBOT), "--robot-id", "tiny-op", "--ingest", ingest.endpoint,
                      "--plain", "--spool", str(tmp_path / "spool"), "--operator", "op-7"])
     term.wait_for(lambda: "link up" in term.lines()[ROWS - 2], "the status line above the prompt")
     lines = term.lines()
@@ -164,3 +185,20 @@ def test_typed_task_and_label_text_with_control_characters_is_refused(text: str)
 
 def test_printable_text_is_kept_as_typed() -> None:
     assert clean_text("fold the towel, then the shirt (ü, 東京)") == "fold the towel, then the shirt (ü, 東京)"
+
+
+def test_ctrl_c_at_the_prompt_ends_the_episode_as_interrupted_and_drains(ingest, tmp_path, open_terminal) -> None:
+    term = open_terminal(["collect", "--robot", str(TINY_ROBOT), "--robot-id", "tiny-int", "--ingest", ingest.endpoint,
+                     "--plain", "--spool", str(tmp_path / "spool")])
+    term.wait_for(lambda: "link up" in term.lines()[ROWS - 2], "the status line above the prompt")
+    term.command("s wave", "started episode tiny-int-")
+    episode = re.search(r"started episode (\S+)", term.text()).group(1)
+    term.type("l half-typ")
+    term.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert term.finish() == 0, term.transcript.decode(errors="replace")[-3000:]
+    out = term.transcript.decode(errors="replace")
+    (row,) = [line for line in out.splitlines() if line.startswith(episode)]
+    assert "interrupted" in row and row.rstrip().endswith("sealed") and "not" not in row
+    assert (ingest.data_dir / "raw" / "tiny-int" / f"{episode}.h5").exists()
+    mode = termios.tcgetattr(term.slave_probe)
+    assert mode[3] & termios.ICANON and mode[3] & termios.ECHO  # the terminal is given back as it was
