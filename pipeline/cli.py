@@ -72,7 +72,8 @@ def _add_collect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--faults", default="", help="sim driver: faults to inject, e.g. 'drop_frame_prob=0.05,clock_offset_ms=12'")
     p.add_argument("--episodes", type=_positive_int, help="scripted: record this many episodes, then exit")
     p.add_argument("--drain-only", action="store_true",
-                   help="record nothing: send what the spool holds (after a crash or an outage), then exit")
+                   help="record nothing: send what the spool holds (after a crash or an outage), close an episode a "
+                        "crash interrupted, wait until the ingest has sealed everything, then exit (1 if it could not)")
     p.add_argument("--duration", type=_positive_float, default=10.0, help="scripted: seconds per episode (default: %(default)s)")
     p.add_argument("--gap", type=float, default=1.0, help="scripted: seconds between episodes (default: %(default)s)")
     p.add_argument("--task", default="", help="task instruction recorded with each episode")
@@ -81,7 +82,8 @@ def _add_collect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ingest-key", type=Path, metavar="PUBLIC_FILE", help="the ingest's CURVE public key file")
     p.add_argument("--plain", action="store_true", help="no authentication or encryption: only for loopback")
     p.add_argument("--drain-timeout", type=_positive_float, default=60.0,
-                   help="on exit, wait this long for the ingest to seal what was recorded (default: %(default)s)")
+                   help="on exit, wait this long for the ingest to seal what was recorded; exit 1 naming what it "
+                        "did not seal (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="run a collector beside a robot", description="Read a robot's joints, actions "
                        "and cameras, spool them to disk and stream them to the ingest. Without --episodes it is "
                        "interactive: type s [task] to start, e to end (success), f (failure), d (discard), "
-                       "l TEXT to label, q to quit.")
+                       "l TEXT to label, t TEXT to change the task, h for help, q to quit (with a summary). "
+                       "Exit codes: 0 everything sealed; 1 gave up after --drain-timeout (one line names the "
+                       "episodes not sealed); 2 a bad option or a refused handshake.")
     _add_collect_args(p)
     p.set_defaults(func=_cmd_collect)
 
