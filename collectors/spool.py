@@ -142,10 +142,18 @@ class Spool:
         return set(names)
 
     def _save_unsealed(self) -> None:
-        """Write-to-temp and rename: a killed collector leaves the old list or the new one."""
+        """Write-to-temp and rename: a killed collector leaves the old list or the new one.
+
+        A failed write (disk full) is logged, not raised: the list in memory is
+        still right for this run; only a crash before the next write would forget
+        which acknowledged episodes to ask about.
+        """
         tmp = self._unsealed_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(self._unsealed)))
-        os.replace(tmp, self._unsealed_path)
+        try:
+            tmp.write_text(json.dumps(sorted(self._unsealed)))
+            os.replace(tmp, self._unsealed_path)
+        except OSError as err:
+            log.error("spool %s: cannot write %s: %s", self.directory, self._unsealed_path.name, err.strerror or err)
 
     def expect_seal(self, episode: str) -> None:
         """Remember ``episode`` until :meth:`mark_sealed` or :meth:`forget` (survives restarts)."""
