@@ -65,6 +65,9 @@ class CollectorConfig:
     resend_timeout_s: float = 2.0
     hello_timeout_s: float = 1.0
     clock_sync_interval_s: float = 0.5
+    # Everything acknowledged, an episode not confirmed sealed, nothing heard of it for
+    # this long: handshake again, and the WELCOME states it (a seal notice can be lost).
+    seal_query_interval_s: float = 5.0
     keys: ClientKeys | None = None
     allow_plain: bool = False
     capture_period_s: float = 0.002
@@ -447,8 +450,8 @@ class Collector:
                     continue
                 try:
                     self._serve(sock)
-                except _Reconnect:
-                    self.link_state = "reconnecting: ingest lost our session"
+                except _Reconnect as why:
+                    self.link_state = f"reconnecting: {why}"
                 finally:
                     sock.close(0)
         except HandshakeRefused as err:
@@ -538,6 +541,12 @@ class Collector:
         self.link_state = "down: ingest unreachable, spooling"
         return False
 
+    def _seal_overdue(self) -> bool:
+        """Everything acknowledged, yet an ended episode is not confirmed sealed."""
+        with self._lock:
+            ended = set(self.spool.unsealed()) - {self._episode}
+        return bool(ended) and self.spool.unacked() == 0
+
     def _asked_about(self) -> list[str]:
         """What a HELLO asks the ingest about: every episode still waited on.
 
@@ -579,7 +588,7 @@ class Collector:
         full, or it dropped messages after a gap) gets the unacknowledged
         messages again (go-back-N), on the same connection.
         """
-        last_heard = last_progress = time.monotonic()
+        last_heard = last_progress = last_news = time.monotonic()
         next_clock = 0.0
         while self._running.is_set():
             now = time.monotonic()
@@ -610,7 +619,7 @@ class Collector:
                         break
                     last_heard = time.monotonic()
                     if self._on_message(frames):
-                        last_progress = last_heard
+                        last_progress = last_news = last_heard
             elif now - last_heard > self.config.resend_timeout_s:
                 log.warning(
                     "robot=%s: nothing from the ingest for %.1f s; reconnecting", self.config.robot_id, now - last_heard
@@ -620,6 +629,12 @@ class Collector:
             elif not in_flight:
                 self._wake.wait(0.005)
                 self._wake.clear()
+            if now - last_news > self.config.seal_query_interval_s:
+                last_news = now
+                if self._seal_overdue():
+                    log.info("robot=%s: episodes acknowledged but not confirmed sealed for %.0f s; asking the ingest",
+                             self.config.robot_id, self.config.seal_query_interval_s)
+                    raise _Reconnect("asking the ingest which episodes are sealed")
             if in_flight and now - last_progress > self.config.resend_timeout_s:
                 resent = self.spool.rewind()
                 log.info("robot=%s: no acknowledgement for %.1f s; resending %d", self.config.robot_id,
@@ -656,7 +671,7 @@ class Collector:
             self.error = self._ingest_notice = f"ingest: {record.message}"
             log.warning("robot=%s: ingest says: %s", self.config.robot_id, record.message)
             if record.level == "handshake":
-                raise _Reconnect()
+                raise _Reconnect("the ingest lost our session")
         return False
 
     # ------------------------------------------------------------------ status
@@ -688,4 +703,4 @@ class Collector:
 
 
 class _Reconnect(Exception):
-    """The ingest lost our session (it restarted): handshake again."""
+    """Handshake again: the ingest lost our session (it restarted), or a seal is overdue."""

@@ -269,3 +269,17 @@ def test_an_interrupted_episode_the_ingest_is_sealing_gets_no_second_stop(fake_i
     assert c.unsealed_episodes() == [episode] and fake_ingest.events == []
     fake_ingest.announce_sealed(episode)
     assert c.drain(5)
+
+
+def test_a_lost_seal_notice_on_a_live_link_is_asked_for_again(fake_ingest, make_collector) -> None:
+    """The link never drops, but the ACK naming the episode sealed never arrives (an
+    ingest can lose it in a reconnect ZeroMQ hides): the collector asks again with a
+    new HELLO after a quiet while, instead of waiting out its drain timeout."""
+    c = make_collector(fake_ingest.endpoint, seal_query_interval_s=1.0)
+    c.start()
+    episode = record(c)
+    fake_ingest.seal_on_hello.add(episode)  # sealed, but nobody told the collector
+    started = time.monotonic()
+    assert c.drain(10)
+    assert time.monotonic() - started < 5
+    assert episode in fake_ingest.hellos[-1].pending and len(fake_ingest.hellos) == 2
