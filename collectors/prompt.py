@@ -32,8 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-log = logging.getLogger("refinery.collector")
-
 COMMANDS = (
     "commands: s [task] start | e end (success) | f end (failure) | d end (discard)\n"
     "          l TEXT label | t TEXT task | Enter status | h help | q quit"

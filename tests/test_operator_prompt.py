@@ -8,6 +8,7 @@ import fcntl
 import os
 import pty
 import re
+import select
 import signal
 import struct
 import subprocess
@@ -46,8 +47,6 @@ class Terminal:
     def pump(self, seconds: float = 0.05) -> None:
         deadline = time.monotonic() + seconds
         while True:
-            import select
-
             ready, _, _ = select.select([self.master], [], [], max(0.0, deadline - time.monotonic()))
             if ready:
                 try:
