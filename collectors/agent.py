@@ -10,6 +10,12 @@ Two threads share the spool:
 
 Nothing is sent that is not spooled first, so a dead link, a dead ingest or a
 killed collector loses nothing: the spool is resent after the handshake.
+
+Every episode is closed and its seal confirmed: the spool remembers each episode
+until the ingest says it is sealed, every HELLO asks about all of them
+(``Hello.pending``), and the WELCOME states each one's state
+(``Welcome.episodes``); an episode a killed collector left open is closed with
+an ``interrupted`` stop event after the first handshake of the next start.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from pipeline import protocol
 from pipeline.auth import ClientKeys
 from pipeline.errors import HandshakeRefused, ProtocolError, SpoolFullError
 from pipeline.protocol.framing import refusal_reason
+from pipeline.protocol.records import MAX_PENDING
 from pipeline.robot_config import RobotConfig
 from pipeline.streams import ACTION, CLOCK, EVENTS, JOINT_STATE
 
@@ -58,6 +65,9 @@ class CollectorConfig:
     resend_timeout_s: float = 2.0
     hello_timeout_s: float = 1.0
     clock_sync_interval_s: float = 0.5
+    # Everything acknowledged, an episode not confirmed sealed, nothing heard of it for
+    # this long: handshake again, and the WELCOME states it (a seal notice can be lost).
+    seal_query_interval_s: float = 5.0
     keys: ClientKeys | None = None
     allow_plain: bool = False
     capture_period_s: float = 0.002
@@ -132,6 +142,12 @@ class Collector:
         self._interrupted = set(self.spool.recovered_without_stop)
         if self._marker.exists():
             self._interrupted.add(self._marker.read_text().strip())
+        self._interrupted.discard("")
+        # A spool written before unsealed.json existed, or a collector killed between
+        # its marker and its first message: wait on those episodes' seals too.
+        for episode in sorted(self._interrupted | set(self.spool.pending_episodes())):
+            self.spool.expect_seal(episode)
+        self._failed: dict[str, str] = {}  # episode -> why the ingest can never seal it
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -152,31 +168,57 @@ class Collector:
         self.spool.close()
 
     def drain(self, timeout_s: float) -> bool:
-        """Wait until the ingest has sealed every spooled episode."""
+        """Wait until every message is acknowledged and every episode sealed.
+
+        Returns True then; False when ``timeout_s`` runs out first, or when nothing
+        is left to wait for but some episode can never be sealed
+        (:meth:`failed_episodes`). Raises what ended the link (a refused handshake).
+        """
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.fatal is not None:
-                raise self.fatal
-            if self.spool.unacked() == 0 and all(self.spool.is_sealed(e) for e in self._known_episodes()):
-                return True
+        while self.waiting():
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.05)
-        return False
+        return not self._failed
 
-    def _known_episodes(self) -> set[str]:
+    def waiting(self) -> bool:
+        """True while messages are unacknowledged or episodes unclosed or unsealed."""
+        if self.fatal is not None:
+            raise self.fatal
+        return bool(self.spool.unacked() or self.unsealed_episodes())
+
+    def unsealed_episodes(self) -> list[str]:
+        """Episodes recorded (or interrupted) whose seal the ingest has not confirmed yet."""
         with self._lock:
-            return {episode for episode, _ in self._next_seq}
+            return sorted(set(self.spool.unsealed()) | self._interrupted)
 
-    def _close_interrupted(self, ingest_acked: dict[str, dict[str, int]]) -> None:
+    def unclosed_episodes(self) -> list[str]:
+        """Episodes a killed collector left open that are not closed yet (no handshake since)."""
+        with self._lock:
+            return sorted(self._interrupted)
+
+    def failed_episodes(self) -> dict[str, str]:
+        """Episodes the ingest says it can never seal, with the reason."""
+        with self._lock:
+            return dict(self._failed)
+
+    def _close_interrupted(self, ingest_acked: dict[str, dict[str, int]], states: dict[str, str]) -> None:
         """A collector killed mid-episode left it without a stop event. Close it after
         the first handshake, numbering the stop after everything the spool or the
         ingest holds, so the ingest can seal what was recorded."""
         with self._lock:
             for episode in sorted(self._interrupted):
+                if self.spool.is_sealed(episode) or states.get(episode) in ("sealed", "sealing", "quarantined"):
+                    continue  # the ingest closed it itself (abandoned: sealed as incomplete), or gave it up
                 for stream, seq in ingest_acked.get(episode, {}).items():
                     key = (episode, stream)
                     self._next_seq[key] = max(self._next_seq.get(key, 0), seq + 1)
                 if not any(e == episode for e, _ in self._next_seq):
-                    continue  # neither side holds anything of it
+                    # Neither side holds anything of it (killed before its first message).
+                    log.info("robot=%s episode=%s was interrupted before anything was recorded",
+                             self.config.robot_id, episode)
+                    self.spool.forget(episode)
+                    continue
                 log.warning(
                     "robot=%s episode=%s was interrupted by a collector restart; closing it",
                     self.config.robot_id, episode,
@@ -197,6 +239,7 @@ class Collector:
             t0 = time.time_ns()
             self.driver.start(t0)
             self._write_marker(episode)
+            self.spool.expect_seal(episode)
             self._episode = episode
             self._episode_started = time.monotonic()
             self._batches = {}
@@ -407,8 +450,8 @@ class Collector:
                     continue
                 try:
                     self._serve(sock)
-                except _Reconnect:
-                    self.link_state = "reconnecting: ingest lost our session"
+                except _Reconnect as why:
+                    self.link_state = f"reconnecting: {why}"
                 finally:
                     sock.close(0)
         except HandshakeRefused as err:
@@ -455,7 +498,7 @@ class Collector:
             config_digest=self.config.robot.digest,
             config=self.config.robot.to_dict(),
             software=f"refinery-collector pid={os.getpid()}",
-            pending=tuple(sorted(set(self.spool.pending_episodes()) | self._interrupted)),
+            pending=tuple(self._asked_about()),
         )
         deadline = time.monotonic() + self.config.hello_timeout_s
         sent = False
@@ -487,7 +530,8 @@ class Collector:
                 if isinstance(record, protocol.Welcome):
                     self.spool.set_acked(record.acked, record.sealed)
                     if self._interrupted:
-                        self._close_interrupted(record.acked)
+                        self._close_interrupted(record.acked, record.episodes)
+                    self._adopt_states(record.episodes)
                     self.window = record.window
                     self.handshakes += 1
                     resent = self.spool.rewind()
@@ -496,6 +540,44 @@ class Collector:
                     return True
         self.link_state = "down: ingest unreachable, spooling"
         return False
+
+    def _seal_overdue(self) -> bool:
+        """Everything acknowledged, yet an ended episode is not confirmed sealed."""
+        with self._lock:
+            ended = set(self.spool.unsealed()) - {self._episode}
+        return bool(ended) and self.spool.unacked() == 0
+
+    def _asked_about(self) -> list[str]:
+        """What a HELLO asks the ingest about: every episode still waited on.
+
+        Interrupted episodes first (they must be closed); at most MAX_PENDING, the
+        ingest's limit: the rest are asked about at a later handshake.
+        """
+        with self._lock:
+            interrupted = sorted(self._interrupted)
+            rest = sorted(set(self.spool.pending_episodes()) - self._interrupted)
+        return (interrupted + rest)[:MAX_PENDING]
+
+    def _adopt_states(self, states: dict[str, str]) -> None:
+        """Act on the WELCOME's state of each episode asked about (empty from older ingests)."""
+        waited_on = set(self.spool.unsealed())
+        for episode, state in states.items():
+            if episode not in waited_on:
+                continue  # sealed, or forgotten as interrupted before anything was recorded
+            if state == "sealed":
+                self.spool.mark_sealed(episode)
+            elif state == "quarantined":
+                self._give_up(episode, "quarantined by the ingest (it could not be sealed)")
+            elif state == "unknown" and not self.spool.has_entries(episode) and episode != self._episode:
+                self._give_up(episode, "unknown to the ingest, and this spool holds nothing of it to send")
+
+    def _give_up(self, episode: str, why: str) -> None:
+        with self._lock:
+            if episode in self._failed:
+                return
+            self._failed[episode] = why
+            self.spool.forget(episode)
+        log.error("robot=%s episode=%s %s", self.config.robot_id, episode, why)
 
     def _serve(self, sock: zmq.Socket) -> None:
         """Send within the credit window and read replies until the ingest goes quiet.
@@ -506,7 +588,7 @@ class Collector:
         full, or it dropped messages after a gap) gets the unacknowledged
         messages again (go-back-N), on the same connection.
         """
-        last_heard = last_progress = time.monotonic()
+        last_heard = last_progress = last_news = time.monotonic()
         next_clock = 0.0
         while self._running.is_set():
             now = time.monotonic()
@@ -537,7 +619,7 @@ class Collector:
                         break
                     last_heard = time.monotonic()
                     if self._on_message(frames):
-                        last_progress = last_heard
+                        last_progress = last_news = last_heard
             elif now - last_heard > self.config.resend_timeout_s:
                 log.warning(
                     "robot=%s: nothing from the ingest for %.1f s; reconnecting", self.config.robot_id, now - last_heard
@@ -547,6 +629,12 @@ class Collector:
             elif not in_flight:
                 self._wake.wait(0.005)
                 self._wake.clear()
+            if now - last_news > self.config.seal_query_interval_s:
+                last_news = now
+                if self._seal_overdue():
+                    log.info("robot=%s: episodes acknowledged but not confirmed sealed for %.0f s; asking the ingest",
+                             self.config.robot_id, self.config.seal_query_interval_s)
+                    raise _Reconnect("asking the ingest which episodes are sealed")
             if in_flight and now - last_progress > self.config.resend_timeout_s:
                 resent = self.spool.rewind()
                 log.info("robot=%s: no acknowledgement for %.1f s; resending %d", self.config.robot_id,
@@ -583,7 +671,7 @@ class Collector:
             self.error = self._ingest_notice = f"ingest: {record.message}"
             log.warning("robot=%s: ingest says: %s", self.config.robot_id, record.message)
             if record.level == "handshake":
-                raise _Reconnect()
+                raise _Reconnect("the ingest lost our session")
         return False
 
     # ------------------------------------------------------------------ status
@@ -615,4 +703,4 @@ class Collector:
 
 
 class _Reconnect(Exception):
-    """The ingest lost our session (it restarted): handshake again."""
+    """Handshake again: the ingest lost our session (it restarted), or a seal is overdue."""

@@ -9,11 +9,18 @@ index with a cursor; acknowledgements are cumulative per stream; a segment is
 deleted once every message in it is acknowledged. After a reconnect the
 cursor rewinds to the oldest unacknowledged message, and messages acknowledged
 meanwhile are skipped, not resent.
+
+The spool also remembers, in ``<spool>/unsealed.json``, every episode whose seal
+the ingest has not confirmed yet, even once all its messages are acknowledged
+and gone from the segments: the collector asks about each of them at every
+handshake until the ingest says it is sealed (or can never be).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -28,6 +35,7 @@ log = logging.getLogger("refinery.spool")
 
 SEGMENT_PREFIX = "seg-"
 SEGMENT_SUFFIX = ".rfs"
+UNSEALED_FILE = "unsealed.json"
 
 
 @dataclass
@@ -63,6 +71,8 @@ class Spool:
         self.resent = 0
         self.last_ack_latency_s = 0.0
         directory.mkdir(parents=True, exist_ok=True)
+        self._unsealed_path = directory / UNSEALED_FILE
+        self._unsealed: set[str] = self._load_unsealed()
         self._recover()
 
     # ------------------------------------------------------------------ recovery
@@ -109,8 +119,60 @@ class Spool:
             return result
 
     def pending_episodes(self) -> list[str]:
+        """Every episode still waited on: with spooled messages, or not confirmed sealed."""
         with self._lock:
-            return sorted({e.episode for e in self._entries})
+            return sorted({e.episode for e in self._entries} | self._unsealed)
+
+    def has_entries(self, episode: str) -> bool:
+        with self._lock:
+            return any(e.episode == episode for e in self._entries)
+
+    # ------------------------------------------------------------------ episodes awaiting their seal
+
+    def _load_unsealed(self) -> set[str]:
+        try:
+            names = json.loads(self._unsealed_path.read_text())
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError) as err:
+            raise StoreError(str(self._unsealed_path), f"unreadable ({err}); it lists the episodes whose seal "
+                             "was not confirmed: fix or remove it") from err
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise StoreError(str(self._unsealed_path), "must be a JSON list of episode ids")
+        return set(names)
+
+    def _save_unsealed(self) -> None:
+        """Write-to-temp and rename: a killed collector leaves the old list or the new one.
+
+        A failed write (disk full) is logged, not raised: the list in memory is
+        still right for this run; only a crash before the next write would forget
+        which acknowledged episodes to ask about.
+        """
+        tmp = self._unsealed_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(sorted(self._unsealed)))
+            os.replace(tmp, self._unsealed_path)
+        except OSError as err:
+            log.error("spool %s: cannot write %s: %s", self.directory, self._unsealed_path.name, err.strerror or err)
+
+    def expect_seal(self, episode: str) -> None:
+        """Remember ``episode`` until :meth:`mark_sealed` or :meth:`forget` (survives restarts)."""
+        with self._lock:
+            if episode not in self._unsealed and episode not in self._sealed:
+                self._unsealed.add(episode)
+                self._save_unsealed()
+
+    def forget(self, episode: str) -> None:
+        """Stop waiting on ``episode`` without a seal (the ingest can never seal it)."""
+        with self._lock:
+            if episode in self._unsealed:
+                self._unsealed.discard(episode)
+                self._save_unsealed()
+
+    def unsealed(self) -> list[str]:
+        """Episodes whose seal the ingest has not confirmed yet."""
+        with self._lock:
+            return sorted(self._unsealed)
 
     # ------------------------------------------------------------------ append
 
@@ -207,6 +269,9 @@ class Spool:
     def mark_sealed(self, episode: str) -> None:
         with self._lock:
             self._sealed.add(episode)
+            if episode in self._unsealed:
+                self._unsealed.discard(episode)
+                self._save_unsealed()
             self._drop_acked_head()
 
     def set_acked(self, acked: dict[str, dict[str, int]], sealed: tuple[str, ...]) -> None:
@@ -217,6 +282,9 @@ class Spool:
                     key = (episode, stream)
                     self._acked[key] = max(self._acked.get(key, -1), seq)
             self._sealed.update(sealed)
+            if self._unsealed & set(sealed):
+                self._unsealed -= set(sealed)
+                self._save_unsealed()
             self._drop_acked_head()
 
     def is_sealed(self, episode: str) -> bool:

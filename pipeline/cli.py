@@ -86,7 +86,8 @@ def _add_collect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--faults", default="", help="sim driver: faults to inject, e.g. 'drop_frame_prob=0.05,clock_offset_ms=12'")
     p.add_argument("--episodes", type=_positive_int, help="scripted: record this many episodes, then exit")
     p.add_argument("--drain-only", action="store_true",
-                   help="record nothing: send what the spool holds (after a crash or an outage), then exit")
+                   help="record nothing: send what the spool holds (after a crash or an outage), close an episode a "
+                        "crash interrupted, wait until the ingest has sealed everything, then exit (1 if it could not)")
     p.add_argument("--duration", type=_positive_float, default=10.0, help="scripted: seconds per episode (default: %(default)s)")
     p.add_argument("--gap", type=float, default=1.0, help="scripted: seconds between episodes (default: %(default)s)")
     p.add_argument("--task", default="", help="task instruction recorded with each episode")
@@ -95,7 +96,8 @@ def _add_collect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ingest-key", type=Path, metavar="PUBLIC_FILE", help="the ingest's CURVE public key file")
     p.add_argument("--plain", action="store_true", help="no authentication or encryption: only for loopback")
     p.add_argument("--drain-timeout", type=_positive_float, default=60.0,
-                   help="on exit, wait this long for the ingest to seal what was recorded (default: %(default)s)")
+                   help="on exit, wait this long for the ingest to seal what was recorded; exit 1 naming what it "
+                        "did not seal (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="run a collector beside a robot", description="Read a robot's joints, actions "
                        "and cameras, spool them to disk and stream them to the ingest. Without --episodes it is "
                        "interactive: type s [task] to start, e to end (success), f (failure), d (discard), "
-                       "l TEXT to label, q to quit.")
+                       "l TEXT to label, t TEXT to change the task, h for help, q to quit (with a summary). "
+                       "Exit codes: 0 everything sealed; 1 gave up after --drain-timeout (one line names the "
+                       "episodes not sealed); 2 a bad option or a refused handshake.")
     _add_collect_args(p)
     p.set_defaults(func=_cmd_collect)
 
@@ -137,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "public keys (--allow); give each collector its secret and the ingest's public key.")
     p.add_argument("dir", type=Path)
     p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--force", action="store_true",
+                   help="replace existing key pairs (whoever holds the old ones can no longer connect)")
     p.set_defaults(func=_cmd_keys)
 
     p = sub.add_parser("process", help="refine raw episodes into a Zarr dataset with Ray",
@@ -428,6 +434,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             raise collector.fatal
         status.update(format_collector_status(robot_id, collector.status()))
 
+    prompt = None
     try:
         if args.drain_only:
             pass
@@ -444,56 +451,86 @@ def _cmd_collect(args: argparse.Namespace) -> int:
                 if n + 1 < args.episodes:
                     stop.wait(args.gap)
         else:
-            _interactive(collector, args, stop, show)
+            prompt = _interactive(collector, args, stop, lambda: format_collector_status(robot_id, _checked_status(collector)))
+        # Wait for the seals; a new Ctrl-C (or SIGTERM) gives up at once.
+        stop.clear()
         deadline = time.monotonic() + args.drain_timeout
-        while time.monotonic() < deadline and not collector.drain(0.2):
+        while collector.waiting() and time.monotonic() < deadline and not stop.is_set():
             show()
+            time.sleep(0.2)
     finally:
         status.done()
         collector.close()
-    left = collector.spool.unacked()
-    if left:
-        print(f"{robot_id}: {left} messages not yet acknowledged; they stay in {collector.config.spool_dir} "
-              "and are sent at the next start", file=sys.stderr)
+    if prompt is not None:
+        print(prompt.summary())
+    verdict = drain_verdict(collector, gave_up=collector.waiting(), timeout_s=args.drain_timeout)
+    if verdict:
+        print(verdict, file=sys.stderr)
         return 1
     return 0
 
 
-def _interactive(collector, args: argparse.Namespace, stop: threading.Event, show) -> None:  # noqa: ANN001
+def drain_verdict(collector, gave_up: bool, timeout_s: float) -> str | None:  # noqa: ANN001
+    """One line saying what the ingest did not seal, or None when everything was sealed.
+
+    ``refinery collect`` exits 1 when there is such a line.
+    """
+    unclosed = collector.unclosed_episodes()
+    unsealed = [e for e in collector.unsealed_episodes() if e not in unclosed]
+    parts = []
+    if unclosed:
+        parts.append(f"interrupted episode(s) not closed (no handshake with the ingest): {', '.join(unclosed)}")
+    if unsealed:
+        parts.append(f"{len(unsealed)} episode(s) not sealed by the ingest: {', '.join(unsealed)}")
+    parts.extend(f"episode {episode} {why}" for episode, why in collector.failed_episodes().items())
+    left = collector.spool.unacked()
+    if left:
+        parts.append(f"{left} messages unacknowledged")
+    if not parts:
+        return None
+    line = f"{collector.config.robot_id}: " + "; ".join(parts)
+    if gave_up:
+        line += (f" (gave up waiting after --drain-timeout {timeout_s:g} s; {collector.config.spool_dir} keeps them "
+                 "and the next start with this --spool sends them and asks again)")
+    return line
+
+
+def _checked_status(collector):  # noqa: ANN001, ANN202
+    if collector.fatal is not None:
+        raise collector.fatal
+    return collector.status()
+
+
+def _interactive(collector, args: argparse.Namespace, stop: threading.Event, status):  # noqa: ANN001, ANN202
+    """The operator's prompt (collectors/prompt.py) until q, end of input or a signal."""
     import queue
 
-    lines: queue.Queue[str] = queue.Queue()
+    from collectors.prompt import ConsoleLogHandler, OperatorPrompt, TerminalConsole, run_prompt
 
-    def read_stdin() -> None:
-        for line in sys.stdin:
-            lines.put(line.strip())
-        lines.put("q")
+    lines: queue.Queue[str | None] = queue.Queue()
 
-    threading.Thread(target=read_stdin, daemon=True).start()
-    print("commands: s [task] start | e end (success) | f end (failure) | d discard | l TEXT label | q quit",
-          file=sys.stderr)
-    while not stop.is_set():
-        show()
-        try:
-            line = lines.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        cmd, _, rest = line.partition(" ")
-        if cmd == "s":
-            collector.start_episode(rest or args.task, args.operator)
-        elif cmd == "e":
-            collector.stop_episode("success")
-        elif cmd == "f":
-            collector.stop_episode("failure")
-        elif cmd == "d":
-            collector.stop_episode("discarded")
-        elif cmd == "l":
-            collector.label(rest)
-        elif cmd == "q":
-            collector.stop_episode("interrupted")
-            return
-        elif cmd:
-            print(f"unknown command {cmd!r}", file=sys.stderr)
+    # The operator's screen: stderr, or stdout when only stdout is a terminal (2>log).
+    stream = sys.stdout if sys.stdout.isatty() and not sys.stderr.isatty() else sys.stderr
+    tty = sys.stdin.isatty() and stream.isatty()
+    console = TerminalConsole(stream, tty=tty, input_fd=sys.stdin.fileno() if tty else None)
+    prompt = OperatorPrompt(collector, console, args.task, args.operator)
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    if console.tty and stream is sys.stderr:
+        # Log records go through the console, above the status line, never into the typed text.
+        handler = ConsoleLogHandler(console)
+        handler.setFormatter(saved[0].formatter if saved else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.handlers = [handler]
+    console.open()
+    threading.Thread(target=console.read_lines, args=(lines.put,), name="stdin", daemon=True).start()
+    try:
+        run_prompt(prompt, lines, stop, status)
+    finally:
+        console.close()
+        root.handlers = saved
+    if prompt.current is not None:  # Ctrl-C or SIGTERM at the prompt
+        prompt.handle("q")
+    return prompt
 
 
 # ---------------------------------------------------------------------- keys, verify, demo
@@ -505,6 +542,13 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
     for name in args.names:
         check_id(name, "key name")
+    existing = [path for name in args.names for path in (args.dir / f"{name}.key", args.dir / f"{name}.key_secret")
+                if path.exists()]
+    if existing and not args.force:
+        # Re-running the README's command must not break every deployed collector.
+        raise RefineryError(f"{', '.join(str(p) for p in existing)} already exist(s); nothing written. "
+                            "Pass --force to replace (collectors and ingests holding the old keys must then get the new ones)")
+    for name in args.names:
         public, secret = make_key_pair(args.dir, name)
         print(f"{name}: public {public}  secret {secret}")
     return 0

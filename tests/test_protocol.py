@@ -147,3 +147,10 @@ def test_clock_sample_offset_and_round_trip() -> None:
 def test_time_reply_body_size_is_checked() -> None:
     with pytest.raises(ProtocolError, match="TIME_REPLY"):
         protocol.decode([b"RF\x01\x0a" + struct.pack("<qq", 1, 2)])
+
+
+def test_welcome_of_an_older_ingest_decodes_without_episode_states() -> None:
+    """An ingest that predates ``Welcome.episodes`` sends none: the field decodes empty."""
+    old = b"RF\x01\x02" + b'{"acked":{},"max_message_bytes":1024,"sealed":["ep-0"],"window":8}'
+    welcome = protocol.decode([old])
+    assert welcome.episodes == {} and welcome.sealed == ("ep-0",)

@@ -3,6 +3,7 @@
 from pipeline.protocol.framing import VersionMismatch, decode, peek_opcode
 from pipeline.protocol.opcode import DATA_OPCODES, Opcode
 from pipeline.protocol.records import (
+    EPISODE_STATES,
     PROTOCOL_VERSION,
     Ack,
     ClockSample,
@@ -22,7 +23,7 @@ from pipeline.protocol.records import (
 )
 
 __all__ = [
-    "DATA_OPCODES", "PROTOCOL_VERSION", "Ack", "ClockSample", "DataHeader", "DataRecord", "Event",
+    "DATA_OPCODES", "EPISODE_STATES", "PROTOCOL_VERSION", "Ack", "ClockSample", "DataHeader", "DataRecord", "Event",
     "Frame", "Hello", "Notice", "Opcode", "Record", "Refuse", "Samples", "TimeReply", "TimeRequest",
     "VersionMismatch", "Welcome", "check_id", "decode", "peek_opcode",
 ]

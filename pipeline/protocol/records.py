@@ -45,6 +45,7 @@ TIME_REQUEST_BODY = struct.Struct("<q")
 TIME_REPLY_BODY = struct.Struct("<qqq")
 CLOCK_PAYLOAD = struct.Struct("<4q")
 MAX_HEADER_BYTES = 64 * 1024
+MAX_PENDING = 4096  # episodes a HELLO may ask about; a collector's spool holds far fewer
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 """Robot ids, episode ids and stream names: safe as one path component."""
@@ -97,7 +98,9 @@ class Hello:
     config: dict[str, Any]
     software: str = "refinery"
     protocol_version: int = PROTOCOL_VERSION
-    pending: tuple[str, ...] = ()  # episodes still in the collector's spool
+    # Every episode the collector still waits on: spooled messages, or closed (or
+    # interrupted) but not yet confirmed sealed. The WELCOME states each one's state.
+    pending: tuple[str, ...] = ()
     opcode: ClassVar[Opcode] = Opcode.HELLO
 
     def encode(self) -> list[bytes]:
@@ -130,43 +133,63 @@ class Hello:
         )
 
 
+EPISODE_STATES = ("sealed", "open", "sealing", "quarantined", "unknown")
+"""What a WELCOME can say about an episode the HELLO asked about (``Welcome.episodes``)."""
+
+
 @dataclass(frozen=True)
 class Welcome:
     """Handshake accepted.
 
     ``acked`` maps episode id -> stream -> highest durable seq, for every episode of
     this robot the ingest still holds open, so a restarted collector resends only
-    what is missing. ``sealed`` lists episodes already sealed (safe to drop from
-    the spool).
+    what is missing. ``sealed`` lists the episodes of the HELLO's ``pending`` that
+    are sealed (safe to drop from the spool).
+
+    ``episodes`` (optional, added in issue 10; absent from older ingests and then
+    empty) gives the state of every episode of the HELLO's ``pending``, one of
+    :data:`EPISODE_STATES`: ``sealed`` (its raw file is in place), ``open`` (its
+    journal is open: ``acked`` holds its streams), ``sealing`` (complete or
+    abandoned, being sealed now: an ACK will say ``sealed``), ``quarantined``
+    (it could not be sealed and was moved aside: it never will be), ``unknown``
+    (the ingest holds nothing of it). Encoded only when non-empty, so a WELCOME
+    without it has the same bytes as before.
     """
 
     window: int
     max_message_bytes: int
     acked: dict[str, dict[str, int]] = field(default_factory=dict)
     sealed: tuple[str, ...] = ()
+    episodes: dict[str, str] = field(default_factory=dict)
     opcode: ClassVar[Opcode] = Opcode.WELCOME
 
     def encode(self) -> list[bytes]:
-        return [
-            _prefix(self.opcode)
-            + _json_body(
-                {
-                    "window": self.window,
-                    "max_message_bytes": self.max_message_bytes,
-                    "acked": self.acked,
-                    "sealed": list(self.sealed),
-                }
-            )
-        ]
+        body: dict[str, Any] = {
+            "window": self.window,
+            "max_message_bytes": self.max_message_bytes,
+            "acked": self.acked,
+            "sealed": list(self.sealed),
+        }
+        if self.episodes:
+            body["episodes"] = self.episodes
+        return [_prefix(self.opcode) + _json_body(body)]
 
     @classmethod
     def decode(cls, body: bytes, frames: list[bytes]) -> Welcome:
         obj = _parse_json(body, "WELCOME")
+        episodes = obj.get("episodes", {})
+        if not isinstance(episodes, dict) or not all(
+            isinstance(e, str) and isinstance(s, str) for e, s in episodes.items()
+        ):
+            raise ProtocolError("WELCOME: 'episodes' must map episode ids to state names", field="episodes")
         return cls(
             window=_need(obj, "window", int, "WELCOME"),
             max_message_bytes=_need(obj, "max_message_bytes", int, "WELCOME"),
             acked={str(e): {str(s): int(q) for s, q in v.items()} for e, v in obj.get("acked", {}).items()},
             sealed=tuple(str(e) for e in obj.get("sealed", [])),
+            # A state this version does not know is kept as it is (the collector keeps
+            # waiting on it), so a later ingest can add states.
+            episodes={str(e): str(s) for e, s in episodes.items()},
         )
 
 
