@@ -204,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "a contact sheet of frames per camera, as one self-contained HTML file.")
     p.add_argument("dataset", type=Path, metavar="DATASET.zarr")
     p.add_argument("--out", type=Path, help="HTML file to write (default: DATASET.zarr/../<name>-report.html)")
+    p.add_argument("--episodes", metavar="KEY", action="append",
+                   help="show this episode in detail: a dataset key or a raw episode id (repeatable); "
+                        "default: the --worst lowest-scoring accepted and the first --worst rejected")
+    p.add_argument("--worst", metavar="N", type=_positive_int, default=20,
+                   help="rows of the lowest-scoring / most cut / rejected tables, and episodes detailed by default "
+                        "(default: %(default)s)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("export", help="export a dataset to a trainer's layout (Diffusion Policy replay buffer)",
@@ -662,8 +668,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from pipeline.report import write_report
 
     out = args.out or args.dataset.resolve().parent / f"{args.dataset.resolve().stem}-report.html"
-    write_report(args.dataset, out)
-    print(f"quality report: {out}")
+    write_report(args.dataset, out, episodes=args.episodes, worst=args.worst)
+    print(f"quality report: {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

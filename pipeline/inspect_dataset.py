@@ -1,18 +1,23 @@
 """`refinery inspect`: what a dataset holds, as plain text.
 
-For a Refinery Zarr dataset (format version 2): the dataset card, where the
+For a Refinery Zarr dataset (format version 2): the dataset card, what
+cleaning kept (raw duration recorded, duration kept and the share, decisions
+per kind with the time they touched, the most cut raw episodes), where the
 bytes are (data segments with their files and sizes, index files, anything
 a killed job left), the array keys of each robot model (dtype, shape per
 step, chunking, codecs), the episodes (key, robot, model, task, seconds,
-grade, split, accepted, size), a grade histogram and the statistics. For a
+grade, split, accepted or why not, kept of its raw episode, size), a grade
+histogram and the statistics. For a
 Diffusion Policy replay buffer written by :mod:`pipeline.export_dp` (folder
 or ``.zarr.zip``): its episodes and arrays.
 
 It stays quick on a dataset of a million episodes: the card and statistics
-come from the index's state (one Parquet footer), the per-model and
-per-segment figures from a few light index columns aggregated in Arrow, the
-keys from each segment's array metadata (no chunk is decoded), and only the
-first ``max_episodes`` episodes are listed row by row.
+come from the index's state (one Parquet footer), the per-model, per-segment
+and per-raw-episode figures from a few light index columns aggregated in
+Arrow, the decisions per kind from ``decisions_json`` read in batches and
+parsed by Arrow (see :func:`pipeline.report.dataset_overview`), the keys from
+each segment's array metadata (no chunk is decoded), and only the first
+``max_episodes`` episodes are listed row by row. Every list is bounded.
 """
 
 from __future__ import annotations
@@ -30,17 +35,34 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.console import format_table
-from pipeline.dataset.index import DATA_DIR, GRADES, INDEX_DIR, STAGING_DIR, dataset_card
+from pipeline.dataset.index import (
+    DATA_DIR,
+    GRADES,
+    INDEX_DIR,
+    STAGING_DIR,
+    dataset_card,
+)
 from pipeline.dataset.store import Dataset
 from pipeline.errors import StoreError
+from pipeline.report import (
+    Overview,
+    dataset_overview,
+    kept_text,
+    light_rows,
+    per_raw_episode,
+    seconds_text,
+)
 
 DEFAULT_MAX_EPISODES = 50
 """Episodes listed row by row; the rest are summed up."""
 DEFAULT_MAX_SEGMENTS = 20
 """Data segments and index files listed one by one."""
+DEFAULT_MOST_CUT = 5
+"""Most cut raw episodes named in the cleaning summary."""
 _BAR = 40
-# Columns of every row: enough for the per-model and per-segment sums.
-_SUM_COLUMNS = ["key", "model", "length", "rate_hz", "accepted", "data_segment"]
+# Columns of every row: enough for the per-model, per-segment and per-raw-episode sums.
+_SUM_COLUMNS = ["key", "model", "length", "rate_hz", "accepted", "data_segment", "raw_episode_id", "raw_duration_s",
+                "segment"]
 # Columns of the rows listed one by one.
 _LIST_COLUMNS = ["key", "raw_episode_id", "robot_id", "model", "task", "length", "rate_hz", "grade", "accepted",
                  "reasons", "split", "data_segment"]
@@ -87,7 +109,7 @@ def inspect_dataset(
             raise StoreError(str(path), "holds raw episodes, not a dataset: list them with `refinery verify`")
         raise StoreError(str(path), "not a Refinery dataset (no zarr.json); create one with `refinery process`")
     dataset = Dataset(path)
-    rows = dataset.index.table(_SUM_COLUMNS)
+    rows = light_rows(dataset, _SUM_COLUMNS)
     with_data = pc.and_(pc.not_equal(rows["key"], ""), pc.greater(rows["length"], 0))
     included = rows.filter(pc.and_(pc.and_(with_data, rows["accepted"]), pc.invert(rows["excluded"])))
     referenced = set(pc.unique(rows.filter(with_data)["data_segment"]).to_pylist())
@@ -102,12 +124,12 @@ def inspect_dataset(
     # From the parts, so that the data is walked once.
     total = (data_bytes + sum(orphans.values()) + sum(staging.values()) + sum(size for _, _, size in index_files)
              + _files_bytes(path) + _files_bytes(path / DATA_DIR))
-    parts = [f"data {_mb(data_bytes)} in {_n(len(segments), 'segment')} of "
-             f"{_n(sum(s.files for s in segments.values()), 'file')}",
+    parts = [(f"data {_mb(data_bytes)} in {_n(len(segments), 'segment')} of "
+             f"{_n(sum(s.files for s in segments.values()), 'file')}"),
              f"index {_mb(sum(size for _, _, size in index_files))} in {_n(len(index_files), 'file')}"]
     out = [f"Refinery dataset {path}",
-           f"  format {dataset.attrs.get('format')} v{dataset.attrs.get('format_version')}, {_mb(total)} on disk: "
-           f"{', '.join(parts)}"]
+           (f"  format {dataset.attrs.get('format')} v{dataset.attrs.get('format_version')}, {_mb(total)} on disk: "
+           f"{', '.join(parts)}")]
     if orphans:
         out.append(f"  {_n(len(orphans), 'data segment')} in no commit ({_mb(sum(orphans.values()))}): left by a "
                    "job that died before committing them; the next `refinery process` removes them")
@@ -115,11 +137,14 @@ def inspect_dataset(
         out.append(f"  {_n(len(staging), 'staging folder')} ({_mb(sum(staging.values()))}): half-written segments "
                    "of killed workers; the next `refinery process` removes them")
     out += ["", "Card", *_card_lines(card)]
+    raws = per_raw_episode(rows)
+    out += ["", *_cleaning_lines(dataset_overview(dataset, rows, indicators=False), raws)]
     out += ["", *_segment_lines(segments, rows.filter(with_data), max_segments)]
     out += ["", *_index_lines(index_files, len(rows), max_segments)]
     for model, model_rows in _by_model(included):
         out += ["", *_model_lines(model, model_rows, segments)]
-    out += ["", *_episode_lines(dataset, rows, with_data, segments, max_episodes)]
+    kept_of = dict(zip(raws["raw_episode_id"].to_pylist(), zip(raws["kept_s"].to_pylist(), raws["raw_s"].to_pylist())))
+    out += ["", *_episode_lines(dataset, rows, with_data, segments, kept_of, max_episodes)]
     out += ["", "Grades of accepted episodes", *_histogram(card.get("grades", {}))]
     stats = state.get("stats", {})
     if stats:
@@ -132,7 +157,7 @@ def _n(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def _mb(size: int | float) -> str:
+def _mb(size: float) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
 
 
@@ -205,9 +230,9 @@ def _card_lines(card: dict[str, Any]) -> list[str]:
     if not card.get("updated"):
         return ["  (no card yet: no job has committed to this dataset)"]
     lines = [
-        f"  raw episodes {card.get('raw_episodes', 0)}: accepted {card.get('episodes_accepted', 0)} dataset "
-        f"episodes ({card.get('hours_accepted', 0)} h), rejected {card.get('episodes_rejected', 0)}, "
-        f"excluded {card.get('episodes_excluded', 0)}",
+        (f"  raw episodes {card.get('raw_episodes', 0)}: accepted {card.get('episodes_accepted', 0)} dataset "
+        f"episodes ({seconds_text(card.get('hours_accepted', 0) * 3600)}), rejected {card.get('episodes_rejected', 0)}, "
+        f"excluded {card.get('episodes_excluded', 0)}"),
         f"  splits: {', '.join(f'{s} {n}' for s, n in card.get('splits', {}).items()) or '-'}",
         f"  robots: {', '.join(card.get('robots', [])) or '-'}",
         f"  models: {', '.join(card.get('models', [])) or '-'}",
@@ -221,6 +246,35 @@ def _card_lines(card: dict[str, Any]) -> list[str]:
         raw = job.get("raw_dirs") or [job.get("raw_dir", "?")]
         lines.append(f"  last job: started {job.get('started', '?')} from {', '.join(map(str, raw))}")
     lines.append(f"  updated {card.get('updated', '?')}")
+    return lines
+
+
+def _cleaning_lines(view: Overview, raws: pa.Table, most_cut: int = DEFAULT_MOST_CUT) -> list[str]:
+    """Raw vs kept duration, decisions per kind, the most cut raw episodes: a fixed number of lines."""
+    head = "What cleaning kept"
+    if not view.raw_episodes:
+        return [head, "  (nothing yet)"]
+    split = f", {view.split} split into parts" if view.split else ""
+    lines = [head, (f"  recorded {seconds_text(view.raw_seconds)} in {_n(view.raw_episodes, 'raw episode')}: "
+                   f"{view.kept} as {_n(view.dataset_episodes, 'dataset episode')}{split}"),
+             f"  rejected {view.rejected} ({seconds_text(view.rejected_raw_seconds)} recorded, 0.0 s kept)"]
+    if view.unknown_raw:
+        lines.append(f"  {_n(view.unknown_raw, 'raw episode')} without a recorded raw duration (count as 0 s)")
+    if view.kinds:
+        table = [[k.kind, k.decisions, k.episodes, k.affected, k.action_text] for k in view.kinds.values()]
+        lines.append(_indent(format_table(["decision kind", "decisions", "raw episodes", "affected", "actions"],
+                                          table)))
+    else:
+        lines.append("  no cleaning decisions")
+    cut = raws.filter(pc.and_(raws["accepted"], pc.greater(raws["raw_s"], 0)))
+    if cut.num_rows and most_cut:
+        cut = cut.append_column("share", pc.divide(cut["kept_s"], cut["raw_s"]))
+        cut = cut.filter(pc.less(cut["share"], 0.95))
+        total = cut.num_rows
+        cut = cut.take(pc.sort_indices(cut, [("share", "ascending"), ("raw_episode_id", "ascending")])[:most_cut])
+        if total:
+            lines.append(f"  most cut ({min(total, most_cut)} of {total} accepted raw episodes that lost over 5%):")
+            lines += [f"    {r['raw_episode_id']}: {kept_text(r['kept_s'], r['raw_s'])}" for r in cut.to_pylist()]
     return lines
 
 
@@ -309,7 +363,12 @@ def _model_lines(model: str, rows: pa.Table, segments: dict[str, _Segment]) -> l
 
 
 def _episode_lines(
-    dataset: Dataset, rows: pa.Table, with_data: pa.ChunkedArray, segments: dict[str, _Segment], limit: int
+    dataset: Dataset,
+    rows: pa.Table,
+    with_data: pa.ChunkedArray,
+    segments: dict[str, _Segment],
+    kept_of: dict[str, tuple[float, float]],
+    limit: int,
 ) -> list[str]:
     accepted = pc.sum(pc.and_(with_data, rows["accepted"])).as_py() or 0
     excluded = pc.sum(rows["excluded"]).as_py() or 0
@@ -326,19 +385,23 @@ def _episode_lines(
             status = "yes"
         else:
             status = "no: " + "; ".join(e.reasons)[:60]
+        kept_s, raw_s = kept_of.get(e.raw_episode_id, (0.0, 0.0))
+        kept = kept_text(kept_s, raw_s).removeprefix("kept ")
         segment = segments.get(e.data_segment)
         size = "-"
         if e.key and segment is not None and segment.steps:
             size = "~" + _mb(segment.bytes * e.length / segment.steps)
-        table.append([e.key or f"({e.raw_episode_id})", e.robot_id, e.model, e.task or "-", seconds, e.grade or "-",
-                      (e.split or "-") if e.key else "-", status, size])
-    headers = ["episode", "robot", "model", "task", "seconds", "grade", "split", "accepted", "size"]
+        grade = (e.grade or "-") if e.accepted and e.key else "-"  # a rejected episode has no grade worth reading
+        table.append([e.key or f"({e.raw_episode_id})", e.robot_id, e.model, e.task or "-", seconds, grade,
+                      (e.split or "-") if e.key else "-", status, kept, size])
+    headers = ["episode", "robot", "model", "task", "seconds", "grade", "split", "accepted", "raw kept", "size"]
     lines = [head, _indent(format_table(headers, table))]
     if len(rows) > len(shown):
         lines.append(f"  (the first {len(shown)} of {len(rows)} index rows; size is the episode's share of its "
                      "segment; every row: Dataset(path).index.table() in Python, or the Parquet files in index/)")
     elif shown:
-        lines.append("  (size: the episode's share of its data segment)")
+        lines.append("  (raw kept: what cleaning kept of the episode's raw recording, all its parts; size: the "
+                     "episode's share of its data segment)")
     return lines
 
 

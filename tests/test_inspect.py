@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from pipeline.inspect_dataset import inspect_dataset
 from pipeline.process_job import JobOptions, run_process_job
 from pipeline.processing.config import ProcessConfig
 from pipeline.raw_builder import simulate_episode
+from pipeline.report import kept_text
 from pipeline.robot_config import load_robot_config
 
 from .conftest import TINY_ROBOT
@@ -69,11 +71,14 @@ def test_every_episode_is_listed_with_robot_task_grade_and_status(dataset: Path,
 
     for entry in entries:
         line = next(line for line in text.splitlines() if (entry.key or entry.raw_episode_id) in line)
-        assert entry.robot_id in line and entry.model in line and entry.grade in line
+        assert entry.robot_id in line and entry.model in line
         assert ("yes" in line) == entry.accepted
         if entry.accepted:
             assert entry.task in line and f"{entry.length / entry.rate_hz:.2f}" in line and entry.split in line
-    assert "discarded" in text  # the rejection reason
+            assert f"  {entry.grade}  " in line
+        else:  # its rejection, not the grade the score stage gave before it
+            assert "no: the operator marked the episode 'discarded'" in line
+            assert line.split()[6] == "-" and f"0.0 of {entry.raw_duration_s:.1f} s (0%)" in line
 
 
 def test_every_key_is_listed_with_dtype_shape_and_chunking(text: str) -> None:
@@ -174,6 +179,40 @@ def test_a_large_index_is_summed_up_and_only_its_first_episodes_listed(copy: Pat
     assert listed[-1].startswith("  (the first 10 of 5003 index rows")
     assert "bulk-00009" not in text and "Keys of model tiny_humanoid (5002 episodes" in text
     assert seconds < 10, f"inspect took {seconds:.1f} s on 5,003 index rows"
+
+
+CUT_DECISIONS = [
+    {"kind": "nonfinite", "stream": "joint_state", "start": 5, "end": 8, "action": "drop", "reason": "NaN"},
+    {"kind": "gap", "stream": "joint_state", "start": 30, "end": 60, "action": "split", "reason": "1 s gap"},
+    {"kind": "gap", "stream": "action", "start": 30, "end": 60, "action": "split", "reason": "1 s gap"},
+    {"kind": "idle_tail", "stream": "joint_state", "start": 90, "end": 150, "action": "trim", "reason": "still"},
+]
+
+
+def test_what_cleaning_kept_and_did_is_summed_up_per_raw_episode_and_in_total(copy: Path) -> None:
+    model = next(e for e in load_index(copy) if e.accepted)
+    # A 5 s recording of which cleaning kept 1.0 s.
+    cut = dataclasses.replace(model, key="cut-1", raw_episode_id="cut-1", raw_checksum="cut", length=30, rate_hz=30.0,
+                              raw_duration_s=5.0, decisions_json=json.dumps(CUT_DECISIONS), entry_id=-1, commit=-1,
+                              split="")
+    with DatasetLock(copy):
+        DatasetIndex(copy).commit([cut])
+    entries = load_index(copy)
+    before = [e for e in entries if e.raw_episode_id != "cut-1"]
+
+    text = inspect_dataset(copy)
+
+    line = next(line for line in text.splitlines() if line.startswith("  cut-1 "))
+    assert "1.0 of 5.0 s (20%)" in line
+    lines = section(text, "What cleaning kept")
+    raw = sum(e.raw_duration_s for e in entries)
+    kept = sum(e.length / e.rate_hz for e in entries if e.accepted and e.key)
+    assert lines[1] == (f"  recorded {raw:.1f} s in 4 raw episodes: {kept_text(kept, raw)} as 3 dataset episodes")
+    kinds = {row.split()[0]: row.split()[1:4] for row in lines if row.split()[0] in ("gap", "idle_tail", "nonfinite")}
+    gaps = sum(d["kind"] == "gap" for e in before for d in e.decision_list)
+    assert kinds["idle_tail"][:3] == ["1", "1", "2.0"] and kinds["nonfinite"][:3] == ["1", "1", "3"]
+    assert kinds["gap"][0] == str(gaps + 2)
+    assert "    cut-1: kept 1.0 of 5.0 s (20%)" in lines  # the most cut
 
 
 def test_a_diffusion_policy_export_is_described_folder_or_zip(dataset: Path, tmp_path: Path) -> None:
