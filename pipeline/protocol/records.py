@@ -36,6 +36,7 @@ import numpy as np
 
 from pipeline.errors import ProtocolError
 from pipeline.protocol.opcode import Opcode
+from pipeline.protocol.validation import parse_json_object
 
 MAGIC = b"RF"
 PROTOCOL_VERSION = 1
@@ -45,6 +46,9 @@ TIME_REQUEST_BODY = struct.Struct("<q")
 TIME_REPLY_BODY = struct.Struct("<qqq")
 CLOCK_PAYLOAD = struct.Struct("<4q")
 MAX_HEADER_BYTES = 64 * 1024
+MAX_PENDING = 4096  # episodes a HELLO may ask about; a collector's spool holds far fewer
+MAX_SEQ = 2**62  # a stop event naming a larger last seq could never be satisfied
+MAX_STREAMS = 256
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 """Robot ids, episode ids and stream names: safe as one path component."""
@@ -66,13 +70,7 @@ def _json_body(obj: dict[str, Any]) -> bytes:
 
 
 def _parse_json(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProtocolError(f"{what} body is not UTF-8 JSON: {err}") from err
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"{what} body must be a JSON object, got {type(obj).__name__}")
-    return obj
+    return parse_json_object(body, what)
 
 
 def _prefix(opcode: Opcode) -> bytes:
@@ -124,10 +122,18 @@ class Hello:
             model=_need(obj, "model", str, "HELLO"),
             config_digest=_need(obj, "config_digest", str, "HELLO"),
             config=_need(obj, "config", dict, "HELLO"),
-            software=str(obj.get("software", "")),
+            software=str(obj.get("software", ""))[:200],
             protocol_version=_need(obj, "protocol_version", int, "HELLO"),
-            pending=tuple(str(e) for e in obj.get("pending", []) if isinstance(e, str)),
+            pending=_pending(obj.get("pending", [])),
         )
+
+
+def _pending(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ProtocolError("HELLO: 'pending' must be a list of episode ids", field="pending")
+    if len(value) > MAX_PENDING:
+        raise ProtocolError(f"HELLO: 'pending' lists {len(value)} episodes, at most {MAX_PENDING}", field="pending")
+    return tuple(e for e in value if isinstance(e, str) and ID_PATTERN.match(e))
 
 
 @dataclass(frozen=True)
@@ -137,13 +143,15 @@ class Welcome:
     ``acked`` maps episode id -> stream -> highest durable seq, for every episode of
     this robot the ingest still holds open, so a restarted collector resends only
     what is missing. ``sealed`` lists episodes already sealed (safe to drop from
-    the spool).
+    the spool). ``episodes`` answers, for every episode id the HELLO listed in
+    ``pending``, one of :data:`EPISODE_STATES`.
     """
 
     window: int
     max_message_bytes: int
     acked: dict[str, dict[str, int]] = field(default_factory=dict)
     sealed: tuple[str, ...] = ()
+    episodes: dict[str, str] = field(default_factory=dict)
     opcode: ClassVar[Opcode] = Opcode.WELCOME
 
     def encode(self) -> list[bytes]:
@@ -155,6 +163,7 @@ class Welcome:
                     "max_message_bytes": self.max_message_bytes,
                     "acked": self.acked,
                     "sealed": list(self.sealed),
+                    "episodes": self.episodes,
                 }
             )
         ]
@@ -167,7 +176,21 @@ class Welcome:
             max_message_bytes=_need(obj, "max_message_bytes", int, "WELCOME"),
             acked={str(e): {str(s): int(q) for s, q in v.items()} for e, v in obj.get("acked", {}).items()},
             sealed=tuple(str(e) for e in obj.get("sealed", [])),
+            episodes={str(e): str(v) for e, v in obj.get("episodes", {}).items()},
         )
+
+
+EPISODE_STATES = ("sealed", "sealing", "open", "quarantined", "unknown")
+"""What WELCOME.episodes says of an episode a HELLO asked about:
+
+* ``sealed``: the raw file is in place; drop the episode from the spool.
+* ``sealing``: complete and being written; an ACK will list it as sealed.
+* ``open``: the ingest holds it open; ``acked`` says what it has.
+* ``quarantined``: the ingest could not seal it and moved its journal aside
+  (``DATA/quarantine/``); it will not be sealed: stop waiting, report it.
+* ``unknown``: the ingest holds nothing of it (never received, or abandoned and
+  deleted): resend it, or give up if nothing of it is left to send.
+"""
 
 
 @dataclass(frozen=True)
@@ -404,8 +427,8 @@ class Event:
             raise ProtocolError(f"EVENT kind {kind!r} unknown; expected one of {sorted(EVENT_KINDS)}", field="kind")
         if kind == "stop":
             last = obj.get("last_seq")
-            if not isinstance(last, dict) or not all(
-                isinstance(s, str) and isinstance(q, int) and q >= -1 for s, q in last.items()
+            if not isinstance(last, dict) or len(last) > MAX_STREAMS or not all(
+                isinstance(s, str) and type(q) is int and -1 <= q < MAX_SEQ for s, q in last.items()
             ):
                 raise ProtocolError("stop EVENT needs last_seq: {stream: seq}", field="last_seq")
             for stream in last:
