@@ -39,7 +39,7 @@ from pipeline.journal import (
     quarantine_journal,
     quarantine_path,
 )
-from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, StreamRules, screen_event_body
+from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, MAX_JSON_BYTES, StreamRules, screen_event_body
 from pipeline.raw_store import raw_path, seal_recovered
 from pipeline.robot_config import parse_robot_config
 
@@ -471,6 +471,8 @@ class IngestServer:
             if refused:
                 record = protocol.Event(header, body)
                 message = record.encode()
+                if len(message[1]) > MAX_JSON_BYTES:  # re-encoding escapes non-ASCII text: it can grow
+                    raise ProtocolError(f"EVENT body grows beyond {MAX_JSON_BYTES:,} bytes once screened")
                 self.stats.refused_fields += len(refused)
                 detail = "; ".join(f"{name} {why}" for name, why in refused.items())
                 self._log_limited(f"fields-{session.robot_id}", logging.WARNING,
