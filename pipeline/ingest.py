@@ -270,8 +270,11 @@ class IngestServer:
                     try:
                         if authenticated:
                             parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                            key = parts[0].get("User-Id") or ""
                             frames = [p.bytes for p in parts]
+                            try:
+                                key = parts[0].get("User-Id") or ""
+                            except zmq.ZMQError:
+                                key = ""  # no key: the allow-list refuses it
                         else:
                             frames = sock.recv_multipart(zmq.NOBLOCK)
                             key = ""
@@ -355,18 +358,23 @@ class IngestServer:
             )
         if config.model != hello.model:
             return self._refuse(sock, identity, hello.robot_id, f"model {hello.model!r} differs from config {config.model!r}")
+        unannounced: set[str] = set()  # seals the old session had not told yet
         if old is not None and old_identity != identity:
+            unannounced |= old.sealed
             self._free_session(old)
             log.info("robot %s reconnected; replacing its old session", hello.robot_id)
         previous = self.sessions.get(identity)
-        if previous is not None and previous.robot_id != hello.robot_id:
-            self._free_session(previous)
+        if previous is not None:
+            if previous.robot_id == hello.robot_id:
+                unannounced |= previous.sealed
+            else:
+                self._free_session(previous)
         config_dict = config.to_dict()
         now = time.monotonic()
         session = Session(
             identity, hello.robot_id, hello.model, hello.config_digest, config_dict, key=key,
             rules=StreamRules.from_config(config_dict), last_heard=now,
-            tokens=self.limits.max_bytes_per_s * self.limits.burst_s, tokens_at=now,
+            tokens=self.limits.max_bytes_per_s * self.limits.burst_s, tokens_at=now, sealed=unannounced,
         )
         self.sessions[identity] = session
         self.robots[hello.robot_id] = identity

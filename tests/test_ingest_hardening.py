@@ -511,3 +511,18 @@ def test_an_exception_in_a_worker_thread_stops_the_ingest_non_zero(tmp_path, mon
     assert not thread.is_alive(), "the ingest kept running after a worker thread failed"
     assert result and result[0] not in (0, None)
     assert "fsync worker bug" in capsys.readouterr().err
+
+
+def test_a_sealed_notice_whose_send_failed_is_sent_again(tmp_path, tiny_robot, monkeypatch) -> None:
+    from pipeline.ingest import IngestConfig, IngestServer, Session
+
+    server = IngestServer(IngestConfig(data_dir=tmp_path / "d", allow_plain=True))
+    session = Session(b"peer", ROBOT, tiny_robot.model, tiny_robot.digest, tiny_robot.to_dict(), sealed={"ep-1"})
+    server.sessions[b"peer"] = session
+    sent: list[protocol.Record] = []
+    monkeypatch.setattr(server, "_send", lambda sock, identity, record: False)  # the peer's pipe is full
+    server._acknowledge(None, session, [])
+    assert session.sealed == {"ep-1"}
+    monkeypatch.setattr(server, "_send", lambda sock, identity, record: sent.append(record) or True)
+    server._acknowledge(None, session, [])
+    assert session.sealed == set() and sent[0].sealed == ("ep-1",)
