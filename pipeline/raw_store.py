@@ -98,7 +98,11 @@ def seal_recovered(journal: EpisodeJournal, data_dir: Path, *, incomplete: bool 
 
 
 _FLUSH_BYTES = 4 << 20  # per group: what is buffered before it is appended to the file
-_CHUNK_BYTES = 256 << 10
+# HDF5 allocates whole chunks, so a short episode's file grows by up to one chunk
+# per dataset (about 40 of them): keep chunks small, except for the JPEG bytes.
+_CHUNK_BYTES = 32 << 10  # rows of a 2-D dataset (n, dof)
+_COLUMN_CHUNK_ROWS = 1024  # 1-D int64/float64 columns: 8 KB
+_JPEG_CHUNK_BYTES = 64 << 10
 
 
 class _Appender:
@@ -110,8 +114,10 @@ class _Appender:
         self.pending = 0
 
     def column(self, name: str, dtype: Any, tail: tuple[int, ...] = ()) -> None:
-        row_bytes = max(1, int(np.prod(tail, dtype=np.int64)) * (8 if dtype is not np.uint8 else 1))
-        rows = max(1, min(1 << 20, _CHUNK_BYTES // row_bytes))
+        if dtype is np.uint8:
+            rows = _JPEG_CHUNK_BYTES
+        else:
+            rows = max(1, _CHUNK_BYTES // (8 * max(1, int(np.prod(tail, dtype=np.int64))))) if tail else _COLUMN_CHUNK_ROWS
         self.group.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype, chunks=(rows, *tail))
         self.buffers[name] = []
 
