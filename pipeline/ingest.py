@@ -47,6 +47,7 @@ log = logging.getLogger("refinery.ingest")
 
 DEFAULT_WINDOW = 128  # messages; a robot needs ~10 in flight at 190 msg/s, and memory is window x collectors
 MAX_ACKS_PER_MESSAGE = 4096
+HELLO_BURST = 5  # HELLOs one connection may send at once; then one a second (a HELLO may ask about 4,096 episodes)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ class IngestServer:
         self._hello_hints: dict[bytes, float] = {}
         self._disk_notice_after: dict[bytes, float] = {}
         self._log_after: dict[str, float] = {}
+        self._hello_budget: dict[bytes, tuple[float, float]] = {}  # identity -> (HELLOs left, when)
         self.endpoint = ""
         self.ready = threading.Event()
 
@@ -310,7 +312,8 @@ class IngestServer:
                 request = protocol.decode(message)
                 self._send(sock, identity, protocol.TimeReply(request.t1_ns, arrival_ns, time.time_ns()))
             elif opcode == protocol.Opcode.HELLO:
-                self._hello(sock, identity, key, protocol.decode(message))
+                if self._hello_allowed(identity):
+                    self._hello(sock, identity, key, protocol.decode(message))
             elif opcode in protocol.DATA_OPCODES:
                 self._data(sock, identity, arrival_ns, opcode, message)
             else:
@@ -327,6 +330,19 @@ class IngestServer:
             self.stats.last_error = str(err)
             if session is not None and err.field in ("cols", "stream"):
                 self._notice(sock, session, f"bad-{err.field}", "error", f"message refused: {err.problem}")
+
+    def _hello_allowed(self, identity: bytes) -> bool:
+        """A connection may say HELLO a few times at once, then once a second: each
+        one costs a look-up per episode it asks about."""
+        now = time.monotonic()
+        left, at = self._hello_budget.get(identity, (float(HELLO_BURST), now))
+        left = min(float(HELLO_BURST), left + (now - at))
+        if left < 1.0:
+            self.stats.rate_limited += 1
+            self._hello_budget[identity] = (left, now)
+            return False
+        self._hello_budget[identity] = (left - 1.0, now)
+        return True
 
     def _hello(self, sock: zmq.Socket, identity: bytes, key: str, hello: protocol.Hello) -> None:
         if self.allow is not None and not self.allow.may_use(key, hello.robot_id):
@@ -395,10 +411,10 @@ class IngestServer:
         journal = self.journals.get((robot_id, episode))
         if journal is not None:
             return "open" if journal.meta.producer_key in ("", key) else "unknown"
+        if raw_path(self.data_dir, robot_id, episode).exists():
+            return "sealed"  # renamed into place only once complete and fsynced
         if (robot_id, episode) in self.sealing:
             return "sealing"
-        if raw_path(self.data_dir, robot_id, episode).exists():
-            return "sealed"
         if quarantine_path(self.data_dir, robot_id, episode).exists():
             return "quarantined"
         return "unknown"
@@ -729,6 +745,7 @@ class IngestServer:
         now = time.monotonic()
         self._hello_hints = {k: v for k, v in self._hello_hints.items() if v > now}
         self._disk_notice_after = {k: v for k, v in self._disk_notice_after.items() if v > now}
+        self._hello_budget = {k: v for k, v in self._hello_budget.items() if v[1] > now - HELLO_BURST}
         silent = now - self.config.session_timeout_s
         for session in [s for s in self.sessions.values() if s.last_heard < silent]:
             log.info("robot=%s silent for %.0f s; session freed", session.robot_id, now - session.last_heard)
@@ -752,6 +769,7 @@ class IngestServer:
             del self.robots[session.robot_id]
         self._hello_hints.pop(session.identity, None)
         self._disk_notice_after.pop(session.identity, None)
+        self._hello_budget.pop(session.identity, None)
 
     def _send(self, sock: zmq.Socket, identity: bytes, record: protocol.Record) -> bool:
         try:

@@ -526,3 +526,16 @@ def test_a_sealed_notice_whose_send_failed_is_sent_again(tmp_path, tiny_robot, m
     monkeypatch.setattr(server, "_send", lambda sock, identity, record: sent.append(record) or True)
     server._acknowledge(None, session, [])
     assert session.sealed == set() and sent[0].sealed == ("ep-1",)
+
+
+def test_a_flood_of_hellos_is_throttled(ingest, peer) -> None:
+    p = peer()
+    hello = protocol.Hello(ROBOT, p.robot.model, p.robot.digest, p.robot.to_dict(),
+                           pending=tuple(f"{'x' * 60}-{i}" for i in range(512))).encode()
+    for _ in range(50):
+        p.send(hello)
+    wait_for(lambda: ingest.server.stats.messages >= 50, 10, "every HELLO to be handled")
+    welcomes = [r for r in p.drain(500) if isinstance(r, protocol.Welcome)]
+    assert 1 <= len(welcomes) <= 7
+    assert ingest.server.stats.rate_limited >= 40
+    assert len(welcomes[0].episodes) == 512 and set(welcomes[0].episodes.values()) == {"unknown"}

@@ -186,7 +186,7 @@ def test_hostile_json_values_raise_protocol_error(body: bytes) -> None:
 def test_hello_pending_is_bounded_and_filtered() -> None:
     hello = protocol.Hello("r", "m", "d", {}, pending=("ep-1", "../x", "ep-2"))
     assert protocol.decode(hello.encode()).pending == ("ep-1", "ep-2")
-    too_many = protocol.Hello("r", "m", "d", {}, pending=tuple(f"e{i}" for i in range(5000)))
+    too_many = protocol.Hello("r", "m", "d", {}, pending=tuple(f"e{i}" for i in range(513)))
     with pytest.raises(ProtocolError, match="pending"):
         protocol.decode(too_many.encode())
 
@@ -222,3 +222,12 @@ def test_stream_rules_follow_the_robot_config(tiny_robot) -> None:
     ]:
         with pytest.raises(ProtocolError, match=needle):
             rules.check(opcode, stream, cols)
+
+
+def test_a_welcome_answering_the_largest_hello_decodes() -> None:
+    ids = tuple(f"{'g' * 60}-{i:03d}" for i in range(protocol.records.MAX_PENDING))
+    hello = protocol.Hello("r" * 64, "m", "d" * 64, {}, pending=ids)
+    assert protocol.decode(hello.encode()).pending == ids  # fits the 64 KB a collector may send
+    welcome = protocol.Welcome(128, 1 << 25, {i: {"joint_state": 10**9} for i in ids[:16]}, ids,
+                               {i: "quarantined" for i in ids})
+    assert protocol.decode(welcome.encode()) == welcome

@@ -46,7 +46,10 @@ TIME_REQUEST_BODY = struct.Struct("<q")
 TIME_REPLY_BODY = struct.Struct("<qqq")
 CLOCK_PAYLOAD = struct.Struct("<4q")
 MAX_HEADER_BYTES = 64 * 1024
-MAX_PENDING = 4096  # episodes a HELLO may ask about; a collector's spool holds far fewer
+MAX_INGEST_HEADER_BYTES = 1024 * 1024
+"""WELCOME and ACK come from the ingest (authenticated by its server key) and may
+name hundreds of episodes: they may be larger than what a collector sends."""
+MAX_PENDING = 512  # episodes a HELLO may ask about: 512 ids of 64 characters fit in its 64 KB
 MAX_SEQ = 2**62  # a stop event naming a larger last seq could never be satisfied
 MAX_STREAMS = 256
 
@@ -170,7 +173,7 @@ class Welcome:
 
     @classmethod
     def decode(cls, body: bytes, frames: list[bytes]) -> Welcome:
-        obj = _parse_json(body, "WELCOME")
+        obj = parse_json_object(body, "WELCOME", MAX_INGEST_HEADER_BYTES)
         return cls(
             window=_need(obj, "window", int, "WELCOME"),
             max_message_bytes=_need(obj, "max_message_bytes", int, "WELCOME"),
@@ -223,7 +226,7 @@ class Ack:
 
     @classmethod
     def decode(cls, body: bytes, frames: list[bytes]) -> Ack:
-        obj = _parse_json(body, "ACK")
+        obj = parse_json_object(body, "ACK", MAX_INGEST_HEADER_BYTES)
         try:
             acks = tuple((str(e), str(s), int(q)) for e, s, q in obj.get("acks", []))
         except (TypeError, ValueError) as err:

@@ -150,15 +150,15 @@ def json_depth(body: bytes) -> int:
     return deepest
 
 
-def parse_json_object(body: bytes, what: str) -> dict[str, Any]:
+def parse_json_object(body: bytes, what: str, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
     """Parse a JSON object from the wire with its size and depth bounded first.
 
     Raises:
         ProtocolError: too large, too deep, not UTF-8 JSON, NaN/Infinity, an
             integer beyond Python's digit limit, or not an object.
     """
-    if len(body) > MAX_JSON_BYTES:
-        raise ProtocolError(f"{what} JSON body of {len(body):,} bytes exceeds {MAX_JSON_BYTES:,}")
+    if len(body) > max_bytes:
+        raise ProtocolError(f"{what} JSON body of {len(body):,} bytes exceeds {max_bytes:,}")
     depth = json_depth(body)
     if depth > MAX_JSON_DEPTH:
         raise ProtocolError(f"{what} JSON body nests deeper than {MAX_JSON_DEPTH} levels")
