@@ -134,9 +134,9 @@ class Hello:
 def _pending(value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ProtocolError("HELLO: 'pending' must be a list of episode ids", field="pending")
-    if len(value) > MAX_PENDING:
-        raise ProtocolError(f"HELLO: 'pending' lists {len(value)} episodes, at most {MAX_PENDING}", field="pending")
-    return tuple(e for e in value if isinstance(e, str) and ID_PATTERN.match(e))
+    # More than MAX_PENDING: the first ones are answered (a collector lists its oldest
+    # first); refusing the whole HELLO would keep that collector from ever connecting.
+    return tuple(e for e in value[:MAX_PENDING] if isinstance(e, str) and ID_PATTERN.match(e))
 
 
 @dataclass(frozen=True)
