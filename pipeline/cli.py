@@ -22,6 +22,7 @@ EPILOG = "Docs: README.md. Every command takes --help; -v shows debug logs and t
 EXIT_FAILED = 1  # the command ran, but some of its work failed (e.g. episodes not committed: re-run)
 EXIT_ERROR = 2  # the command could not run: bad arguments, input, configuration or environment
 EXIT_BAD_INPUTS = 3  # `process` finished, but some raw files were unreadable or corrupt (rejected, listed)
+EXIT_INTERNAL = 70  # an unexpected exception: a defect (sysexits' EX_SOFTWARE)
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
@@ -61,9 +62,23 @@ def _add_ingest_args(p: argparse.ArgumentParser) -> None:
                    help="seal an episode as incomplete when its collector is silent this long (default: %(default)s)")
     p.add_argument("--keys", type=Path, metavar="SECRET_FILE",
                    help="the ingest's CURVE secret key file (from `refinery keys`)")
-    p.add_argument("--allow", type=Path, metavar="DIR", help="folder of collector public keys (*.key) to accept")
+    p.add_argument("--allow", type=Path, metavar="DIR",
+                   help="allow-list folder: <robot-id>.key public key files, optionally allow.yaml "
+                        "(robot id: [key files or Z85 keys]); a key may only use the robot ids it is listed for")
     p.add_argument("--plain", action="store_true",
-                   help="no authentication or encryption: only for loopback demos and tests")
+                   help="no authentication or encryption (and no robot identity): only for loopback demos and tests")
+    p.add_argument("--max-mb-per-s", type=_positive_float, default=64.0, metavar="MB",
+                   help="per robot: more is not accepted (it waits in the collector's spool) (default: %(default)s)")
+    p.add_argument("--max-episode-gb", type=_positive_float, default=32.0, metavar="GB",
+                   help="per episode: data past it is not recorded, the episode is sealed incomplete (default: %(default)s)")
+    p.add_argument("--max-episode-minutes", type=_positive_float, default=240.0, metavar="MIN",
+                   help="per episode, in capture time: data past it is not recorded (default: %(default)s)")
+    p.add_argument("--max-text-chars", type=_positive_int, default=1000, metavar="N",
+                   help="task, operator and label text longer than this is refused (default: %(default)s)")
+    p.add_argument("--max-open-episodes", type=_positive_int, default=16, metavar="N",
+                   help="per robot, episodes open at once (default: %(default)s)")
+    p.add_argument("--session-timeout", type=_positive_float, default=15.0, metavar="SECONDS",
+                   help="free the session of a collector silent this long (default: %(default)s)")
     p.add_argument("--inject-sync-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
@@ -143,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--force", action="store_true",
                    help="replace existing key pairs (whoever holds the old ones can no longer connect)")
+    p.add_argument("--allow", type=Path, metavar="ALLOW_DIR",
+                   help="also put each NAME's public key into the ingest's allow-list folder as NAME.key, "
+                        "which lets that key use robot id NAME (name collector keys after their robot id)")
     p.set_defaults(func=_cmd_keys)
 
     p = sub.add_parser("process", help="refine raw episodes into a Zarr dataset with Ray",
@@ -297,6 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = getattr(args, "interrupted_hint", "")
         print(f"refinery {args.command}: stopped (Ctrl-C){'; ' + hint if hint else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as err:  # a defect of ours: still one line for supervisors, the traceback with -v
+        if args.verbose:
+            traceback.print_exc()
+        print(f"refinery {args.command}: internal error: {type(err).__name__}: {err} "
+              "(a bug: run again with -v for the traceback and report it)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 # ---------------------------------------------------------------------- ingest
@@ -305,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _ingest_config(args: argparse.Namespace):  # noqa: ANN202
     from pipeline.auth import ServerKeys
     from pipeline.errors import ConfigError
-    from pipeline.ingest import IngestConfig
+    from pipeline.ingest import IngestConfig, IngestLimits
 
     keys = None
     if args.keys or args.allow:
@@ -321,44 +345,96 @@ def _ingest_config(args: argparse.Namespace):  # noqa: ANN202
         abandon_after_s=args.abandon_after,
         keys=keys,
         allow_plain=args.plain,
+        limits=IngestLimits(
+            max_bytes_per_s=args.max_mb_per_s * 1e6,
+            max_episode_bytes=int(args.max_episode_gb * 1e9),
+            max_episode_s=args.max_episode_minutes * 60,
+            max_text_chars=args.max_text_chars,
+            max_open_episodes=args.max_open_episodes,
+        ),
+        session_timeout_s=args.session_timeout,
         inject_sync_delay_s=args.inject_sync_delay_ms / 1000,
     )
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    """Exit codes: 0 stopped cleanly (Ctrl-C, SIGTERM); 2 a configuration problem
+    (keys, allow-list, --bind, port in use), one line on stderr; 1 an unexpected
+    failure in any thread, one line on stderr (-v logs the traceback), so a
+    supervisor restarts it."""
     from pipeline.console import StatusLine
     from pipeline.ingest import IngestServer
 
     server = IngestServer(_ingest_config(args))
+    failures: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            server.run()
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread below
+            failures.append(err)
+
+    def thread_failed(hook: threading.ExceptHookArgs) -> None:
+        if hook.exc_value is not None and not isinstance(hook.exc_value, SystemExit):
+            failures.append(hook.exc_value)
+        server.stop()
+
+    previous_hook = threading.excepthook
+    threading.excepthook = thread_failed
     _stop_on_signals(server.stop)
-    thread = threading.Thread(target=server.run, name="ingest", daemon=True)
+    thread = threading.Thread(target=serve, name="ingest", daemon=True)
     thread.start()
     status = StatusLine()
     last = (time.monotonic(), 0, 0)
-    while thread.is_alive():
-        thread.join(0.5)
-        now = time.monotonic()
-        s = server.status()
-        dt = max(now - last[0], 1e-6)
-        rate = (s["messages"] - last[1]) / dt
-        mbps = (s["bytes"] - last[2]) / dt / 1e6
-        last = (now, s["messages"], s["bytes"])
-        line = (
-            f"ingest {server.endpoint} | collectors {s['collectors']} | open {s['open_episodes']} "
-            f"sealed {s['sealed']} | {rate:,.0f} msg/s {mbps:.1f} MB/s | dup {s['duplicates']} "
-            f"gap {s['gaps']} bad {s['malformed']} refused {s['refused']}"
-        )
-        if s["disk_error"]:
-            line += f" | DISK: {s['disk_error']}"
-        status.update(line)
-    status.done()
-    return 0
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+            if failures:
+                server.stop()
+                thread.join(30)
+                break
+            if not server.ready.is_set():
+                continue
+            now = time.monotonic()
+            s = server.status()
+            dt = max(now - last[0], 1e-6)
+            rate = (s["messages"] - last[1]) / dt
+            mbps = (s["bytes"] - last[2]) / dt / 1e6
+            last = (now, s["messages"], s["bytes"])
+            line = (
+                f"ingest {server.endpoint} | collectors {s['collectors']} | open {s['open_episodes']} "
+                f"sealed {s['sealed']} | {rate:,.0f} msg/s {mbps:.1f} MB/s | dup {s['duplicates']} "
+                f"gap {s['gaps']} bad {s['malformed']} refused {s['refused']}"
+            )
+            extra = [f"{name} {s[key]}" for name, key in (
+                ("identity", "identity_refused"), ("limited", "limited"), ("rate-limited", "rate_limited"),
+                ("quarantined", "quarantined")) if s[key]]
+            if extra:
+                line += " | " + " ".join(extra)
+            if s["disk_error"]:
+                line += f" | DISK: {s['disk_error']}"
+            status.update(line)
+    finally:
+        threading.excepthook = previous_hook
+    if server.ready.is_set():
+        status.done()
+    if not failures:
+        return 0
+    err = failures[0]
+    if isinstance(err, RefineryError):
+        print(f"refinery ingest: error: {err}", file=sys.stderr)
+        return 2
+    log.debug("ingest failed", exc_info=err)
+    print(f"refinery ingest: fatal: {type(err).__name__}: {err}", file=sys.stderr)
+    return 1
 
 
 def _stop_on_signals(stop) -> None:  # noqa: ANN001
     def handler(signum: int, frame: object) -> None:
         stop()
 
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set there (the command run inside a test)
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
@@ -543,7 +619,7 @@ def _interactive(collector, args: argparse.Namespace, stop: threading.Event, sta
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
-    from pipeline.auth import make_key_pair
+    from pipeline.auth import copy_to_allow_list, make_key_pair
     from pipeline.protocol import check_id
 
     for name in args.names:
@@ -557,6 +633,9 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     for name in args.names:
         public, secret = make_key_pair(args.dir, name)
         print(f"{name}: public {public}  secret {secret}")
+        if args.allow is not None:
+            allowed = copy_to_allow_list(public, args.allow, name)
+            print(f"{name}: allowed as robot id {name!r} ({allowed})")
     return 0
 
 
@@ -574,6 +653,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if not result.ok:
             bad += 1
             print(f"FAIL {path}: {result.problem}")
+        else:
+            print(f"ok   {path}: {result.producer}")
     print(f"{len(files) - bad} of {len(files)} raw episodes verified, {bad} failed")
     return 1 if bad else 0
 

@@ -70,3 +70,12 @@ class ProcessingError(RefineryError):
         self.where = where
         self.problem = problem
         super().__init__(f"{where}: {problem}")
+
+
+class BindError(RefineryError):
+    """The ingest cannot listen where it was asked to (port in use, bad address)."""
+
+    def __init__(self, endpoint: str, problem: str) -> None:
+        self.endpoint = endpoint
+        self.problem = problem
+        super().__init__(problem)

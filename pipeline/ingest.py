@@ -8,6 +8,13 @@ cumulative acknowledgement per stream. A collector never has more than
 and therefore the collectors (which spool), and the ingest's memory stays
 bounded. Episodes are sealed into HDF5 on a worker thread once their stop
 event and every stream up to its last sequence number are durable.
+
+Trust: with CURVE, every message carries its sender's public key (the ZAP
+``User-Id``); a session belongs to the key that said HELLO, a robot id to the
+keys the allow-list names, and an episode to the key that opened it. Every
+field is checked at the door (:mod:`pipeline.protocol.validation`) before it
+touches any state; per-robot limits bound rate, size and duration. A journal
+that cannot be sealed is moved to ``quarantine/`` and the ingest serves on.
 """
 
 from __future__ import annotations
@@ -23,9 +30,16 @@ from pathlib import Path
 import zmq
 
 from pipeline import protocol
-from pipeline.auth import ServerKeys
-from pipeline.errors import ConfigError, ProtocolError, RefineryError, StoreError
-from pipeline.journal import JOURNAL_SUFFIX, EpisodeJournal, EpisodeMeta
+from pipeline.auth import AllowList, ServerKeys
+from pipeline.errors import BindError, ConfigError, ProtocolError, StoreError
+from pipeline.journal import (
+    JOURNAL_SUFFIX,
+    EpisodeJournal,
+    EpisodeMeta,
+    quarantine_journal,
+    quarantine_path,
+)
+from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, MAX_JSON_BYTES, StreamRules, screen_event_body
 from pipeline.raw_store import raw_path, seal_recovered
 from pipeline.robot_config import parse_robot_config
 
@@ -33,6 +47,24 @@ log = logging.getLogger("refinery.ingest")
 
 DEFAULT_WINDOW = 128  # messages; a robot needs ~10 in flight at 190 msg/s, and memory is window x collectors
 MAX_ACKS_PER_MESSAGE = 4096
+HELLO_BURST = 5  # HELLOs one connection may send at once; then one a second (a HELLO may ask about 4,096 episodes)
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """What one robot may send; every field has a CLI option.
+
+    Defaults leave room for the largest robot here (a G1 with three 640x480
+    cameras streams about 7 MB/s, a 10-minute episode about 4 GB) while
+    bounding what one misbehaving collector can cost everyone else.
+    """
+
+    max_bytes_per_s: float = 64e6  # per robot, averaged over burst_s
+    burst_s: float = 2.0
+    max_episode_bytes: int = 32 << 30
+    max_episode_s: float = 4 * 3600.0  # capture time from the episode's first message
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # task, operator, label, outcome, reason
+    max_open_episodes: int = 16  # per robot, open at once
 
 
 @dataclass(frozen=True)
@@ -47,6 +79,8 @@ class IngestConfig:
     abandon_after_s: float = 600.0
     keys: ServerKeys | None = None
     allow_plain: bool = False
+    limits: IngestLimits = IngestLimits()
+    session_timeout_s: float = 15.0  # a collector sends a clock-sync request every 0.5 s
     inject_sync_delay_s: float = 0.0  # fault injection: a slow disk, for backpressure tests
 
 
@@ -60,6 +94,12 @@ class IngestStats:
     malformed: int = 0
     refused: int = 0
     unknown_session: int = 0
+    identity_refused: int = 0
+    refused_fields: int = 0
+    rate_limited: int = 0
+    limited: int = 0
+    quarantined: int = 0
+    sessions_freed: int = 0
     sealed: int = 0
     sealed_incomplete: int = 0
     commits: int = 0
@@ -76,6 +116,12 @@ class Session:
     model: str
     config_digest: str
     config: dict
+    key: str = ""  # the CURVE public key (Z85) that said HELLO; "" without CURVE
+    rules: StreamRules = field(default_factory=lambda: StreamRules({}, frozenset()))
+    last_heard: float = 0.0
+    tokens: float = 0.0  # byte-rate bucket
+    tokens_at: float = 0.0
+    notice_after: dict[str, float] = field(default_factory=dict)  # notice topic -> next time it may be sent
     dirty: set[tuple[str, str]] = field(default_factory=set)  # (episode, stream) to acknowledge
     sealed: set[str] = field(default_factory=set)  # episodes to report sealed
 
@@ -91,11 +137,14 @@ class IngestServer:
         if config.window < 1:
             raise ConfigError("ingest", "window", f"must be >= 1, got {config.window}")
         self.config = config
+        self.limits = config.limits
         self.data_dir = config.data_dir
         self.stats = IngestStats()
+        self.allow: AllowList | None = config.keys.load_allow_list() if config.keys is not None else None
         self.sessions: dict[bytes, Session] = {}
         self.robots: dict[str, bytes] = {}  # robot id -> identity of its live session
         self.journals: dict[tuple[str, str], EpisodeJournal] = {}
+        self.open_by_robot: dict[str, set[str]] = {}
         self.sealing: dict[tuple[str, str], Future[Path]] = {}
         self.last_activity: dict[tuple[str, str], float] = {}
         self._dirty_journals: set[tuple[str, str]] = set()
@@ -111,6 +160,8 @@ class IngestServer:
         self._notice_after = 0.0
         self._hello_hints: dict[bytes, float] = {}
         self._disk_notice_after: dict[bytes, float] = {}
+        self._log_after: dict[str, float] = {}
+        self._hello_budget: dict[bytes, tuple[float, float]] = {}  # identity -> (HELLOs left, when)
         self.endpoint = ""
         self.ready = threading.Event()
 
@@ -120,12 +171,16 @@ class IngestServer:
         self._stop.set()
 
     def recover(self) -> None:
-        """Reopen every journal a previous run left; seal those already complete."""
+        """Reopen every journal a previous run left; seal those already complete.
+
+        A journal that does not replay is quarantined, never left to fail again
+        at the next start."""
         for path in sorted((self.data_dir / "journal").glob(f"*/*{JOURNAL_SUFFIX}")):
+            robot_id, episode_id = path.parent.name, path.name[: -len(JOURNAL_SUFFIX)]
             try:
                 journal = EpisodeJournal.recover(path)
             except StoreError as err:
-                log.error("cannot recover journal %s: %s (left in place)", path, err)
+                self._quarantine(path, robot_id, episode_id, f"journal does not replay: {err}")
                 continue
             key = (journal.meta.robot_id, journal.meta.episode_id)
             if raw_path(self.data_dir, *key).exists():
@@ -133,16 +188,24 @@ class IngestServer:
                 journal.close()
                 path.unlink()
                 continue
-            self.journals[key] = journal
-            self.last_activity[key] = time.monotonic()
+            self._limit_check_recovered(journal)
+            self._add_journal(key, journal)
             log.info("recovered journal robot=%s episode=%s streams=%s", *key, journal.acked)
             if journal.complete:
                 self._start_seal(key)
 
+    def _limit_check_recovered(self, journal: EpisodeJournal) -> None:
+        if not journal.limit and journal.size > self.limits.max_episode_bytes:
+            journal.mark_limit(f"episode bytes above {self.limits.max_episode_bytes:,}")
+
     def run(self) -> None:
-        """Serve until :meth:`stop` is called."""
+        """Serve until :meth:`stop` is called.
+
+        Raises:
+            BindError: cannot listen on ``config.bind`` (port in use, bad address).
+            Exception: anything unexpected; the caller must exit non-zero.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.recover()
         context = zmq.Context()
         sock = context.socket(zmq.ROUTER)
         auth = None
@@ -154,23 +217,43 @@ class IngestServer:
             sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
             if self.config.keys is not None:
-                auth = self.config.keys.apply(context, sock)
-            sock.bind(self.config.bind)
+                auth = self.config.keys.apply(context, sock, self.allow)
+            self._bind(sock)
+            self.recover()
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             log.info("ingest listening on %s, data in %s", self.endpoint, self.data_dir)
             self.ready.set()
             self._loop(sock)
         finally:
-            self._commit(sock, wait=True)
-            self._seal_pool.shutdown(wait=True)
-            self._fsync_pool.shutdown(wait=True)
-            self._sync_workers.shutdown(wait=True)
-            for journal in self.journals.values():
-                journal.close()
-            sock.close(0)
-            if auth is not None:
-                auth.stop()
-            context.term()
+            try:
+                if self._commit_future is not None or self._dirty_journals:
+                    self._commit(sock, wait=True)
+            finally:
+                self._seal_pool.shutdown(wait=True)
+                self._fsync_pool.shutdown(wait=True)
+                self._sync_workers.shutdown(wait=True)
+                for journal in self.journals.values():
+                    journal.close()
+                sock.close(0)
+                if auth is not None:
+                    auth.stop()
+                context.term()
+
+    def _bind(self, sock: zmq.Socket) -> None:
+        endpoint = self.config.bind
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as err:
+            if err.errno == errno.EADDRINUSE:
+                port = endpoint.rsplit(":", 1)[-1]
+                raise BindError(
+                    endpoint, f"port {port} is in use (--bind {endpoint}): stop what listens there or choose another port"
+                ) from err
+            raise BindError(
+                endpoint,
+                f"--bind {endpoint!r} is not an address this host can listen on ({err.strerror}); "
+                "expected e.g. tcp://*:5555 or tcp://10.0.0.5:5555",
+            ) from err
 
     def _loop(self, sock: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -178,16 +261,28 @@ class IngestServer:
         interval = self.config.commit_interval_s
         next_commit = time.monotonic() + interval
         next_housekeeping = time.monotonic() + 1.0
+        # With CURVE every message carries its sender's key as the User-Id
+        # property, readable only from frames received without copying.
+        authenticated = self.config.keys is not None
         while not self._stop.is_set():
             timeout_ms = max(0.0, (next_commit - time.monotonic()) * 1000)
             if poller.poll(timeout_ms):
                 # Drain what is queued, but commit on schedule even under full load.
                 while time.monotonic() < next_commit:
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                        if authenticated:
+                            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                            frames = [p.bytes for p in parts]
+                            try:
+                                key = parts[0].get("User-Id") or ""
+                            except zmq.ZMQError:
+                                key = ""  # no key: the allow-list refuses it
+                        else:
+                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                            key = ""
                     except zmq.Again:
                         break
-                    self._handle(sock, frames)
+                    self._handle(sock, frames[0], key, frames[1:])
             now = time.monotonic()
             if now >= next_commit:
                 self._commit(sock)
@@ -198,20 +293,29 @@ class IngestServer:
 
     # ------------------------------------------------------------------ messages
 
-    def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> None:
-        identity, message = frames[0], frames[1:]
+    def _handle(self, sock: zmq.Socket, identity: bytes, key: str, message: list[bytes]) -> None:
         arrival_ns = time.time_ns()
         self.stats.messages += 1
         self.stats.bytes += sum(len(f) for f in message)
+        session = self.sessions.get(identity)
+        if session is not None:
+            if session.key != key:
+                self._identity_refused(
+                    sock, identity, key, session.robot_id,
+                    f"a message on the session of robot {session.robot_id} comes from another key", reply=False,
+                )
+                return
+            session.last_heard = time.monotonic()
         try:
             opcode = protocol.peek_opcode(message)
             if opcode == protocol.Opcode.TIME_REQUEST:
                 request = protocol.decode(message)
                 self._send(sock, identity, protocol.TimeReply(request.t1_ns, arrival_ns, time.time_ns()))
             elif opcode == protocol.Opcode.HELLO:
-                self._hello(sock, identity, protocol.decode(message))
+                if self._hello_allowed(identity):
+                    self._hello(sock, identity, key, protocol.decode(message))
             elif opcode in protocol.DATA_OPCODES:
-                self._data(sock, identity, arrival_ns, message)
+                self._data(sock, identity, arrival_ns, opcode, message)
             else:
                 raise ProtocolError(f"{opcode.name} is not a message a collector sends")
         except protocol.VersionMismatch as err:
@@ -222,14 +326,46 @@ class IngestServer:
             self.stats.malformed += 1
             session = self.sessions.get(identity)
             who = session.robot_id if session else identity.hex()
-            log.warning("dropped malformed message from %s: %s", who, err)
+            self._log_limited("malformed", logging.WARNING, "dropped malformed message from %s: %s", who, err)
             self.stats.last_error = str(err)
+            if session is not None and err.field in ("cols", "stream"):
+                self._notice(sock, session, f"bad-{err.field}", "error", f"message refused: {err.problem}")
 
-    def _hello(self, sock: zmq.Socket, identity: bytes, hello: protocol.Hello) -> None:
+    def _hello_allowed(self, identity: bytes) -> bool:
+        """A connection may say HELLO a few times at once, then once a second: each
+        one costs a look-up per episode it asks about."""
+        now = time.monotonic()
+        left, at = self._hello_budget.get(identity, (float(HELLO_BURST), now))
+        left = min(float(HELLO_BURST), left + (now - at))
+        if left < 1.0:
+            self.stats.rate_limited += 1
+            self._hello_budget[identity] = (left, now)
+            return False
+        self._hello_budget[identity] = (left - 1.0, now)
+        return True
+
+    def _hello(self, sock: zmq.Socket, identity: bytes, key: str, hello: protocol.Hello) -> None:
+        if self.allow is not None and not self.allow.may_use(key, hello.robot_id):
+            mine = sorted(self.allow.robots.get(key, ()))
+            return self._identity_refused(
+                sock, identity, key, hello.robot_id,
+                f"{self.allow.describe(key)} may not use robot id {hello.robot_id!r} "
+                f"(it may use {mine or 'none'}); the ingest's allow-list binds robot ids to keys: "
+                f"add <robot-id>.key or an allow.yaml entry for it",
+            )
+        old_identity = self.robots.get(hello.robot_id)
+        old = self.sessions.get(old_identity) if old_identity is not None else None
+        if old is not None and old_identity != identity and old.key != key:
+            return self._identity_refused(
+                sock, identity, key, hello.robot_id,
+                f"robot {hello.robot_id!r} is connected with another key; a second key may not take over its session",
+            )
         try:
             config = parse_robot_config(hello.config, f"robot {hello.robot_id} config")
         except ConfigError as err:
             return self._refuse(sock, identity, hello.robot_id, f"robot config rejected: {err}")
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
+            return self._refuse(sock, identity, hello.robot_id, f"robot config rejected: malformed ({err})")
         if config.digest != hello.config_digest:
             return self._refuse(
                 sock, identity, hello.robot_id,
@@ -238,37 +374,69 @@ class IngestServer:
             )
         if config.model != hello.model:
             return self._refuse(sock, identity, hello.robot_id, f"model {hello.model!r} differs from config {config.model!r}")
-        old = self.robots.get(hello.robot_id)
-        if old is not None and old != identity:
-            self.sessions.pop(old, None)
+        unannounced: set[str] = set()  # seals the old session had not told yet
+        if old is not None and old_identity != identity:
+            unannounced |= old.sealed
+            self._free_session(old)
             log.info("robot %s reconnected; replacing its old session", hello.robot_id)
-        session = Session(identity, hello.robot_id, hello.model, hello.config_digest, config.to_dict())
+        previous = self.sessions.get(identity)
+        if previous is not None:
+            if previous.robot_id == hello.robot_id:
+                unannounced |= previous.sealed
+            else:
+                self._free_session(previous)
+        config_dict = config.to_dict()
+        now = time.monotonic()
+        session = Session(
+            identity, hello.robot_id, hello.model, hello.config_digest, config_dict, key=key,
+            rules=StreamRules.from_config(config_dict), last_heard=now,
+            tokens=self.limits.max_bytes_per_s * self.limits.burst_s, tokens_at=now, sealed=unannounced,
+        )
         self.sessions[identity] = session
         self.robots[hello.robot_id] = identity
         acked: dict[str, dict[str, int]] = {}
-        sealed: list[str] = []
-        for (robot, episode), journal in self.journals.items():
-            if robot == hello.robot_id:
+        for episode in self.open_by_robot.get(hello.robot_id, ()):
+            journal = self.journals[(hello.robot_id, episode)]
+            if journal.meta.producer_key in ("", key):
                 acked[episode] = journal.acked
-        for episode in hello.pending:
-            try:
-                protocol.check_id(episode, "episode_id")
-            except ProtocolError:
-                continue
-            if episode not in acked and raw_path(self.data_dir, hello.robot_id, episode).exists():
-                sealed.append(episode)
+        states = {episode: self._episode_state(hello.robot_id, episode, key) for episode in hello.pending}
+        sealed = tuple(e for e, state in states.items() if state == "sealed")
         log.info("collector connected robot=%s model=%s pending=%d", hello.robot_id, hello.model, len(hello.pending))
         self._send(
             sock, identity,
-            protocol.Welcome(self.config.window, self.config.max_message_bytes, acked, tuple(sealed)),
+            protocol.Welcome(self.config.window, self.config.max_message_bytes, acked, sealed, states),
         )
+
+    def _episode_state(self, robot_id: str, episode: str, key: str) -> str:
+        journal = self.journals.get((robot_id, episode))
+        if journal is not None:
+            return "open" if journal.meta.producer_key in ("", key) else "unknown"
+        if raw_path(self.data_dir, robot_id, episode).exists():
+            return "sealed"  # renamed into place only once complete and fsynced
+        if (robot_id, episode) in self.sealing:
+            return "sealing"
+        if quarantine_path(self.data_dir, robot_id, episode).exists():
+            return "quarantined"
+        return "unknown"
 
     def _refuse(self, sock: zmq.Socket, identity: bytes, robot_id: str, reason: str) -> None:
         self.stats.refused += 1
         log.warning("refused robot %s: %s", robot_id, reason)
         self._send(sock, identity, protocol.Refuse(reason))
 
-    def _data(self, sock: zmq.Socket, identity: bytes, arrival_ns: int, message: list[bytes]) -> None:
+    def _identity_refused(
+        self, sock: zmq.Socket, identity: bytes, key: str, robot_id: str, reason: str, reply: bool = True
+    ) -> None:
+        self.stats.identity_refused += 1
+        self.stats.refused += 1
+        self._log_limited(
+            f"identity-{key}", logging.WARNING, "refused key %s claiming robot %s: %s", key or "(none)", robot_id, reason
+        )
+        if reply:
+            self._send(sock, identity, protocol.Refuse(reason))
+
+    def _data(self, sock: zmq.Socket, identity: bytes, arrival_ns: int, opcode: protocol.Opcode,
+              message: list[bytes]) -> None:
         session = self.sessions.get(identity)
         if session is None:
             # After an ingest restart a collector's queued messages arrive before its
@@ -285,6 +453,7 @@ class IngestServer:
             raise ProtocolError(
                 f"message names robot {header.robot_id!r} on the session of {session.robot_id!r}", field="robot_id"
             )
+        session.rules.check(opcode, header.stream, header.cols)
         key = (header.robot_id, header.episode_id)
         journal = self.journals.get(key)
         if journal is None:
@@ -296,9 +465,20 @@ class IngestServer:
                 self.stats.duplicates += 1
                 session.sealed.add(header.episode_id)
                 return
+            if quarantine_path(self.data_dir, *key).exists():
+                self.stats.duplicates += 1
+                self._notice(sock, session, f"quarantined-{header.episode_id}", "error",
+                             f"episode {header.episode_id} could not be sealed and is in quarantine at the ingest")
+                return
             journal = self._open_journal(sock, session, header.episode_id)
             if journal is None:
                 return
+        if journal.meta.producer_key not in ("", session.key):
+            self._identity_refused(
+                sock, identity, session.key, session.robot_id,
+                f"episode {header.episode_id} was opened by another key", reply=False,
+            )
+            return
         self.last_activity[key] = time.monotonic()
         verdict = journal.accepts(header)
         if verdict == "duplicate":
@@ -308,6 +488,21 @@ class IngestServer:
         if verdict == "gap":
             self.stats.gaps += 1
             return
+        if not self._within_limits(sock, session, journal, opcode, header, message):
+            return
+        if opcode == protocol.Opcode.EVENT:
+            body, refused = screen_event_body(record.body, self.limits.max_text_chars)
+            if refused:
+                record = protocol.Event(header, body)
+                message = record.encode()
+                if len(message[1]) > MAX_JSON_BYTES:  # re-encoding escapes non-ASCII text: it can grow
+                    raise ProtocolError(f"EVENT body grows beyond {MAX_JSON_BYTES:,} bytes once screened")
+                self.stats.refused_fields += len(refused)
+                detail = "; ".join(f"{name} {why}" for name, why in refused.items())
+                self._log_limited(f"fields-{session.robot_id}", logging.WARNING,
+                                  "robot=%s episode=%s: refused event fields: %s", *key, detail)
+                self._notice(sock, session, f"fields-{header.seq}", "warning",
+                             f"{record.kind} event of episode {header.episode_id}: not recorded: {detail}")
         try:
             journal.append(arrival_ns, message, record)
         except OSError as err:
@@ -318,18 +513,86 @@ class IngestServer:
         self._dirty_journals.add(key)
         session.dirty.add((header.episode_id, header.stream))
 
+    def _within_limits(self, sock: zmq.Socket, session: Session, journal: EpisodeJournal,
+                       opcode: protocol.Opcode, header: protocol.DataHeader, message: list[bytes]) -> bool:
+        """Check the robot's limits before a message is journaled; False drops it
+        (not acknowledged: the collector keeps it in its spool)."""
+        limits = self.limits
+        size = sum(len(f) for f in message)
+        now = time.monotonic()
+        session.tokens = min(limits.max_bytes_per_s * limits.burst_s,
+                             session.tokens + (now - session.tokens_at) * limits.max_bytes_per_s)
+        session.tokens_at = now
+        if session.tokens <= 0:
+            self.stats.rate_limited += 1
+            self._notice(sock, session, "rate", "warning",
+                         f"robot {session.robot_id} sends more than the ingest's limit of "
+                         f"{limits.max_bytes_per_s / 1e6:g} MB/s; the rest waits in the spool")
+            return False
+        session.tokens -= size
+        if opcode == protocol.Opcode.EVENT:
+            return True  # events close and label an episode: always accepted past its limits
+        if journal.limit:
+            self.stats.limited += 1
+            return False
+        reason = ""
+        if journal.size + size > limits.max_episode_bytes:
+            reason = f"episode bytes above {limits.max_episode_bytes:,}"
+        elif (journal.first_capture_ns is not None
+              and header.capture_ns - journal.first_capture_ns > limits.max_episode_s * 1e9):
+            reason = f"episode duration above {limits.max_episode_s:g} s"
+        if not reason:
+            return True
+        self.stats.limited += 1
+        try:
+            journal.mark_limit(reason)
+        except OSError as err:
+            self._disk_failure(sock, session, journal.path, err)
+            return False
+        self._dirty_journals.add((session.robot_id, header.episode_id))
+        log.warning("robot=%s episode=%s reached a limit: %s; data after it is not recorded",
+                    session.robot_id, header.episode_id, reason)
+        self._notice(sock, session, f"limit-{header.episode_id}", "error",
+                     f"episode {header.episode_id} reached the ingest's limit ({reason}): data after it is "
+                     "not recorded; stop the episode (it is sealed as incomplete with what came before)")
+        return False
+
     def _open_journal(self, sock: zmq.Socket, session: Session, episode_id: str) -> EpisodeJournal | None:
         key = (session.robot_id, episode_id)
+        open_now = self.open_by_robot.get(session.robot_id, set())
+        if len(open_now) >= self.limits.max_open_episodes:
+            self.stats.limited += 1
+            self._notice(sock, session, "open-episodes", "error",
+                         f"robot {session.robot_id} has {len(open_now)} episodes open at the ingest, the limit; "
+                         f"episode {episode_id} waits until one is sealed")
+            return None
         path = self.data_dir / "journal" / session.robot_id / f"{episode_id}{JOURNAL_SUFFIX}"
-        meta = EpisodeMeta(session.robot_id, episode_id, session.model, session.config_digest, session.config, time.time_ns())
+        meta = EpisodeMeta(session.robot_id, episode_id, session.model, session.config_digest, session.config,
+                           time.time_ns(), session.key)
         try:
             journal = EpisodeJournal.create(path, meta)
         except OSError as err:
             self._disk_failure(sock, session, path, err)
             path.unlink(missing_ok=True)
             return None
-        self.journals[key] = journal
+        self._add_journal(key, journal)
         log.info("episode started robot=%s episode=%s", *key)
+        return journal
+
+    def _add_journal(self, key: tuple[str, str], journal: EpisodeJournal) -> None:
+        self.journals[key] = journal
+        self.open_by_robot.setdefault(key[0], set()).add(key[1])
+        self.last_activity[key] = time.monotonic()
+
+    def _remove_journal(self, key: tuple[str, str]) -> EpisodeJournal:
+        journal = self.journals.pop(key)
+        episodes = self.open_by_robot.get(key[0])
+        if episodes is not None:
+            episodes.discard(key[1])
+            if not episodes:
+                del self.open_by_robot[key[0]]
+        self._dirty_journals.discard(key)
+        self.last_activity.pop(key, None)
         return journal
 
     def _disk_failure(self, sock: zmq.Socket | None, session: Session, path: Path, err: OSError) -> None:
@@ -343,6 +606,27 @@ class IngestServer:
         if sock is not None and self._disk_notice_after.get(session.identity, 0.0) <= now:
             self._disk_notice_after[session.identity] = now + 1.0
             self._send(sock, session.identity, protocol.Notice("error", self._disk_error))
+
+    def _notice(self, sock: zmq.Socket, session: Session, topic: str, level: str, message: str) -> None:
+        """A NOTICE the operator sees, at most once a second per topic and session."""
+        now = time.monotonic()
+        if session.notice_after.get(topic, 0.0) > now:
+            return
+        if len(session.notice_after) > 64:
+            session.notice_after = {t: v for t, v in session.notice_after.items() if v > now}
+        session.notice_after[topic] = now + 1.0
+        self._send(sock, session.identity, protocol.Notice(level, message))
+
+    def _log_limited(self, topic: str, level: int, msg: str, *args: object) -> None:
+        """Log at most once a second per topic: a flood of bad messages must not flood the log."""
+        now = time.monotonic()
+        if self._log_after.get(topic, 0.0) > now:
+            log.debug(msg, *args)
+            return
+        if len(self._log_after) > 1024:
+            self._log_after = {t: v for t, v in self._log_after.items() if v > now}
+        self._log_after[topic] = now + 1.0
+        log.log(level, msg, *args)
 
     # ------------------------------------------------------------------ commit, acks, sealing
 
@@ -384,10 +668,12 @@ class IngestServer:
         return failures
 
     def _finish_commit(self, sock: zmq.Socket) -> None:
-        assert self._commit_future is not None and self._commit_snapshot is not None
-        failures = self._commit_future.result()
+        if self._commit_future is None or self._commit_snapshot is None:
+            raise RuntimeError("no commit in progress")
+        future = self._commit_future
         dirty, acks, complete = self._commit_snapshot
         self._commit_future = self._commit_snapshot = None
+        failures = future.result()  # an unexpected exception in a worker ends the ingest (non-zero)
         for (key, journal), err in zip(dirty, failures):
             if err is not None:
                 session = self.sessions.get(self.robots.get(key[0], b""))
@@ -411,15 +697,13 @@ class IngestServer:
         if not acks and not session.sealed:
             return
         sealed = tuple(sorted(session.sealed))
-        session.sealed.clear()
         for start in range(0, max(len(acks), 1), MAX_ACKS_PER_MESSAGE):
             chunk = tuple(acks[start : start + MAX_ACKS_PER_MESSAGE])
-            self._send(sock, session.identity, protocol.Ack(chunk, sealed if start == 0 else ()))
+            if self._send(sock, session.identity, protocol.Ack(chunk, sealed if start == 0 else ())) and start == 0:
+                session.sealed.difference_update(sealed)  # kept for the next ACK when this send failed
 
     def _start_seal(self, key: tuple[str, str]) -> None:
-        journal = self.journals.pop(key)
-        self._dirty_journals.discard(key)
-        self.last_activity.pop(key, None)
+        journal = self._remove_journal(key)
         incomplete = not journal.complete
         self._final_acks[key] = journal.acked
         self.sealing[key] = self._seal_pool.submit(seal_recovered, journal, self.data_dir, incomplete=incomplete)
@@ -432,9 +716,13 @@ class IngestServer:
             self._final_acks.pop(key, None)
             try:
                 path = future.result()
-            except (RefineryError, OSError) as err:
+            except OSError as err:
                 self.stats.disk_errors += 1
                 log.error("sealing robot=%s episode=%s failed: %s; journal kept for the next start", *key, err)
+                continue
+            except Exception as err:  # noqa: BLE001 - whatever a journal holds must not stop the ingest
+                journal_path = self.data_dir / "journal" / key[0] / f"{key[1]}{JOURNAL_SUFFIX}"
+                self._quarantine(journal_path, *key, f"sealing failed: {type(err).__name__}: {err}")
                 continue
             self.stats.sealed += 1
             log.info("sealed robot=%s episode=%s -> %s", key[0], key[1], path)
@@ -442,12 +730,29 @@ class IngestServer:
             if identity in self.sessions:
                 self.sessions[identity].sealed.add(key[1])
 
+    def _quarantine(self, journal_path: Path, robot_id: str, episode_id: str, reason: str) -> None:
+        try:
+            dest = quarantine_journal(self.data_dir, journal_path, robot_id, episode_id, reason)
+        except OSError as err:
+            log.error("robot=%s episode=%s cannot be sealed (%s) nor quarantined (%s); journal left in place",
+                      robot_id, episode_id, reason, err)
+            return
+        self.stats.quarantined += 1
+        log.error("robot=%s episode=%s cannot be sealed: %s; journal moved to %s", robot_id, episode_id, reason, dest)
+
     def _housekeeping(self, sock: zmq.Socket) -> None:
-        """Seal, as incomplete, episodes whose collector has been silent too long."""
+        """Free silent sessions; seal, as incomplete, episodes whose collector has been silent too long."""
         now = time.monotonic()
         self._hello_hints = {k: v for k, v in self._hello_hints.items() if v > now}
+        self._disk_notice_after = {k: v for k, v in self._disk_notice_after.items() if v > now}
+        self._hello_budget = {k: v for k, v in self._hello_budget.items() if v[1] > now - HELLO_BURST}
+        silent = now - self.config.session_timeout_s
+        for session in [s for s in self.sessions.values() if s.last_heard < silent]:
+            log.info("robot=%s silent for %.0f s; session freed", session.robot_id, now - session.last_heard)
+            self._free_session(session)
+            self.stats.sessions_freed += 1
         syncing = {key for key, _ in self._commit_snapshot[0]} if self._commit_snapshot else set()
-        deadline = time.monotonic() - self.config.abandon_after_s
+        deadline = now - self.config.abandon_after_s
         for key, last in list(self.last_activity.items()):
             if last < deadline and key in self.journals and key not in syncing:
                 journal = self.journals[key]
@@ -458,13 +763,23 @@ class IngestServer:
                 self.stats.sealed_incomplete += 1
                 self._start_seal(key)
 
-    def _send(self, sock: zmq.Socket, identity: bytes, record: protocol.Record) -> None:
+    def _free_session(self, session: Session) -> None:
+        self.sessions.pop(session.identity, None)
+        if self.robots.get(session.robot_id) == session.identity:
+            del self.robots[session.robot_id]
+        self._hello_hints.pop(session.identity, None)
+        self._disk_notice_after.pop(session.identity, None)
+        self._hello_budget.pop(session.identity, None)
+
+    def _send(self, sock: zmq.Socket, identity: bytes, record: protocol.Record) -> bool:
         try:
             sock.send_multipart([identity, *record.encode()], zmq.NOBLOCK)
         except zmq.ZMQError as err:
             # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY); EAGAIN: its pipe is full.
             # Acks are cumulative, so the next one carries whatever this one said.
             log.debug("could not send %s to %s: %s", type(record).__name__, identity.hex(), err)
+            return False
+        return True
 
     # ------------------------------------------------------------------ status
 

@@ -1,16 +1,22 @@
 """The ingest's per-episode journal: what is durable before an episode is sealed.
 
 An episode streams into ``<data>/journal/<robot>/<episode>.rfj``, a record log
-(:mod:`pipeline.record_log`). Record 0 holds the episode's identity and robot
-config as JSON; every later record is one accepted data message, as
-``i64 arrival_ns | multipart frames`` exactly as received. Only messages that
-continue their stream without a gap are written, so replaying the journal
-yields every stream in sequence order, each sample once.
+(:mod:`pipeline.record_log`). Record 0 holds the episode's identity, robot
+config and the key that produced it as JSON; every later record is either one
+accepted data message, as ``i64 arrival_ns | multipart frames`` exactly as
+accepted, or an ingest note (``RFJN`` + JSON: a limit the episode reached).
+Only messages that continue their stream without a gap are written, so
+replaying the journal yields every stream in sequence order, each sample once.
+
+Replay streams: a journal is read one record at a time, never whole, so
+recovering or sealing a journal of many gigabytes takes the memory of one
+record.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,12 +25,14 @@ from typing import Any
 
 from pipeline import protocol
 from pipeline.errors import ProtocolError, StoreError
-from pipeline.record_log import RecordWriter, frame_parts, recover, scan, unpack_frames
+from pipeline.record_log import RecordWriter, fsync_dir, frame_parts, iter_log, truncate_to, unpack_frames
 from pipeline.streams import EVENTS
 
 JOURNAL_MAGIC = b"RFJ1"
+NOTE_MAGIC = b"RFJN"
 ARRIVAL = struct.Struct("<q")
 JOURNAL_SUFFIX = ".rfj"
+QUARANTINE = "quarantine"
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class EpisodeMeta:
     config_digest: str
     config: dict[str, Any]
     created_ns: int
+    producer_key: str = ""  # the CURVE public key (Z85) that opened the episode; "" without CURVE
 
     def to_payload(self) -> bytes:
         return JOURNAL_MAGIC + json.dumps(self.__dict__, sort_keys=True).encode()
@@ -45,7 +54,7 @@ class EpisodeMeta:
             raise StoreError(str(path), "not a Refinery journal (bad first record)")
         try:
             return cls(**json.loads(payload[len(JOURNAL_MAGIC) :]))
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, RecursionError) as err:
             raise StoreError(str(path), f"journal header unreadable: {err}") from err
 
 
@@ -58,6 +67,9 @@ class EpisodeJournal:
     next_seq: dict[str, int] = field(default_factory=dict)
     stop: dict[str, Any] | None = None
     writer: RecordWriter | None = None
+    size: int = 0  # bytes of the journal file
+    first_capture_ns: int | None = None  # capture time of the episode's first message
+    limit: str = ""  # a limit the episode reached: data after it was not accepted
 
     @classmethod
     def create(cls, path: Path, meta: EpisodeMeta) -> EpisodeJournal:
@@ -67,18 +79,30 @@ class EpisodeJournal:
         writer = RecordWriter(path)
         writer.append(meta.to_payload())
         writer.sync()
-        return cls(path, meta, writer=writer)
+        return cls(path, meta, writer=writer, size=writer.size)
 
     @classmethod
     def recover(cls, path: Path) -> EpisodeJournal:
-        """Reopen a journal left by a stopped or killed ingest, dropping its torn tail."""
-        entries = recover(path)
-        if not entries:
+        """Reopen a journal left by a stopped or killed ingest, dropping its torn tail.
+
+        Raises:
+            StoreError: no intact header, or an intact record that does not decode
+                (the journal cannot be trusted: quarantine it).
+        """
+        entries = iter_log(path)
+        first = next(entries, None)
+        if first is None:
             raise StoreError(str(path), "journal has no intact header record")
-        journal = cls(path, EpisodeMeta.from_payload(entries[0].payload, path))
-        for arrival_ns, record in journal._decode(e.payload for e in entries[1:]):
-            journal._advance(record)
+        journal = cls(path, EpisodeMeta.from_payload(first.payload, path))
+        good = first.end
+        for entry in entries:
+            for _, record in journal._decode(iter((entry.payload,))):
+                if record is not None:
+                    journal._advance(record)
+            good = entry.end
+        truncate_to(path, good)
         journal.writer = RecordWriter(path)
+        journal.size = journal.writer.size
         return journal
 
     def accepts(self, header: protocol.DataHeader) -> str:
@@ -93,11 +117,27 @@ class EpisodeJournal:
         if self.writer is None:
             raise StoreError(str(self.path), "journal is closed")
         self.writer.append_parts([ARRIVAL.pack(arrival_ns), *frame_parts(frames)])
+        self.size = self.writer.size
         self._advance(record)
 
-    def _advance(self, record: protocol.DataRecord) -> None:
-        stream = record.header.stream
-        self.next_seq[stream] = record.header.seq + 1
+    def mark_limit(self, reason: str) -> None:
+        """Record that the episode reached a limit: from now on only its events are
+        accepted, and its stop event seals it (incomplete) without waiting for the
+        data it names. Journaled, so a restart knows it too."""
+        if self.writer is None:
+            raise StoreError(str(self.path), "journal is closed")
+        self.writer.append(NOTE_MAGIC + json.dumps({"limit": reason}).encode())
+        self.size = self.writer.size
+        self.limit = reason
+
+    def _advance(self, record: protocol.DataRecord | dict[str, Any]) -> None:
+        if isinstance(record, dict):  # an ingest note
+            self.limit = str(record.get("limit", "")) or self.limit
+            return
+        header = record.header
+        self.next_seq[header.stream] = header.seq + 1
+        if self.first_capture_ns is None:
+            self.first_capture_ns = header.capture_ns
         if isinstance(record, protocol.Event) and record.kind == "stop":
             self.stop = record.body
 
@@ -107,9 +147,12 @@ class EpisodeJournal:
 
     @property
     def complete(self) -> bool:
-        """The stop event is here and every stream reached the last seq it names."""
+        """The stop event is here and every stream reached the last seq it names
+        (or the episode reached a limit, so the rest will never be accepted)."""
         if self.stop is None:
             return False
+        if self.limit:
+            return True
         return all(self.next_seq.get(s, 0) > last for s, last in self.stop["last_seq"].items())
 
     def missing(self) -> dict[str, list[int]]:
@@ -131,21 +174,72 @@ class EpisodeJournal:
             self.writer.close()
             self.writer = None
 
-    def _decode(self, payloads: Iterator[bytes]) -> Iterator[tuple[int, protocol.DataRecord]]:
+    def _decode(self, payloads: Iterator[bytes]) -> Iterator[tuple[int, protocol.DataRecord | None]]:
+        """Decode journal payloads; ingest notes are applied and yield ``None``."""
         for payload in payloads:
+            if payload.startswith(NOTE_MAGIC):
+                try:
+                    note = json.loads(payload[len(NOTE_MAGIC) :])
+                except ValueError as err:
+                    raise StoreError(str(self.path), f"journal note does not decode: {err}") from err
+                self._advance(note if isinstance(note, dict) else {})
+                yield 0, None
+                continue
             try:
                 (arrival_ns,) = ARRIVAL.unpack_from(payload)
                 record = protocol.decode(unpack_frames(payload[ARRIVAL.size :]))
-            except (ProtocolError, ValueError, struct.error) as err:
+            except (ProtocolError, ValueError, struct.error, IndexError) as err:
                 raise StoreError(str(self.path), f"journal record does not decode: {err}") from err
-            yield arrival_ns, record  # type: ignore[misc]
+            if not isinstance(record, protocol.DataRecord):
+                raise StoreError(str(self.path), f"journal holds a {type(record).__name__}, not a data message")
+            yield arrival_ns, record
+
+
+def iter_journal(path: Path) -> tuple[EpisodeMeta, Iterator[tuple[int, protocol.DataRecord]]]:
+    """The journal's header and an iterator over its data messages, read one at a
+    time (the file is not modified)."""
+    entries = iter_log(path)
+    first = next(entries, None)
+    if first is None:
+        raise StoreError(str(path), "journal has no intact header record")
+    meta = EpisodeMeta.from_payload(first.payload, path)
+    reader = EpisodeJournal(path, meta)
+
+    def records() -> Iterator[tuple[int, protocol.DataRecord]]:
+        for entry in entries:
+            for arrival_ns, record in reader._decode(iter((entry.payload,))):
+                if record is not None:
+                    yield arrival_ns, record
+
+    return meta, records()
 
 
 def read_journal(path: Path) -> tuple[EpisodeMeta, list[tuple[int, protocol.DataRecord]]]:
-    """Every intact record of a journal, without modifying the file."""
-    entries, _ = scan(path)
-    if not entries:
-        raise StoreError(str(path), "journal has no intact header record")
-    meta = EpisodeMeta.from_payload(entries[0].payload, path)
-    reader = EpisodeJournal(path, meta)
-    return meta, list(reader._decode(e.payload for e in entries[1:]))
+    """Every intact record of a journal in memory (small journals, tools and tests)."""
+    meta, records = iter_journal(path)
+    return meta, list(records)
+
+
+def quarantine_path(data_dir: Path, robot_id: str, episode_id: str) -> Path:
+    return data_dir / QUARANTINE / robot_id / f"{episode_id}{JOURNAL_SUFFIX}"
+
+
+def quarantine_journal(data_dir: Path, journal_path: Path, robot_id: str, episode_id: str, reason: str) -> Path:
+    """Move a journal that cannot be sealed out of the way, with a file saying why.
+
+    It lands in ``<data>/quarantine/<robot>/<episode>.rfj`` beside
+    ``<episode>.reason.txt``, so the next start does not try it again (a crash
+    loop) and an engineer can look at it.
+    """
+    dest = quarantine_path(data_dir, robot_id, episode_id)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():  # quarantined before under the same name: keep both
+        dest = dest.with_name(f"{episode_id}.{os.getpid()}-{os.urandom(3).hex()}{JOURNAL_SUFFIX}")
+    reason_file = dest.with_name(dest.name[: -len(JOURNAL_SUFFIX)] + ".reason.txt")
+    reason_file.write_text(
+        f"robot {robot_id} episode {episode_id}\njournal {journal_path}\nquarantined because: {reason}\n"
+    )
+    os.replace(journal_path, dest)
+    fsync_dir(dest.parent)
+    fsync_dir(journal_path.parent)
+    return dest

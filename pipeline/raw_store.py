@@ -3,8 +3,9 @@
 Layout of ``<data>/raw/<robot_id>/<episode_id>.h5`` (README, "Raw episode files"):
 
     /                       attrs: format, format_version, robot_id, episode_id, model,
-                            config_digest, status (complete|incomplete), outcome, task,
-                            operator, missing (JSON), created_ns, sealed_ns, content_sha256
+                            config_digest, producer_key (Z85 CURVE key, "" without CURVE),
+                            status (complete|incomplete), outcome, task, operator,
+                            missing (JSON), limit, created_ns, sealed_ns, content_sha256
     /robot_config           JSON text of the robot config the collector declared
     /streams/<name>/        numeric streams (joint_state, action), one row per sample:
         capture_ns  int64 (n)        capture time on the collector's clock
@@ -21,7 +22,8 @@ Layout of ``<data>/raw/<robot_id>/<episode_id>.h5`` (README, "Raw episode files"
                             offset_ns, round_trip_ns float64 (n)
 
 ``content_sha256`` hashes every dataset (path, dtype, shape, bytes) in path
-order plus the identity attributes; :func:`verify_episode` recomputes it.
+order plus the identity attributes (``producer_key`` included when present);
+:func:`verify_episode` recomputes it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import hashlib
 import json
 import os
 import time
-from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +42,12 @@ import numpy as np
 
 from pipeline import protocol
 from pipeline.errors import StoreError
-from pipeline.journal import EpisodeJournal, EpisodeMeta, read_journal
+from pipeline.journal import EpisodeJournal, EpisodeMeta, iter_journal
 from pipeline.record_log import fsync_dir
 from pipeline.streams import EVENTS, NUMERIC_FIELDS
 
 RAW_FORMAT = "refinery-raw"
-RAW_FORMAT_VERSION = 1
+RAW_FORMAT_VERSION = 2  # 2: producer_key (hashed) and limit attributes
 _HASHED_ATTRS = ("robot_id", "episode_id", "model", "config_digest", "status")
 
 
@@ -53,18 +55,27 @@ def raw_path(data_dir: Path, robot_id: str, episode_id: str) -> Path:
     return data_dir / "raw" / robot_id / f"{episode_id}.h5"
 
 
-def seal_journal(journal_path: Path, out_path: Path, *, missing: dict[str, list[int]] | None = None) -> Path:
+def seal_journal(
+    journal_path: Path, out_path: Path, *, missing: dict[str, list[int]] | None = None, limit: str = ""
+) -> Path:
     """Write the journal's episode as one HDF5 file, atomically, and return its path.
 
-    The file is written to ``<out>.partial``, fsynced, renamed into place and the
-    directory fsynced, so a reader sees either no file or the whole one.
+    The journal is streamed: records are read one at a time and appended to the
+    file's datasets in bounded buffers, so memory does not grow with the
+    episode. The file is written to ``<out>.partial``, fsynced, renamed into
+    place and the directory fsynced, so a reader sees either no file or the
+    whole one.
+
+    Raises:
+        StoreError: the journal holds something that cannot be sealed (a batch
+            whose width differs from its stream's first, text HDF5 cannot hold).
     """
-    meta, records = read_journal(journal_path)
+    meta, records = iter_journal(journal_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
     try:
         with h5py.File(partial, "w") as h5:
-            _write_episode(h5, meta, records, missing or {})
+            _write_episode(h5, meta, records, missing or {}, limit, journal_path)
         with open(partial, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(partial, out_path)
@@ -79,133 +90,243 @@ def seal_recovered(journal: EpisodeJournal, data_dir: Path, *, incomplete: bool 
     """Seal an episode journal and delete the journal once the file is in place."""
     journal.close()
     out = raw_path(data_dir, journal.meta.robot_id, journal.meta.episode_id)
-    seal_journal(journal.path, out, missing=journal.missing() if incomplete else None)
+    missing = journal.missing() if incomplete or journal.limit else None
+    seal_journal(journal.path, out, missing=missing, limit=journal.limit)
     journal.path.unlink()
     fsync_dir(journal.path.parent)
     return out
 
 
-def _write_episode(
-    h5: h5py.File, meta: EpisodeMeta, records: list[tuple[int, protocol.DataRecord]], missing: dict[str, list[int]]
-) -> None:
-    numeric: dict[str, list[tuple[int, protocol.Samples]]] = defaultdict(list)
-    frames: dict[str, list[tuple[int, protocol.Frame]]] = defaultdict(list)
-    events: list[tuple[int, protocol.Event]] = []
-    clocks: list[tuple[int, protocol.ClockSample]] = []
-    for arrival_ns, record in records:
-        if isinstance(record, protocol.Samples):
-            numeric[record.header.stream].append((arrival_ns, record))
-        elif isinstance(record, protocol.Frame):
-            frames[record.header.stream].append((arrival_ns, record))
-        elif isinstance(record, protocol.Event):
-            events.append((arrival_ns, record))
-        elif isinstance(record, protocol.ClockSample):
-            clocks.append((arrival_ns, record))
+_FLUSH_BYTES = 4 << 20  # per group: what is buffered before it is appended to the file
+# HDF5 allocates whole chunks, so a short episode's file grows by up to one chunk
+# per dataset (about 40 of them): keep chunks small, except for the JPEG bytes.
+_CHUNK_BYTES = 32 << 10  # rows of a 2-D dataset (n, dof)
+_COLUMN_CHUNK_ROWS = 1024  # 1-D int64/float64 columns: 8 KB
+_JPEG_CHUNK_BYTES = 64 << 10
 
-    config = meta.config
-    info = _episode_info(events)
-    h5.attrs.update(
-        {
-            "format": RAW_FORMAT,
-            "format_version": RAW_FORMAT_VERSION,
-            "robot_id": meta.robot_id,
-            "episode_id": meta.episode_id,
-            "model": meta.model,
-            "config_digest": meta.config_digest,
-            "status": "incomplete" if missing else "complete",
-            "missing": json.dumps(missing, sort_keys=True),
-            "outcome": info.get("outcome", ""),
-            "task": info.get("task", ""),
-            "operator": info.get("operator", ""),
-            "created_ns": meta.created_ns,
-            "sealed_ns": time.time_ns(),
-        }
-    )
-    h5.create_dataset("robot_config", data=json.dumps(config, sort_keys=True))
 
-    dof = len(config.get("joints", []))
-    for stream, batches in numeric.items():
-        g = h5.create_group(f"streams/{stream}")
-        rows = [b.values.shape[0] for _, b in batches]
-        g["capture_ns"] = np.concatenate([b.capture_ns for _, b in batches])
-        g["source_index"] = np.concatenate([b.source_index for _, b in batches])
-        g["seq"] = np.repeat([b.header.seq for _, b in batches], rows).astype(np.int64)
-        g["arrival_ns"] = np.repeat([a for a, _ in batches], rows).astype(np.int64)
-        values = np.concatenate([b.values for _, b in batches])
-        fields = NUMERIC_FIELDS.get(stream)
-        if fields and dof and values.shape[1] == dof * len(fields):
-            for i, name in enumerate(fields):
-                g.create_dataset(name, data=values[:, i * dof : (i + 1) * dof], chunks=True)
+class _Appender:
+    """Rows appended to the resizable datasets of one group, buffered to a bound."""
+
+    def __init__(self, group: h5py.Group) -> None:
+        self.group = group
+        self.buffers: dict[str, list[Any]] = {}
+        self.pending = 0
+
+    def column(self, name: str, dtype: Any, tail: tuple[int, ...] = ()) -> None:
+        if dtype is np.uint8:
+            rows = _JPEG_CHUNK_BYTES
         else:
-            g.create_dataset("values", data=values, chunks=True)
+            rows = max(1, _CHUNK_BYTES // (8 * max(1, int(np.prod(tail, dtype=np.int64))))) if tail else _COLUMN_CHUNK_ROWS
+        self.group.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype, chunks=(rows, *tail))
+        self.buffers[name] = []
 
-    cameras = {c["name"]: c for c in config.get("cameras", [])}
-    for camera, items in frames.items():
-        g = h5.create_group(f"cameras/{camera}")
-        for key in ("width", "height", "fps", "latency_ms"):
-            if key in cameras.get(camera, {}):
-                g.attrs[key] = cameras[camera][key]
-        _write_header_columns(g, items)
-        sizes = np.fromiter((len(f.jpeg) for _, f in items), dtype=np.int64, count=len(items))
-        g["jpeg_offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        g.create_dataset(
-            "jpeg_data", data=np.frombuffer(b"".join(f.jpeg for _, f in items), dtype=np.uint8), chunks=True
-        )
+    def add(self, name: str, values: Any, nbytes: int = 8) -> None:
+        self.buffers[name].append(values)
+        self.pending += nbytes
+        if self.pending >= _FLUSH_BYTES:
+            self.flush()
 
-    g = h5.create_group(EVENTS)
-    _write_header_columns(g, events)
-    g.create_dataset("json", data=[json.dumps(e.body, sort_keys=True) for _, e in events], dtype=h5py.string_dtype())
+    def flush(self) -> None:
+        for name, parts in self.buffers.items():
+            if not parts:
+                continue
+            ds = self.group[name]
+            if ds.dtype.kind == "O":
+                data = np.array(parts, dtype=object)
+            elif isinstance(parts[0], np.ndarray) and parts[0].ndim == ds.ndim:
+                data = np.concatenate(parts)
+            else:
+                data = np.asarray(parts, dtype=ds.dtype)
+            n = ds.shape[0]
+            ds.resize(n + data.shape[0], axis=0)
+            ds[n:] = data
+            parts.clear()
+        self.pending = 0
 
-    g = h5.create_group("clock_sync")
-    _write_header_columns(g, clocks, capture=False)
-    for name in ("t1_ns", "t2_ns", "t3_ns", "t4_ns"):
-        g[name] = np.array([getattr(c, name) for _, c in clocks], dtype=np.int64)
-    g["offset_ns"] = np.array([c.offset_ns for _, c in clocks], dtype=np.float64)
-    g["round_trip_ns"] = np.array([c.round_trip_ns for _, c in clocks], dtype=np.float64)
 
+def _write_episode(
+    h5: h5py.File,
+    meta: EpisodeMeta,
+    records: Iterator[tuple[int, protocol.DataRecord]],
+    missing: dict[str, list[int]],
+    limit: str,
+    source: Path,
+) -> None:
+    config = meta.config
+    dof = len(config.get("joints", []))
+    cameras = {c["name"]: c for c in config.get("cameras", []) if isinstance(c, dict) and "name" in c}
+    h5.create_dataset("robot_config", data=json.dumps(config, sort_keys=True))
+    numeric: dict[str, tuple[_Appender, int, tuple[str, ...] | None]] = {}
+    frames: dict[str, tuple[_Appender, list[int]]] = {}
+    events = _Appender(h5.create_group(EVENTS))
+    for name in ("seq", "capture_ns", "source_index", "arrival_ns"):
+        events.column(name, np.int64)
+    events.group.create_dataset("json", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(1024,))
+    events.buffers["json"] = []
+    clocks = _Appender(h5.create_group("clock_sync"))
+    for name in ("seq", "arrival_ns", "t1_ns", "t2_ns", "t3_ns", "t4_ns"):
+        clocks.column(name, np.int64)
+    for name in ("offset_ns", "round_trip_ns"):
+        clocks.column(name, np.float64)
+    info: dict[str, str] = {}
+
+    for arrival_ns, record in records:
+        header = record.header
+        if isinstance(record, protocol.Samples):
+            stream = header.stream
+            rows, cols = record.values.shape
+            if stream not in numeric:
+                fields = NUMERIC_FIELDS.get(stream)
+                split = fields if fields and dof and cols == dof * len(fields) else None
+                app = _Appender(h5.create_group(f"streams/{stream}"))
+                for name in ("capture_ns", "source_index", "seq", "arrival_ns"):
+                    app.column(name, np.int64)
+                for name in split or ("values",):
+                    app.column(name, np.float64, (dof if split else cols,))
+                numeric[stream] = (app, cols, split)
+            app, first_cols, split = numeric[stream]
+            if cols != first_cols:
+                raise StoreError(
+                    str(source),
+                    f"stream {stream!r} batch seq {header.seq} has {cols} columns, its first batch had {first_cols}",
+                )
+            app.add("capture_ns", record.capture_ns, 8 * rows)
+            app.add("source_index", record.source_index, 8 * rows)
+            app.add("seq", np.full(rows, header.seq, dtype=np.int64), 8 * rows)
+            app.add("arrival_ns", np.full(rows, arrival_ns, dtype=np.int64), 8 * rows)
+            if split:
+                for i, name in enumerate(split):
+                    app.add(name, record.values[:, i * dof : (i + 1) * dof], 8 * rows * dof)
+            else:
+                app.add("values", record.values, 8 * rows * cols)
+        elif isinstance(record, protocol.Frame):
+            camera = header.stream
+            if camera not in frames:
+                app = _Appender(h5.create_group(f"cameras/{camera}"))
+                for key in ("width", "height", "fps", "latency_ms"):
+                    if key in cameras.get(camera, {}):
+                        app.group.attrs[key] = cameras[camera][key]
+                for name in ("seq", "capture_ns", "source_index", "arrival_ns", "jpeg_offsets"):
+                    app.column(name, np.int64)
+                app.column("jpeg_data", np.uint8)
+                app.add("jpeg_offsets", 0)
+                frames[camera] = (app, [0])
+            app, end = frames[camera]
+            end[0] += len(record.jpeg)
+            app.add("seq", header.seq)
+            app.add("capture_ns", header.capture_ns)
+            app.add("source_index", header.source_index)
+            app.add("arrival_ns", arrival_ns)
+            app.add("jpeg_offsets", end[0])
+            app.add("jpeg_data", np.frombuffer(record.jpeg, dtype=np.uint8), len(record.jpeg))
+        elif isinstance(record, protocol.Event):
+            events.add("seq", header.seq)
+            events.add("capture_ns", header.capture_ns)
+            events.add("source_index", header.source_index)
+            events.add("arrival_ns", arrival_ns)
+            text = json.dumps(record.body, sort_keys=True)
+            events.add("json", text, len(text))
+            _update_info(info, record.body)
+        elif isinstance(record, protocol.ClockSample):
+            clocks.add("seq", header.seq)
+            clocks.add("arrival_ns", arrival_ns)
+            for name in ("t1_ns", "t2_ns", "t3_ns", "t4_ns"):
+                clocks.add(name, getattr(record, name))
+            clocks.add("offset_ns", record.offset_ns)
+            clocks.add("round_trip_ns", float(record.round_trip_ns))
+    for app in [events, clocks, *(a for a, _, _ in numeric.values()), *(a for a, _ in frames.values())]:
+        app.flush()
+
+    attrs = {
+        "format": RAW_FORMAT,
+        "format_version": RAW_FORMAT_VERSION,
+        "robot_id": meta.robot_id,
+        "episode_id": meta.episode_id,
+        "model": meta.model,
+        "config_digest": meta.config_digest,
+        "producer_key": meta.producer_key,
+        "status": "incomplete" if missing else "complete",
+        "missing": json.dumps(missing, sort_keys=True),
+        "limit": limit,
+        "outcome": info.get("outcome", ""),
+        "task": info.get("task", ""),
+        "operator": info.get("operator", ""),
+        "created_ns": meta.created_ns,
+        "sealed_ns": time.time_ns(),
+    }
+    try:
+        h5.attrs.update(attrs)
+    except ValueError as err:  # e.g. a NUL inside a string: HDF5 cannot store it
+        raise StoreError(str(source), f"episode attributes cannot be stored: {err}") from err
     h5.attrs["content_sha256"] = content_digest(h5)
 
 
-def _write_header_columns(g: h5py.Group, items: list[tuple[int, Any]], capture: bool = True) -> None:
-    g["seq"] = np.array([r.header.seq for _, r in items], dtype=np.int64)
-    if capture:
-        g["capture_ns"] = np.array([r.header.capture_ns for _, r in items], dtype=np.int64)
-        g["source_index"] = np.array([r.header.source_index for _, r in items], dtype=np.int64)
-    g["arrival_ns"] = np.array([a for a, _ in items], dtype=np.int64)
-
-
-def _episode_info(events: list[tuple[int, protocol.Event]]) -> dict[str, str]:
+def _update_info(info: dict[str, str], body: dict[str, Any]) -> None:
     """Task, operator and outcome as the episode's events last stated them."""
-    info: dict[str, str] = {}
-    for _, event in events:
-        body = event.body
-        if body["kind"] in ("start", "task") and body.get("task"):
-            info["task"] = str(body["task"])
-        if body.get("operator"):
-            info["operator"] = str(body["operator"])
-        if body["kind"] == "stop":
-            info["outcome"] = str(body.get("outcome", ""))
-    return info
+    if body.get("kind") in ("start", "task") and body.get("task"):
+        info["task"] = str(body["task"])
+    if body.get("operator"):
+        info["operator"] = str(body["operator"])
+    if body.get("kind") == "stop":
+        info["outcome"] = str(body.get("outcome", ""))
+
+
+_HASH_ROWS_BYTES = 8 << 20
 
 
 def content_digest(h5: h5py.File) -> str:
-    """SHA-256 over every dataset and the identity attributes, in a fixed order."""
+    """SHA-256 over every dataset and the identity attributes, in a fixed order.
+
+    Datasets are read in slices of about 8 MB, so hashing a file of any size
+    takes bounded memory; the bytes hashed are the same as hashing each whole
+    array (C order), so files sealed before streaming still verify.
+    """
     digest = hashlib.sha256()
     for key in _HASHED_ATTRS:
         digest.update(f"{key}={h5.attrs.get(key, '')}\n".encode())
+    if "producer_key" in h5.attrs:  # format 2; format 1 files have no such attribute
+        digest.update(f"producer_key={h5.attrs['producer_key']}\n".encode())
     paths: list[str] = []
     h5.visit(lambda name: paths.append(name) if isinstance(h5[name], h5py.Dataset) else None)
     for name in sorted(paths):
         ds = h5[name]
-        data = ds[()]
-        if ds.dtype.kind == "O" or isinstance(data, (bytes, str)):
-            raw = json.dumps([x.decode() if isinstance(x, bytes) else x for x in np.atleast_1d(data).tolist()])
-            blob = raw.encode()
-        else:
-            blob = np.ascontiguousarray(data).tobytes()
         digest.update(f"{name}|{ds.dtype.str}|{ds.shape}\n".encode())
-        digest.update(blob)
+        if ds.dtype.kind == "O" or ds.dtype.kind in "SU" or ds.shape == ():
+            if ds.shape == ():
+                data = ds[()]
+                if ds.dtype.kind != "O" and not isinstance(data, (bytes, str)):
+                    digest.update(np.ascontiguousarray(data).tobytes())
+                    continue
+                items: Iterator[Any] = iter([data])
+            else:
+                items = _iter_rows(ds, 4096)
+            _hash_json_list(digest, items)
+        else:
+            row_bytes = max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)))
+            for rows in _iter_blocks(ds, max(1, _HASH_ROWS_BYTES // row_bytes)):
+                digest.update(np.ascontiguousarray(rows).tobytes())
     return digest.hexdigest()
+
+
+def _iter_blocks(ds: h5py.Dataset, step: int) -> Iterator[np.ndarray]:
+    for start in range(0, ds.shape[0], step):
+        yield ds[start : start + step]
+
+
+def _iter_rows(ds: h5py.Dataset, step: int) -> Iterator[Any]:
+    for block in _iter_blocks(ds, step):
+        yield from block.tolist()
+
+
+def _hash_json_list(digest: Any, items: Iterator[Any]) -> None:
+    """Hash ``json.dumps(list(items))`` (strings decoded) without building the list."""
+    digest.update(b"[")
+    for i, item in enumerate(items):
+        if i:
+            digest.update(b", ")
+        digest.update(json.dumps(item.decode() if isinstance(item, bytes) else item).encode())
+    digest.update(b"]")
 
 
 @dataclass(frozen=True)
@@ -213,6 +334,7 @@ class VerifyResult:
     path: Path
     ok: bool
     problem: str = ""
+    producer: str = ""  # who sealed it: "key <Z85>", "no key (plain)" or "unknown (format 1)"
 
 
 def verify_episode(path: Path) -> VerifyResult:
@@ -223,11 +345,20 @@ def verify_episode(path: Path) -> VerifyResult:
             if stored is None:
                 return VerifyResult(path, False, "no content_sha256 attribute")
             actual = content_digest(h5)
+            producer = _producer(h5)
     except (OSError, KeyError) as err:
         return VerifyResult(path, False, f"cannot read: {err}")
     if actual != stored:
-        return VerifyResult(path, False, f"checksum mismatch: stored {stored[:12]}…, content {actual[:12]}…")
-    return VerifyResult(path, True)
+        return VerifyResult(path, False, f"checksum mismatch: stored {stored[:12]}…, content {actual[:12]}…", producer)
+    return VerifyResult(path, True, producer=producer)
+
+
+def _producer(h5: h5py.File) -> str:
+    if "producer_key" not in h5.attrs:
+        return "producer unknown (sealed before format 2)"
+    key = h5.attrs["producer_key"]
+    key = key.decode() if isinstance(key, bytes) else str(key)
+    return f"robot {h5.attrs.get('robot_id', '')} key {key}" if key else f"robot {h5.attrs.get('robot_id', '')} no key (plain)"
 
 
 class RawEpisodeReader:

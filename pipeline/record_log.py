@@ -80,6 +80,41 @@ def scan(path: Path) -> tuple[list[LogEntry], int]:
     return entries, offset
 
 
+def iter_log(path: Path) -> Iterator[LogEntry]:
+    """Stream the intact records of a log from its start, one at a time.
+
+    Stops at the first record that is short or fails its CRC (a torn tail), like
+    :func:`scan`, but holds only one record in memory: a journal of an
+    episode can be gigabytes.
+    """
+    try:
+        fh = open(path, "rb", buffering=1 << 20)
+    except OSError as err:
+        raise StoreError(str(path), f"cannot read record log: {err.strerror}") from err
+    with fh:
+        offset = 0
+        while True:
+            head = fh.read(RECORD_HEAD.size)
+            if len(head) < RECORD_HEAD.size:
+                return
+            length, crc = RECORD_HEAD.unpack(head)
+            if length > MAX_RECORD_BYTES:
+                return
+            payload = fh.read(length)
+            if len(payload) != length or zlib.crc32(payload) != crc:
+                return
+            yield LogEntry(offset, payload)
+            offset += RECORD_HEAD.size + length
+
+
+def truncate_to(path: Path, good: int) -> None:
+    """Cut a log back to ``good`` bytes (its intact records), durably."""
+    if good != path.stat().st_size:
+        with open(path, "r+b") as fh:
+            fh.truncate(good)
+            os.fsync(fh.fileno())
+
+
 def recover(path: Path) -> list[LogEntry]:
     """Scan a log left by a killed writer and cut off its torn tail, durably."""
     entries, good = scan(path)

@@ -154,3 +154,86 @@ def test_welcome_of_an_older_ingest_decodes_without_episode_states() -> None:
     old = b"RF\x01\x02" + b'{"acked":{},"max_message_bytes":1024,"sealed":["ep-0"],"window":8}'
     welcome = protocol.decode([old])
     assert welcome.episodes == {} and welcome.sealed == ("ep-0",)
+
+
+# --------------------------------------------------------------------------- validation at the door
+
+
+@pytest.mark.parametrize("opening", [b"[", b"{", b'{"a":'])
+def test_deep_json_is_refused_before_it_is_parsed(opening: bytes) -> None:
+    body = opening * (60_000 // len(opening))
+    with pytest.raises(ProtocolError, match="deeper"):
+        protocol.decode([b"RF\x01\x01" + body])
+    header = protocol.DataHeader("r", "e", "events", 0, 0).pack(protocol.Opcode.EVENT)
+    with pytest.raises(ProtocolError, match="deeper"):
+        protocol.decode([header, body])
+
+
+def test_brackets_inside_strings_do_not_count_as_depth() -> None:
+    header = protocol.DataHeader("r", "e", "events", 0, 0).pack(protocol.Opcode.EVENT)
+    body = json.dumps({"kind": "label", "text": "[{" * 500 + '\\"'}).encode()
+    assert protocol.decode([header, body]).body["text"].startswith("[{")
+
+
+@pytest.mark.parametrize("body", [
+    b'{"kind":"start","task":' + b"9" * 5000 + b"}",  # beyond Python's int digit limit
+    b'{"kind":"start","task":NaN}',
+    b'{"kind":"start","task":Infinity}',
+    b'{"kind":"stop","last_seq":{"events":' + b"9" * 30 + b"}}",
+    b'{"kind":"stop","last_seq":{"events":true}}',
+    b'{"kind":"stop","last_seq":{"events":1.5}}',
+    b'{"kind":' + b'"x' * 40_000 + b'"}',  # larger than any JSON body may be
+])
+def test_hostile_json_values_raise_protocol_error(body: bytes) -> None:
+    header = protocol.DataHeader("r", "e", "events", 0, 0).pack(protocol.Opcode.EVENT)
+    with pytest.raises(ProtocolError):
+        protocol.decode([header, body])
+
+
+def test_hello_pending_is_bounded_and_filtered() -> None:
+    hello = protocol.Hello("r", "m", "d", {}, pending=("ep-1", "../x", "ep-2"))
+    assert protocol.decode(hello.encode()).pending == ("ep-1", "ep-2")
+    too_many = protocol.Hello("r", "m", "d", {}, pending=tuple(f"e{i}" for i in range(600)))
+    assert protocol.decode(too_many.encode()).pending == tuple(f"e{i}" for i in range(512))  # the oldest answered
+
+
+def test_event_text_fields_are_screened() -> None:
+    from pipeline.protocol.validation import screen_event_body
+
+    body = {"kind": "start", "task": "ok task", "operator": "op\x00x", "text": 5}
+    clean, refused = screen_event_body(body, max_chars=100)
+    assert set(refused) == {"operator", "text"} and "U+0000" in refused["operator"]
+    assert clean == {"kind": "start", "task": "ok task", "refused": refused}
+    long, refused = screen_event_body({"kind": "label", "text": "x" * 101}, max_chars=100)
+    assert "text" not in long and "101" in refused["text"]
+    same, refused = screen_event_body({"kind": "label", "text": "fine"}, max_chars=100)
+    assert refused == {} and same == {"kind": "label", "text": "fine"}
+    forged, refused = screen_event_body({"kind": "label", "refused": {}}, max_chars=100)
+    assert "refused" in refused
+
+
+def test_stream_rules_follow_the_robot_config(tiny_robot) -> None:
+    from pipeline.protocol.validation import StreamRules
+
+    rules = StreamRules.from_config(tiny_robot.to_dict())
+    rules.check(protocol.Opcode.SAMPLES, "joint_state", 3 * tiny_robot.dof)
+    rules.check(protocol.Opcode.SAMPLES, "action", tiny_robot.dof)
+    rules.check(protocol.Opcode.FRAME, tiny_robot.cameras[0].name, 0)
+    for opcode, stream, cols, needle in [
+        (protocol.Opcode.SAMPLES, "joint_state", 5, "columns"),
+        (protocol.Opcode.SAMPLES, "head", 18, "numeric streams"),
+        (protocol.Opcode.FRAME, "joint_state", 0, "camera"),
+        (protocol.Opcode.EVENT, "clock", 0, "events"),
+        (protocol.Opcode.CLOCK, "events", 0, "clock"),
+    ]:
+        with pytest.raises(ProtocolError, match=needle):
+            rules.check(opcode, stream, cols)
+
+
+def test_a_welcome_answering_the_largest_hello_decodes() -> None:
+    ids = tuple(f"{'g' * 60}-{i:03d}" for i in range(protocol.records.MAX_PENDING))
+    hello = protocol.Hello("r" * 64, "m", "d" * 64, {}, pending=ids)
+    assert protocol.decode(hello.encode()).pending == ids  # fits the 64 KB a collector may send
+    welcome = protocol.Welcome(128, 1 << 25, {i: {"joint_state": 10**9} for i in ids[:16]}, ids,
+                               {i: "quarantined" for i in ids})
+    assert protocol.decode(welcome.encode()) == welcome

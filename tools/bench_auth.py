@@ -88,6 +88,8 @@ def _measure(work: Path, curve: bool, args: argparse.Namespace) -> tuple[float, 
         make_key_pair(keydir, "bench")
         allow.mkdir(exist_ok=True)
         shutil.copy(keydir / "bench.key", allow / "bench.key")
+        # One client key speaks for every bench robot: the allow-list must say so.
+        (allow / "allow.yaml").write_text("".join(f"bench-{n}: [bench.key]\n" for n in range(args.robots)))
         cmd += ["--keys", str(keydir / "ingest.key_secret"), "--allow", str(allow)]
         keys = (str(keydir / "bench.key_secret"), str(keydir / "ingest.key"))
     else:

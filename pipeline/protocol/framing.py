@@ -15,6 +15,7 @@ from pipeline.protocol.opcode import Opcode
 from pipeline.protocol.records import (
     MAGIC,
     MAX_HEADER_BYTES,
+    MAX_INGEST_HEADER_BYTES,
     PREFIX,
     PROTOCOL_VERSION,
     Ack,
@@ -46,6 +47,9 @@ DECODERS: dict[Opcode, Callable[[bytes, list[bytes]], Any]] = {
 }
 
 
+_FROM_INGEST = frozenset({int(Opcode.WELCOME), int(Opcode.ACK)})
+
+
 class VersionMismatch(ProtocolError):
     """The peer speaks another protocol version."""
 
@@ -70,9 +74,10 @@ def peek_opcode(frames: Sequence[bytes]) -> Opcode:
     head = frames[0]
     if len(head) < PREFIX.size:
         raise ProtocolError(f"header frame of {len(head)} bytes is shorter than the {PREFIX.size}-byte prefix")
-    if len(head) > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header frame of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
     magic, version, opcode = PREFIX.unpack_from(head)
+    limit = MAX_INGEST_HEADER_BYTES if opcode in _FROM_INGEST else MAX_HEADER_BYTES
+    if len(head) > limit:
+        raise ProtocolError(f"header frame of {len(head)} bytes exceeds {limit}")
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r}; not a Refinery message", field="magic")
     if version != PROTOCOL_VERSION:

@@ -36,6 +36,7 @@ import numpy as np
 
 from pipeline.errors import ProtocolError
 from pipeline.protocol.opcode import Opcode
+from pipeline.protocol.validation import parse_json_object
 
 MAGIC = b"RF"
 PROTOCOL_VERSION = 1
@@ -45,7 +46,12 @@ TIME_REQUEST_BODY = struct.Struct("<q")
 TIME_REPLY_BODY = struct.Struct("<qqq")
 CLOCK_PAYLOAD = struct.Struct("<4q")
 MAX_HEADER_BYTES = 64 * 1024
-MAX_PENDING = 4096  # episodes a HELLO may ask about; a collector's spool holds far fewer
+MAX_INGEST_HEADER_BYTES = 1024 * 1024
+"""WELCOME and ACK come from the ingest (authenticated by its server key) and may
+name hundreds of episodes: they may be larger than what a collector sends."""
+MAX_PENDING = 512  # episodes a HELLO may ask about: 512 ids of 64 characters fit in its 64 KB
+MAX_SEQ = 2**62  # a stop event naming a larger last seq could never be satisfied
+MAX_STREAMS = 256
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 """Robot ids, episode ids and stream names: safe as one path component."""
@@ -67,13 +73,7 @@ def _json_body(obj: dict[str, Any]) -> bytes:
 
 
 def _parse_json(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProtocolError(f"{what} body is not UTF-8 JSON: {err}") from err
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"{what} body must be a JSON object, got {type(obj).__name__}")
-    return obj
+    return parse_json_object(body, what)
 
 
 def _prefix(opcode: Opcode) -> bytes:
@@ -98,9 +98,7 @@ class Hello:
     config: dict[str, Any]
     software: str = "refinery"
     protocol_version: int = PROTOCOL_VERSION
-    # Every episode the collector still waits on: spooled messages, or closed (or
-    # interrupted) but not yet confirmed sealed. The WELCOME states each one's state.
-    pending: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()  # episodes still in the collector's spool
     opcode: ClassVar[Opcode] = Opcode.HELLO
 
     def encode(self) -> list[bytes]:
@@ -127,14 +125,18 @@ class Hello:
             model=_need(obj, "model", str, "HELLO"),
             config_digest=_need(obj, "config_digest", str, "HELLO"),
             config=_need(obj, "config", dict, "HELLO"),
-            software=str(obj.get("software", "")),
+            software=str(obj.get("software", ""))[:200],
             protocol_version=_need(obj, "protocol_version", int, "HELLO"),
-            pending=tuple(str(e) for e in obj.get("pending", []) if isinstance(e, str)),
+            pending=_pending(obj.get("pending", [])),
         )
 
 
-EPISODE_STATES = ("sealed", "open", "sealing", "quarantined", "unknown")
-"""What a WELCOME can say about an episode the HELLO asked about (``Welcome.episodes``)."""
+def _pending(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ProtocolError("HELLO: 'pending' must be a list of episode ids", field="pending")
+    # More than MAX_PENDING: the first ones are answered (a collector lists its oldest
+    # first); refusing the whole HELLO would keep that collector from ever connecting.
+    return tuple(e for e in value[:MAX_PENDING] if isinstance(e, str) and ID_PATTERN.match(e))
 
 
 @dataclass(frozen=True)
@@ -143,17 +145,9 @@ class Welcome:
 
     ``acked`` maps episode id -> stream -> highest durable seq, for every episode of
     this robot the ingest still holds open, so a restarted collector resends only
-    what is missing. ``sealed`` lists the episodes of the HELLO's ``pending`` that
-    are sealed (safe to drop from the spool).
-
-    ``episodes`` (optional, added in issue 10; absent from older ingests and then
-    empty) gives the state of every episode of the HELLO's ``pending``, one of
-    :data:`EPISODE_STATES`: ``sealed`` (its raw file is in place), ``open`` (its
-    journal is open: ``acked`` holds its streams), ``sealing`` (complete or
-    abandoned, being sealed now: an ACK will say ``sealed``), ``quarantined``
-    (it could not be sealed and was moved aside: it never will be), ``unknown``
-    (the ingest holds nothing of it). Encoded only when non-empty, so a WELCOME
-    without it has the same bytes as before.
+    what is missing. ``sealed`` lists episodes already sealed (safe to drop from
+    the spool). ``episodes`` answers, for every episode id the HELLO listed in
+    ``pending``, one of :data:`EPISODE_STATES`.
     """
 
     window: int
@@ -164,33 +158,42 @@ class Welcome:
     opcode: ClassVar[Opcode] = Opcode.WELCOME
 
     def encode(self) -> list[bytes]:
-        body: dict[str, Any] = {
-            "window": self.window,
-            "max_message_bytes": self.max_message_bytes,
-            "acked": self.acked,
-            "sealed": list(self.sealed),
-        }
-        if self.episodes:
-            body["episodes"] = self.episodes
-        return [_prefix(self.opcode) + _json_body(body)]
+        return [
+            _prefix(self.opcode)
+            + _json_body(
+                {
+                    "window": self.window,
+                    "max_message_bytes": self.max_message_bytes,
+                    "acked": self.acked,
+                    "sealed": list(self.sealed),
+                    "episodes": self.episodes,
+                }
+            )
+        ]
 
     @classmethod
     def decode(cls, body: bytes, frames: list[bytes]) -> Welcome:
-        obj = _parse_json(body, "WELCOME")
-        episodes = obj.get("episodes", {})
-        if not isinstance(episodes, dict) or not all(
-            isinstance(e, str) and isinstance(s, str) for e, s in episodes.items()
-        ):
-            raise ProtocolError("WELCOME: 'episodes' must map episode ids to state names", field="episodes")
+        obj = parse_json_object(body, "WELCOME", MAX_INGEST_HEADER_BYTES)
         return cls(
             window=_need(obj, "window", int, "WELCOME"),
             max_message_bytes=_need(obj, "max_message_bytes", int, "WELCOME"),
             acked={str(e): {str(s): int(q) for s, q in v.items()} for e, v in obj.get("acked", {}).items()},
             sealed=tuple(str(e) for e in obj.get("sealed", [])),
-            # A state this version does not know is kept as it is (the collector keeps
-            # waiting on it), so a later ingest can add states.
-            episodes={str(e): str(s) for e, s in episodes.items()},
+            episodes={str(e): str(v) for e, v in obj.get("episodes", {}).items()},
         )
+
+
+EPISODE_STATES = ("sealed", "sealing", "open", "quarantined", "unknown")
+"""What WELCOME.episodes says of an episode a HELLO asked about:
+
+* ``sealed``: the raw file is in place; drop the episode from the spool.
+* ``sealing``: complete and being written; an ACK will list it as sealed.
+* ``open``: the ingest holds it open; ``acked`` says what it has.
+* ``quarantined``: the ingest could not seal it and moved its journal aside
+  (``DATA/quarantine/``); it will not be sealed: stop waiting, report it.
+* ``unknown``: the ingest holds nothing of it (never received, or abandoned and
+  deleted): resend it, or give up if nothing of it is left to send.
+"""
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,7 @@ class Ack:
 
     @classmethod
     def decode(cls, body: bytes, frames: list[bytes]) -> Ack:
-        obj = _parse_json(body, "ACK")
+        obj = parse_json_object(body, "ACK", MAX_INGEST_HEADER_BYTES)
         try:
             acks = tuple((str(e), str(s), int(q)) for e, s, q in obj.get("acks", []))
         except (TypeError, ValueError) as err:
@@ -427,8 +430,8 @@ class Event:
             raise ProtocolError(f"EVENT kind {kind!r} unknown; expected one of {sorted(EVENT_KINDS)}", field="kind")
         if kind == "stop":
             last = obj.get("last_seq")
-            if not isinstance(last, dict) or not all(
-                isinstance(s, str) and isinstance(q, int) and q >= -1 for s, q in last.items()
+            if not isinstance(last, dict) or len(last) > MAX_STREAMS or not all(
+                isinstance(s, str) and type(q) is int and -1 <= q < MAX_SEQ for s, q in last.items()
             ):
                 raise ProtocolError("stop EVENT needs last_seq: {stream: seq}", field="last_seq")
             for stream in last:

@@ -31,10 +31,9 @@ VECTORS: dict[str, protocol.Record] = {
         robot_id="g1-lab1", model="tiny_humanoid", config_digest="ab" * 32,
         config={"model": "tiny_humanoid"}, software="refinery-collector", pending=("ep-1",),
     ),
-    "welcome": protocol.Welcome(window=512, max_message_bytes=1 << 25, acked={"ep-1": {"joint_state": 41}}, sealed=("ep-0",)),
-    "welcome_episodes": protocol.Welcome(
+    "welcome": protocol.Welcome(
         window=512, max_message_bytes=1 << 25, acked={"ep-1": {"joint_state": 41}}, sealed=("ep-0",),
-        episodes={"ep-0": "sealed", "ep-1": "open", "ep-2": "sealing", "ep-3": "quarantined", "ep-4": "unknown"},
+        episodes={"ep-0": "sealed", "ep-1": "open", "ep-9": "unknown"},
     ),
     "refuse": protocol.Refuse("peer speaks protocol version 2, this side speaks 1"),
     "ack": protocol.Ack((("ep-1", "joint_state", 41), ("ep-1", "head", 7)), sealed=("ep-0",)),
