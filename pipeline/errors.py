@@ -79,3 +79,17 @@ class BindError(RefineryError):
         self.endpoint = endpoint
         self.problem = problem
         super().__init__(problem)
+
+
+class RawChecksumMismatch(StoreError):
+    """A sealed raw file whose content no longer matches its ``content_sha256``."""
+
+    def __init__(self, path: str, episode_id: str, expected: str, actual: str) -> None:
+        self.episode_id = episode_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            path,
+            f"content checksum {actual} does not match the sealed content_sha256 {expected}: the file was "
+            "changed or damaged after sealing (`refinery verify` checks a whole folder)",
+        )

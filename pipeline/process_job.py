@@ -292,7 +292,8 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
             marker = str(options.crash_marker) if options.crash_marker else None
             plan = plan_segments(todo, options.config, _workers())
             pending = {
-                task.remote([str(r.path) for r in batch], str(dataset.resolve()), config, segment_id, marker): batch
+                task.remote([(str(r.path), r.episode_id, r.checksum) for r in batch], str(dataset.resolve()), config,
+                            segment_id, marker): batch
                 for segment_id, batch in plan
             }
             summary.planned = len(todo)

@@ -282,14 +282,8 @@ def content_digest(h5: h5py.File) -> str:
     takes bounded memory; the bytes hashed are the same as hashing each whole
     array (C order), so files sealed before streaming still verify.
     """
-    digest = hashlib.sha256()
-    for key in _HASHED_ATTRS:
-        digest.update(f"{key}={h5.attrs.get(key, '')}\n".encode())
-    if "producer_key" in h5.attrs:  # format 2; format 1 files have no such attribute
-        digest.update(f"producer_key={h5.attrs['producer_key']}\n".encode())
-    paths: list[str] = []
-    h5.visit(lambda name: paths.append(name) if isinstance(h5[name], h5py.Dataset) else None)
-    for name in sorted(paths):
+    digest = _identity_digest(h5)
+    for name in _dataset_names(h5):
         ds = h5[name]
         digest.update(f"{name}|{ds.dtype.str}|{ds.shape}\n".encode())
         if ds.dtype.kind == "O" or ds.dtype.kind in "SU" or ds.shape == ():
@@ -307,6 +301,48 @@ def content_digest(h5: h5py.File) -> str:
             for rows in _iter_blocks(ds, max(1, _HASH_ROWS_BYTES // row_bytes)):
                 digest.update(np.ascontiguousarray(rows).tobytes())
     return digest.hexdigest()
+
+
+def _identity_digest(h5: h5py.File) -> Any:
+    digest = hashlib.sha256()
+    for key in _HASHED_ATTRS:
+        digest.update(f"{key}={h5.attrs.get(key, '')}\n".encode())
+    if "producer_key" in h5.attrs:  # format 2; format 1 files have no such attribute
+        digest.update(f"producer_key={h5.attrs['producer_key']}\n".encode())
+    return digest
+
+
+def _dataset_names(h5: h5py.File) -> list[str]:
+    paths: list[str] = []
+    h5.visit(lambda name: paths.append(name) if isinstance(h5[name], h5py.Dataset) else None)
+    return sorted(paths)
+
+
+def read_all_and_digest(h5: h5py.File) -> tuple[dict[str, Any], str]:
+    """Every dataset read once, and :func:`content_digest` computed from what was read.
+
+    For readers that load a whole episode anyway (processing): the checksum is
+    verified without reading the file twice. The bytes hashed are the same as
+    :func:`content_digest` hashes.
+    """
+    digest = _identity_digest(h5)
+    values: dict[str, Any] = {}
+    for name in _dataset_names(h5):
+        ds = h5[name]
+        value = values[name] = ds[()]
+        digest.update(f"{name}|{ds.dtype.str}|{ds.shape}\n".encode())
+        if ds.dtype.kind == "O" or ds.dtype.kind in "SU" or ds.shape == ():
+            if ds.shape == ():
+                if ds.dtype.kind != "O" and not isinstance(value, (bytes, str)):
+                    digest.update(np.ascontiguousarray(value).tobytes())
+                    continue
+                items: Iterator[Any] = iter([value])
+            else:
+                items = iter(value.tolist())
+            _hash_json_list(digest, items)
+        else:
+            digest.update(np.ascontiguousarray(value).tobytes())
+    return values, digest.hexdigest()
 
 
 def _iter_blocks(ds: h5py.Dataset, step: int) -> Iterator[np.ndarray]:
@@ -371,7 +407,7 @@ class RawEpisodeReader:
             jpeg = ep.frame("head_left", 0)
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, verify: bool = False) -> None:
         self.path = Path(path)
         try:
             self._h5 = h5py.File(self.path, "r")
@@ -380,6 +416,14 @@ class RawEpisodeReader:
         if self._h5.attrs.get("format") != RAW_FORMAT:
             self._h5.close()
             raise StoreError(str(self.path), "not a Refinery raw episode (format attribute missing)")
+        self._values: dict[str, Any] = {}
+        self.content_sha256: str | None = None  # recomputed from the content, with verify=True
+        if verify:
+            try:
+                self._values, self.content_sha256 = read_all_and_digest(self._h5)
+            except (OSError, ValueError) as err:
+                self._h5.close()
+                raise StoreError(str(self.path), f"cannot read raw episode: {err}") from err
 
     def __enter__(self) -> RawEpisodeReader:
         return self
@@ -390,13 +434,19 @@ class RawEpisodeReader:
     def close(self) -> None:
         self._h5.close()
 
+    def _read(self, name: str) -> Any:
+        """A whole dataset: from what verify read, or from the file."""
+        if name in self._values:
+            return self._values[name]
+        return self._h5[name][()]
+
     @property
     def attrs(self) -> dict[str, Any]:
         return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._h5.attrs.items()}
 
     @property
     def robot_config(self) -> dict[str, Any]:
-        raw = self._h5["robot_config"][()]
+        raw = self._read("robot_config")
         return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
     @property
@@ -410,12 +460,12 @@ class RawEpisodeReader:
     def numeric(self, stream: str) -> dict[str, np.ndarray]:
         if f"streams/{stream}" not in self._h5:
             raise StoreError(str(self.path), f"no stream {stream!r}; streams: {self.stream_names}")
-        return {k: v[()] for k, v in self._h5[f"streams/{stream}"].items()}
+        return {k: self._read(f"streams/{stream}/{k}") for k in self._h5[f"streams/{stream}"]}
 
     def camera(self, camera: str) -> dict[str, np.ndarray]:
         """Per-frame columns of a camera (capture_ns, seq, ...), without the JPEG data."""
         g = self._camera_group(camera)
-        return {k: v[()] for k, v in g.items() if k != "jpeg_data"}
+        return {k: self._read(f"cameras/{camera}/{k}") for k in g if k != "jpeg_data"}
 
     def camera_attrs(self, camera: str) -> dict[str, Any]:
         return dict(self._camera_group(camera).attrs)
@@ -429,16 +479,16 @@ class RawEpisodeReader:
         return g["jpeg_data"][start:end].tobytes()
 
     def frames(self, camera: str) -> list[bytes]:
-        g = self._camera_group(camera)
-        offsets = g["jpeg_offsets"][()]
-        data = g["jpeg_data"][()]
+        self._camera_group(camera)
+        offsets = self._read(f"cameras/{camera}/jpeg_offsets")
+        data = self._read(f"cameras/{camera}/jpeg_data")
         return [data[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
 
     def events(self) -> list[dict[str, Any]]:
-        return [json.loads(x.decode() if isinstance(x, bytes) else x) for x in self._h5["events/json"][()]]
+        return [json.loads(x.decode() if isinstance(x, bytes) else x) for x in self._read("events/json")]
 
     def clock_sync(self) -> dict[str, np.ndarray]:
-        return {k: v[()] for k, v in self._h5["clock_sync"].items()}
+        return {k: self._read(f"clock_sync/{k}") for k in self._h5["clock_sync"]}
 
     def _camera_group(self, camera: str) -> h5py.Group:
         if f"cameras/{camera}" not in self._h5:

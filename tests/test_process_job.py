@@ -255,3 +255,49 @@ def test_the_summary_says_how_much_cleaning_kept(tmp_path: Path, tiny_robot) -> 
     text = "\n".join(summary.lines())
     assert f"of {raw_s:,.1f} s recorded ({kept_s / raw_s:.0%})" in text
     assert "cleaning decisions: " in text and summary.decision_kinds()
+
+
+def _corrupt_copies(raw_dir: Path, tiny_robot) -> dict[str, Path]:
+    """Bad raw files beside the good ones: damaged after sealing in the ways disks and people damage them."""
+    import shutil
+
+    import h5py
+
+    bad = {}
+    for n, name in enumerate(("jpeg", "joint", "truncated", "header")):
+        path = simulate_episode(raw_dir, tiny_robot, robot_id=f"tiny-bad{n}", seconds=2.0, seed=10 + n)
+        bad[name] = path
+    with h5py.File(bad["jpeg"], "r+") as h5:  # 16 flipped bytes inside one JPEG
+        start = int(h5["cameras/head_left/jpeg_offsets"][3]) + 200
+        h5["cameras/head_left/jpeg_data"][start : start + 16] ^= 0xFF
+    with h5py.File(bad["joint"], "r+") as h5:  # one joint value edited
+        h5["streams/joint_state/position"][5, 0] += 0.1
+    data = bad["truncated"].read_bytes()
+    bad["truncated"].write_bytes(data[: len(data) // 2])
+    data = bytearray(bad["header"].read_bytes())
+    data[1] ^= 0xFF  # one flipped byte of the HDF5 signature
+    bad["header"].write_bytes(bytes(data))
+    not_hdf5 = raw_dir / "raw" / "tiny-bad" / "notes.h5"
+    not_hdf5.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(__file__, not_hdf5)
+    bad["not_hdf5"] = not_hdf5
+    return bad
+
+
+def test_corrupt_and_unreadable_raw_files_are_rejected_with_their_reasons_and_the_rest_committed(
+    raw_dir: Path, tmp_path: Path, tiny_robot
+) -> None:
+    bad = _corrupt_copies(raw_dir, tiny_robot)
+    dataset = tmp_path / "ds.zarr"
+    summary = run(raw_dir, dataset)
+    assert summary.accepted == 2 and not summary.failed  # the two good episodes
+    rows = {e.attrs.get("raw_file", ""): e for e in load_index(dataset) if not e.accepted}
+    by_file = {Path(name).name: row for name, row in rows.items()}
+    for kind in ("jpeg", "joint"):
+        row = by_file[bad[kind].name]
+        assert row.reasons[0].startswith("corrupt: content checksum") and row.raw_checksum in row.reasons[0]
+    for kind in ("truncated", "header", "not_hdf5"):
+        assert by_file[bad[kind].name].reasons[0].startswith("unreadable:"), kind
+    assert {Path(e.attrs.get("raw_file", "")).name for e in summary.bad_inputs} == {p.name for p in bad.values()}
+    assert any("bad input" in line for line in summary.lines())
+    assert run(raw_dir, dataset).skipped == 7  # each bad file is recorded once

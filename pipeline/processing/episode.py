@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import RawChecksumMismatch
 from pipeline.raw_store import RawEpisodeReader
 from pipeline.robot_config import RobotConfig, parse_robot_config
 from pipeline.streams import ACTION, JOINT_STATE
@@ -117,9 +118,20 @@ def _numeric(reader: RawEpisodeReader, stream: str) -> NumericStream | None:
 
 
 def load_raw_episode(path: Path | str) -> RawEpisode:
-    """Load a sealed raw episode file completely into memory."""
-    with RawEpisodeReader(path) as reader:
+    """Load a sealed raw episode file completely into memory, checking its content checksum.
+
+    Every dataset is read once and hashed as it is read, so verifying costs
+    the hashing, not a second read.
+
+    Raises:
+        RawChecksumMismatch: The content does not match ``content_sha256``.
+        StoreError: The file cannot be read as a raw episode.
+    """
+    with RawEpisodeReader(path, verify=True) as reader:
         attrs = reader.attrs
+        expected = str(attrs.get("content_sha256", ""))
+        if reader.content_sha256 != expected:
+            raise RawChecksumMismatch(str(path), str(attrs.get("episode_id", "")), expected, str(reader.content_sha256))
         config = parse_robot_config(reader.robot_config, f"{path}:/robot_config")
         cameras = {}
         for name in reader.camera_names:

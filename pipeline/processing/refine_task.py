@@ -1,9 +1,9 @@
 """One raw episode through every stage into the dataset: the body of a Ray task.
 
 ``refine`` is pure (raw episode in, dataset episodes and reports out);
-``process_raw_episode`` adds the file I/O at both ends and is what the job
-submits to Ray. It returns only small index entries; the frames go straight
-from this worker to the dataset.
+``process_raw_batch`` adds the file I/O at both ends (raw files in, one data
+segment out) and is what the job submits to Ray. It returns only small index
+entries; the frames go straight from this worker to the dataset.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.dataset.frame_shards import check_frame, conform_frame
 from pipeline.dataset.index import EpisodeEntry
 from pipeline.dataset.segment import EpisodeArrays, SegmentWriter
-from pipeline.errors import DatasetError, RefineryError
+from pipeline.errors import DatasetError, RawChecksumMismatch, RefineryError
 from pipeline.processing.align import align
 from pipeline.processing.clean import CleanResult, Decision, clean_aligned, clean_raw
 from pipeline.processing.config import ProcessConfig
@@ -169,7 +169,7 @@ def unreadable_entry(raw_path: str, episode_id: str, checksum: str, problem: str
 
 
 def process_raw_batch(
-    raw_paths: list[str],
+    raw_files: list[tuple[str, str, str]],
     dataset: str,
     config_dict: dict[str, Any],
     segment_id: str,
@@ -189,8 +189,8 @@ def process_raw_batch(
     frames = 0
     segment_attrs: dict[str, Any] = {}
     try:
-        for raw_path in raw_paths:
-            rows, refined = _refine_file(raw_path, config)
+        for raw_path, episode_id, checksum in raw_files:
+            rows, refined = _refine_file(raw_path, episode_id, checksum, config)
             for episode, entry in refined:
                 if writer is None:
                     writer = SegmentWriter(
@@ -215,13 +215,22 @@ def process_raw_batch(
     return {"entries": entries, "frames": frames}
 
 
-def _refine_file(raw_path: str, config: ProcessConfig) -> tuple[list[EpisodeEntry], list[tuple[RefinedEpisode, EpisodeEntry]]]:
-    """Index rows of one raw file, and its accepted episodes with their rows."""
+def _refine_file(
+    raw_path: str, episode_id: str, checksum: str, config: ProcessConfig
+) -> tuple[list[EpisodeEntry], list[tuple[RefinedEpisode, EpisodeEntry]]]:
+    """Index rows of one raw file, and its accepted episodes with their rows.
+
+    ``episode_id`` and ``checksum`` are what the planner read from the file's
+    attributes: a file rejected here is recorded under them, so a re-run skips it.
+    """
     try:
         raw = load_raw_episode(raw_path)
+    except RawChecksumMismatch as err:
+        entry = unreadable_entry(raw_path, episode_id, checksum, "")
+        entry.reasons = [f"corrupt: content checksum {err.actual} does not match the sealed {err.expected}"]
+        return [entry], []
     except (RefineryError, OSError, KeyError, ValueError) as err:
-        name = Path(raw_path).stem
-        return [unreadable_entry(raw_path, name, "", str(err))], []
+        return [unreadable_entry(raw_path, episode_id, checksum, str(err))], []
     operator = str(raw.attrs.get("operator", ""))
     if config.deidentify.pseudonymize_operators:
         operator = pseudonymize(operator, config.deidentify.key())
