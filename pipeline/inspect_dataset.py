@@ -15,9 +15,10 @@ It stays quick on a dataset of a million episodes: the card and statistics
 come from the index's state (one Parquet footer), the per-model, per-segment
 and per-raw-episode figures from a few light index columns aggregated in
 Arrow, the decisions per kind from ``decisions_json`` read in batches and
-parsed by Arrow (see :func:`pipeline.report.dataset_overview`), the keys from
-each segment's array metadata (no chunk is decoded), and only the first
-``max_episodes`` episodes are listed row by row. Every list is bounded.
+parsed by Arrow (see :func:`pipeline.dataset_overview.dataset_overview`),
+the keys from each segment's array metadata (no chunk is decoded), and only
+the first ``max_episodes`` episodes are listed row by row. Every list is
+bounded.
 """
 
 from __future__ import annotations
@@ -43,15 +44,14 @@ from pipeline.dataset.index import (
     dataset_card,
 )
 from pipeline.dataset.store import Dataset
-from pipeline.errors import StoreError
-from pipeline.report import (
+from pipeline.dataset_overview import (
     Overview,
     dataset_overview,
-    kept_text,
     light_rows,
     per_raw_episode,
-    seconds_text,
 )
+from pipeline.errors import StoreError
+from pipeline.human_units import kept_text, seconds_text
 
 DEFAULT_MAX_EPISODES = 50
 """Episodes listed row by row; the rest are summed up."""

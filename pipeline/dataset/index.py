@@ -41,7 +41,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -321,6 +321,19 @@ def _read_file(path: Path, columns: list[str], where: pc.Expression | None) -> p
     return table.filter(where) if where is not None else table
 
 
+def _complete_batch(batch: pa.RecordBatch, columns: list[str]) -> pa.RecordBatch:
+    """``batch`` with ``columns`` in this order; columns its file lacks come back as nulls."""
+    fields, arrays = [], []
+    for name in columns:
+        if name in batch.schema.names:
+            fields.append(batch.schema.field(name))
+            arrays.append(batch.column(name))
+        else:
+            fields.append(SCHEMA.field(name))
+            arrays.append(pa.nulls(batch.num_rows, SCHEMA.field(name).type))
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+
 def _tier(rows: int) -> int:
     return int(math.log(max(rows, 1), FAN_IN))
 
@@ -515,6 +528,68 @@ class DatasetIndex:
         self, columns: Iterable[str] | None = None, where: pc.Expression | None = None, *, include_excluded: bool = True
     ) -> list[EpisodeEntry]:
         return entries_from_table(self.table(columns, where, include_excluded=include_excluded))
+
+    def iter_batches(
+        self, columns: Iterable[str], where: pc.Expression | None = None, *, batch_size: int = 1024
+    ) -> Iterator[pa.RecordBatch]:
+        """Index rows in batches, file by file, without holding the index in memory.
+
+        The visible episode files are read in commit order, as :meth:`table`
+        lists them (a merged file hides the ones it replaced). If a compaction
+        deletes a file mid-read, the files are listed again and the merged file
+        is read instead; rows already yielded are skipped by entry id, so each
+        row comes once.
+
+        Curation is not applied, unlike in :meth:`table`: excluded episodes
+        come like any other and there is no ``excluded`` column. A caller that
+        leaves them out takes their entry ids from ``table(["entry_id"])``.
+
+        Args:
+            columns: Index columns to read, in this order after ``entry_id``
+                (always first). Columns a file predates come back as nulls.
+            where: Keep only rows matching this expression; it may refer to
+                ``entry_id`` and ``columns`` only. Batches left empty are skipped.
+            batch_size: At most this many rows per batch.
+
+        Yields:
+            One :class:`pyarrow.RecordBatch` at a time, in entry id order.
+
+        Raises:
+            DatasetError: A column is not an index column (``excluded`` and
+                ``exclude_reason`` come only with :meth:`table`).
+            StoreError: An index file is unreadable, or the index kept changing
+                while being read.
+        """
+        wanted = list(dict.fromkeys(["entry_id", *columns]))
+        unknown = [c for c in wanted if c not in SCHEMA.names]
+        if unknown:
+            curation = {"excluded", "exclude_reason"} & set(unknown)
+            hint = "; excluded and exclude_reason come with table()" if curation else ""
+            raise DatasetError(str(self.dataset), f"unknown index columns {unknown}{hint}; columns: {SCHEMA.names}")
+        seen_up_to = -1  # entry ids grow in commit order: a re-listing resumes after the last one yielded
+        for _ in range(3):  # a compaction may delete a file between listing and reading
+            episodes, _curation = self._files()
+            try:
+                for f in episodes:
+                    with pq.ParquetFile(f.path) as reader:
+                        present = set(reader.schema_arrow.names)
+                        read = [c for c in wanted if c in present]
+                        for batch in reader.iter_batches(batch_size=batch_size, columns=read):
+                            batch = batch.filter(pc.greater(batch["entry_id"], seen_up_to))
+                            if not batch.num_rows:
+                                continue
+                            seen_up_to = max(seen_up_to, pc.max(batch["entry_id"]).as_py())
+                            batch = _complete_batch(batch, wanted)
+                            if where is not None:
+                                batch = batch.filter(where)
+                            if batch.num_rows:
+                                yield batch
+                return
+            except FileNotFoundError:
+                continue
+            except (OSError, pa.ArrowException) as err:
+                raise StoreError(str(self.dir), f"unreadable index: {err}") from err
+        raise StoreError(str(self.dir), "the index kept changing while being read; try again")
 
     def committed_sources(self) -> set[tuple[str, str]]:
         """(raw episode id, raw checksum) of every raw episode the index holds."""
