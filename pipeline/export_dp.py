@@ -253,7 +253,7 @@ def export_diffusion_policy(
         raise DatasetError(str(out), f"jpeg_quality must be an integer 1-100, got {jpeg_quality!r}")
     size = _check_image_size(out, image_size)
     if (out.exists() or out.is_symlink()) and not overwrite:
-        raise DatasetError(str(out), "already exists: remove it, choose another path, or pass overwrite")
+        raise DatasetError(str(out), "already exists: remove it, choose another path, or pass --overwrite")
 
     source = Dataset(dataset)
     entries = select_episodes(
