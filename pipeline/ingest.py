@@ -182,6 +182,9 @@ class IngestServer:
             except StoreError as err:
                 self._quarantine(path, robot_id, episode_id, f"journal does not replay: {err}")
                 continue
+            except Exception as err:  # noqa: BLE001 - no journal may stop the ingest at every start
+                self._quarantine(path, robot_id, episode_id, f"journal does not replay: {type(err).__name__}: {err}")
+                continue
             key = (journal.meta.robot_id, journal.meta.episode_id)
             if raw_path(self.data_dir, *key).exists():
                 # Sealed before the crash, journal not yet deleted.
