@@ -61,7 +61,7 @@ class IngestLimits:
 
     max_bytes_per_s: float = 64e6  # per robot, averaged over burst_s
     burst_s: float = 2.0
-    max_episode_bytes: int = 32 << 30
+    max_episode_bytes: int = 32_000_000_000
     max_episode_s: float = 4 * 3600.0  # capture time from the episode's first message
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # task, operator, label, outcome, reason
     max_open_episodes: int = 16  # per robot, open at once
