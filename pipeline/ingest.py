@@ -61,7 +61,7 @@ class IngestLimits:
 
     max_bytes_per_s: float = 64e6  # per robot, averaged over burst_s
     burst_s: float = 2.0
-    max_episode_bytes: int = 32 << 30
+    max_episode_bytes: int = 32_000_000_000
     max_episode_s: float = 4 * 3600.0  # capture time from the episode's first message
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # task, operator, label, outcome, reason
     max_open_episodes: int = 16  # per robot, open at once
@@ -181,6 +181,9 @@ class IngestServer:
                 journal = EpisodeJournal.recover(path)
             except StoreError as err:
                 self._quarantine(path, robot_id, episode_id, f"journal does not replay: {err}")
+                continue
+            except Exception as err:  # noqa: BLE001 - no journal may stop the ingest at every start
+                self._quarantine(path, robot_id, episode_id, f"journal does not replay: {type(err).__name__}: {err}")
                 continue
             key = (journal.meta.robot_id, journal.meta.episode_id)
             if raw_path(self.data_dir, *key).exists():

@@ -251,7 +251,35 @@ class GrammarFuzzer:
         payload = struct.pack("<4q", *(self.rng.getrandbits(63) for _ in range(4)))
         return [self.header(protocol.Opcode.CLOCK, stream), payload[: self.rng.choice([32, 32, 31, 0])]]
 
+    def screened_event(self) -> list[bytes]:
+        """A well-formed event on the fuzzer's own episode whose text fields are hostile:
+        accepted with the fields refused; every 50th closes the episode."""
+        episode = f"fz-text-{self.text_episode}"
+        seq = self.seq.get(("fuzz-a", episode, "events"), 0)
+        self.seq[("fuzz-a", episode, "events")] = seq + 1
+        if seq == 49:
+            body: dict = {"kind": "stop", "outcome": self.shallow_hostile(), "last_seq": {"events": seq}}
+            self.text_episode += 1
+        else:
+            body = {"kind": self.rng.choice(["start", "task", "label"])}
+            for name in self.rng.sample(["task", "operator", "text", "reason", "refused"], self.rng.randint(1, 3)):
+                body[name] = self.shallow_hostile()
+        header = protocol.DataHeader("fuzz-a", episode, "events", seq, 1_000 + seq)
+        return [header.pack(protocol.Opcode.EVENT), json.dumps(body).encode()]
+
+    text_episode = 0
+
+    def shallow_hostile(self) -> object:
+        """A hostile value for a text field that still leaves the event well formed."""
+        return self.rng.choice([
+            self.rng.choice(HOSTILE_TEXT), _nested(self.rng, 3), 10**30, -1.5e308, None, True, [], {"a": "\x00"},
+            "x" * self.rng.choice([999, 1000, 1001, 30_000]), "fine text", "ünïcödé ok",
+        ])
+
     def case(self) -> list[bytes]:
+        kind = self.rng.random()
+        if kind < 0.15:
+            return self.screened_event()
         kind = self.rng.random()
         if kind < 0.12:
             return self.hello()
@@ -289,7 +317,10 @@ def test_twenty_thousand_grammar_cases_beside_an_honest_collector(start_ingest, 
     sock.connect(ingest.endpoint)
     sock.send_multipart(protocol.Hello("fuzz-a", tiny_robot.model, tiny_robot.digest, tiny_robot.to_dict()).encode())
     assert sock.poll(5000) and isinstance(protocol.decode(sock.recv_multipart()), protocol.Welcome)
-    fuzzer = GrammarFuzzer(random.Random(2026), tiny_robot, ["fuzz-a", "fuzz-b"], victim="tiny-0")
+    claim = protocol.Hello("tiny-0", tiny_robot.model, tiny_robot.digest, tiny_robot.to_dict()).encode()
+    sock.send_multipart(claim)  # another robot's id: refused, and the fuzzer's session stays fuzz-a
+    assert sock.poll(5000) and isinstance(protocol.decode(sock.recv_multipart()), protocol.Refuse)
+    fuzzer = GrammarFuzzer(random.Random(2026), tiny_robot, ["fuzz-a"], victim="tiny-0")
     cases = 20_000
     started = time.monotonic()
     for i in range(cases):
@@ -309,6 +340,7 @@ def test_twenty_thousand_grammar_cases_beside_an_honest_collector(start_ingest, 
           f"refused fields {stats.refused_fields}, identity refused {stats.identity_refused}, "
           f"quarantined {stats.quarantined}, accepted {stats.accepted}")
     assert stats.malformed > cases // 4
+    assert stats.refused_fields > 100  # hostile text in well-formed events: refused field by field
     assert stats.identity_refused > 0  # the fuzzer claimed tiny-0 and was refused
     from tests.test_collection import assert_episode_matches_sim
 
@@ -320,6 +352,10 @@ def test_twenty_thousand_grammar_cases_beside_an_honest_collector(start_ingest, 
         assert [e["kind"] for e in ep.events()] == ["start", "stop"]
     for other in (ingest.data_dir / "raw").rglob("*.h5"):
         assert verify_episode(other).ok, other
+    screened = sorted((ingest.data_dir / "raw" / "fuzz-a").glob("fz-text-*.h5"))
+    assert screened, "no episode with refused text fields was sealed"
+    with RawEpisodeReader(screened[0]) as ep:
+        assert any("refused" in e for e in ep.events())
     assert not list((ingest.data_dir / "raw" / "tiny-0").glob("fz-*"))
     for p in ingest.data_dir.rglob("*"):
         assert p.resolve().is_relative_to(ingest.data_dir.resolve())

@@ -539,3 +539,17 @@ def test_a_flood_of_hellos_is_throttled(ingest, peer) -> None:
     assert 1 <= len(welcomes) <= 7
     assert ingest.server.stats.rate_limited >= 40
     assert len(welcomes[0].episodes) == 512 and set(welcomes[0].episodes.values()) == {"unknown"}
+
+
+def test_a_journal_that_does_not_replay_is_quarantined_at_start(start_ingest, tiny_robot, tmp_path) -> None:
+    from pipeline.record_log import RecordWriter
+
+    path = tmp_path / "ingest" / "journal" / ROBOT / f"ep-garbled{JOURNAL_SUFFIX}"
+    path.parent.mkdir(parents=True)
+    with RecordWriter(path) as writer:  # intact records (CRC fine) that are not a journal's
+        writer.append(b"RFJ1" + b'{"robot_id": "tiny-h"}')
+        writer.append(b"\x00" * 40)
+    ingest = start_ingest()
+    assert ingest.server.stats.quarantined == 1 and ingest.thread.is_alive()
+    reason = (tmp_path / "ingest" / "quarantine" / ROBOT / "ep-garbled.reason.txt").read_text()
+    assert "does not replay" in reason

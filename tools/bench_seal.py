@@ -6,7 +6,7 @@
 Builds a journal as the ingest writes it for a Unitree G1 (29 joints: joint
 states at 500 Hz in batches of 10, actions at 250 Hz, three cameras at 30 fps
 with 69 kB frames, clock-sync samples every 0.5 s, start and stop events), then
-seals it in a fresh subprocess and prints that process's peak RSS (``ru_maxrss``)
+seals it in a fresh subprocess and prints that process's peak RSS (``VmHWM``)
 next to its RSS before sealing (interpreter, numpy, h5py, zmq), the seal time
 and the file's size; the sealed file is verified (checksum, row counts).
 """
@@ -88,21 +88,21 @@ def build_journal(data_dir: Path, target_bytes: int) -> tuple[Path, dict[str, in
 
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 from pipeline.raw_store import raw_path, seal_journal
 
-def rss_mb():
+def status_mb(field):
+    # VmHWM is this process's own peak; ru_maxrss would include the image it was forked from
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
 journal, data_dir = Path(sys.argv[1]), Path(sys.argv[2])
-before = rss_mb()
+before = status_mb("VmRSS")
 t = time.perf_counter()
 out = seal_journal(journal, raw_path(data_dir, "g1-bench", "g1-bench-ep"))
 seconds = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"before_mb": before, "peak_mb": peak, "seconds": seconds, "out": str(out)}))
+print(json.dumps({"before_mb": before, "peak_mb": status_mb("VmHWM"), "seconds": seconds, "out": str(out)}))
 """
 
 
