@@ -4,7 +4,8 @@ torch is optional (``pip install 'teleop-refinery[torch]'``) and imported only
 when this adapter is used::
 
     from pipeline.dataset.torch_adapter import to_torch
-    train = to_torch(EpisodeDataset("data.zarr", image_size=(224, 224)), images="float")
+    train = to_torch(EpisodeDataset("data.zarr", split="train", image_size=(224, 224)), images="float")
+    val = to_torch(EpisodeDataset("data.zarr", split="val", image_size=(224, 224)), images="float")
     loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True, num_workers=8)
 
 Every array of a sample becomes a tensor of the same dtype (numeric keys
@@ -18,7 +19,9 @@ Camera keys come out as
   normalisation is applied: that belongs to the model.
 
 The adapter pickles as the dataset it wraps does (caches dropped, reopened in
-each worker), so it works with any ``num_workers`` and start method.
+each worker), so it works with any ``num_workers`` and start method. With
+``fork``, call ``EpisodeDataset.preload()`` first to share the numeric arrays
+between workers instead of reading them in each.
 """
 
 from __future__ import annotations
