@@ -17,30 +17,148 @@ Ray's own start-up (about 5 s here) is excluded: Ray is started before the
 clock starts, as on a running cluster; worker start-up and imports are
 included. Prints frames/s, frames/s per core, the ratio to the copy baseline
 and the 2-worker speed-up.
+
+    python tools/bench_process.py --compare-lengths [--short-episodes 1000] [--short-seconds 5]
+                                  [--long-episodes 10] [--width 640 --height 480] [--cameras 3]
+                                  [--workers 2] [--rounds 2] [--work-dir DIR]
+
+compares many short episodes with few long ones holding the same frames
+(issue 12: 1,000 episodes of 5 s against 10 of 500 s; goal: short >= 80% of
+the long episodes' frames/s), so what a job pays per episode (opening a raw
+file, planning, per-episode stages, index rows) shows against what it pays
+per frame. Frame size and camera count are flags, so the comparison fits a
+small machine: smaller frames make per-frame work cheaper and the
+per-episode share larger, so a ratio met at small frames is met at full
+size. The corpora are generated once and reused from ``--work-dir``; the job
+runs on each in turn (alternating order per round), on a Ray started before
+the clock. Frames/s are counted on the recorded camera frames (and, beside
+them, on the frames the job wrote, which trimming of idle heads and tails can
+make fewer).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
+if TYPE_CHECKING:
+    from pipeline.robot_config import RobotConfig
 
-def make_corpus(raw_dir: Path, robot: str, episodes: int, seconds: float) -> int:
+
+def make_corpus(raw_dir: Path, robot: str | RobotConfig, episodes: int, seconds: float) -> int:
     from pipeline.raw_builder import simulate_episode
     from pipeline.robot_config import load_robot_config
 
-    config = load_robot_config(robot)
+    config = load_robot_config(robot) if isinstance(robot, str) else robot
     for n in range(episodes):
-        simulate_episode(raw_dir, config, robot_id=f"bench-{n}", seconds=seconds, seed=n, prerendered=True)
+        simulate_episode(raw_dir, config, robot_id=f"bench-{n % 40}", seconds=seconds, seed=n, prerendered=True)
     return count_frames(raw_dir)
+
+
+def bench_robot(robot: str, width: int | None, height: int | None, cameras: int | None) -> RobotConfig:
+    """The robot's config with its first ``cameras`` cameras at ``width`` x ``height`` (None: as configured)."""
+    from pipeline.robot_config import load_robot_config
+
+    config = load_robot_config(robot)
+    chosen = config.cameras[: cameras if cameras is not None else len(config.cameras)]
+    if not chosen:
+        raise SystemExit(f"--cameras {cameras}: the comparison needs at least one camera")
+    resized = tuple(
+        dataclasses.replace(c, width=width or c.width, height=height or c.height) for c in chosen
+    )
+    return dataclasses.replace(config, cameras=resized)
+
+
+def cached_corpus(work: Path, name: str, config: RobotConfig, episodes: int, seconds: float) -> tuple[Path, int, float]:
+    """A corpus generated once per settings and reused: (raw folder, recorded frames, MB)."""
+    cams = "+".join(f"{c.width}x{c.height}" for c in config.cameras)
+    folder = work / f"corpus-{name}-{config.model}-{episodes}x{seconds:g}s-{cams}"
+    marker = folder / "complete.json"
+    if marker.exists():
+        info = json.loads(marker.read_text())
+        return folder / "raw", int(info["frames"]), float(info["mb"])
+    shutil.rmtree(folder, ignore_errors=True)
+    started = time.perf_counter()
+    frames = make_corpus(folder / "raw", config, episodes, seconds)
+    mb = sum(p.stat().st_size for p in (folder / "raw").rglob("*.h5")) / 1e6
+    marker.write_text(json.dumps({"frames": frames, "mb": mb}))
+    print(f"generated {name} corpus: {episodes} x {seconds:g} s, {frames} frames, {mb:,.0f} MB raw "
+          f"({time.perf_counter() - started:.0f} s)", flush=True)
+    return folder / "raw", frames, mb
+
+
+def compare_lengths(args: argparse.Namespace, work: Path) -> int:
+    """Many short episodes against few long ones with the same frames; prints frames/s and the ratio."""
+    config = bench_robot(args.robot, args.width, args.height, args.cameras)
+    long_seconds = args.short_episodes * args.short_seconds / args.long_episodes
+    corpora = {
+        "short": (args.short_episodes, args.short_seconds, *cached_corpus(work, "short", config, args.short_episodes, args.short_seconds)),
+        "long": (args.long_episodes, long_seconds, *cached_corpus(work, "long", config, args.long_episodes, long_seconds)),
+    }
+    cams = ", ".join(f"{c.name} {c.width}x{c.height}@{c.fps:g}" for c in config.cameras)
+    print(f"robot {config.model}, cameras: {cams}; {args.workers} Ray worker(s), {args.rounds} round(s)")
+    for _, _, raw_dir, _, _ in corpora.values():  # page cache warm for both, so the first run is not the cold one
+        for path in raw_dir.rglob("*.h5"):
+            with open(path, "rb") as fh:
+                while fh.read(16 << 20):
+                    pass
+    rows = []
+    rates: dict[str, list[float]] = {"short": [], "long": []}
+    for round_ in range(args.rounds):
+        order = ["short", "long"] if round_ % 2 == 0 else ["long", "short"]
+        for name in order:
+            episodes, seconds, raw_dir, frames, mb = corpora[name]
+            dataset = work / f"dataset-{name}.zarr"
+            shutil.rmtree(dataset, ignore_errors=True)
+            elapsed, written = run_job(raw_dir, dataset, args.workers)
+            shutil.rmtree(dataset, ignore_errors=True)
+            rates[name].append(frames / elapsed)
+            rows.append((name, episodes, seconds, frames, mb, round_ + 1, elapsed, frames / elapsed, written / elapsed))
+            print(f"  round {round_ + 1}, {name}: {elapsed:.1f} s", flush=True)
+    # The task's body alone: what the stages and the segment writer pay, without Ray, planning or commits.
+    stages = {name: corpora[name][3] / stages_only(corpora[name][2], work / f"stages-{name}.zarr") for name in corpora}
+    print("\n| corpus | episodes | s each | recorded frames | raw MB | round | job s | recorded frames/s | written frames/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, episodes, seconds, frames, mb, round_, elapsed, fps, written_fps in rows:
+        print(f"| {name} | {episodes:,} | {seconds:g} | {frames:,} | {mb:,.0f} | {round_} | {elapsed:.1f} | {fps:,.0f} | {written_fps:,.0f} |")
+    short, long_ = statistics.median(rates["short"]), statistics.median(rates["long"])
+    ratio = short / long_
+    print(f"\nshort/long frames/s (median of {args.rounds} round(s)): {short:,.0f} / {long_:,.0f} = {ratio:.2f} "
+          f"(goal >= 0.80: {'met' if ratio >= 0.8 else 'NOT met'})")
+    print(f"stages only (the Ray task's body over every file into one segment, in this process; no Ray, planning "
+          f"or index): short {stages['short']:,.0f} / long {stages['long']:,.0f} recorded frames/s = "
+          f"{stages['short'] / stages['long']:.2f}")
+    return 0
+
+
+def stages_only(raw_dir: Path, dataset: Path) -> float:
+    """Seconds of the processing task's body over every raw file of ``raw_dir`` into one segment, in this process."""
+    from pipeline.dataset.store import create_dataset
+    from pipeline.process_job import read_raw_input
+    from pipeline.processing.config import ProcessConfig
+    from pipeline.processing.refine_task import process_raw_batch
+
+    shutil.rmtree(dataset, ignore_errors=True)
+    create_dataset(dataset)
+    inputs = [read_raw_input(p) for p in sorted(raw_dir.rglob("*.h5"))]  # as the driver plans them, before the clock
+    start = time.perf_counter()
+    process_raw_batch([(str(r.path), r.episode_id, r.checksum) for r in inputs], str(dataset),
+                      ProcessConfig().to_dict(), "seg-stages")
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(dataset, ignore_errors=True)
+    return elapsed
 
 
 def count_frames(raw_dir: Path) -> int:
@@ -82,8 +200,7 @@ def copy_files(paths: list[Path], out: Path) -> float:
                     group = h5[f"cameras/{camera}"]
                     offsets = group["jpeg_offsets"][()]
                     data = group["jpeg_data"][()]
-                    for i in range(len(offsets) - 1):
-                        fh.write(data[offsets[i] : offsets[i + 1]].tobytes())
+                    fh.writelines(data[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1))
         fh.flush()
         os.fsync(fh.fileno())
     return time.perf_counter() - start
@@ -113,12 +230,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per episode (default: %(default)s)")
     parser.add_argument("--robot", default="unitree_g1", help="robot model (default: %(default)s)")
     parser.add_argument("--work-dir", type=Path, help="where to put the corpus (default: a temp dir, removed)")
+    lengths = parser.add_argument_group("--compare-lengths: short episodes against long ones with the same frames")
+    lengths.add_argument("--compare-lengths", action="store_true", help="run this comparison instead")
+    lengths.add_argument("--short-episodes", type=int, default=1000, help="short episodes (default: %(default)s)")
+    lengths.add_argument("--short-seconds", type=float, default=5.0, help="seconds per short episode (default: %(default)s)")
+    lengths.add_argument("--long-episodes", type=int, default=10,
+                         help="long episodes, as long as it takes to hold the same frames (default: %(default)s)")
+    lengths.add_argument("--width", type=int, help="camera frame width (default: the robot's)")
+    lengths.add_argument("--height", type=int, help="camera frame height (default: the robot's)")
+    lengths.add_argument("--cameras", type=int, help="use the robot's first N cameras (default: all)")
+    lengths.add_argument("--workers", type=int, default=2, help="Ray workers of the job (default: %(default)s)")
+    lengths.add_argument("--rounds", type=int, default=2, help="runs of each corpus, order alternating (default: %(default)s)")
     args = parser.parse_args(argv)
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="refinery-bench-process-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         print(f"$ python tools/bench_process.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+        if args.compare_lengths:
+            return compare_lengths(args, work)
         raw_dir = work / "raw"
         t = time.perf_counter()
         frames = make_corpus(raw_dir, args.robot, args.episodes, args.seconds)
