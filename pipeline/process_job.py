@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -39,7 +40,7 @@ from typing import Any
 
 import h5py
 
-from pipeline.dataset.index import DATA_DIR, DatasetIndex, EpisodeEntry
+from pipeline.dataset.index import DATA_DIR, STAGING_DIR, DatasetIndex, EpisodeEntry
 from pipeline.dataset.store import (
     DEFAULT_VAL_FRACTION,
     DatasetLock,
@@ -50,6 +51,7 @@ from pipeline.dataset.store import (
 from pipeline.errors import RefineryError, StoreError
 from pipeline.processing.config import ProcessConfig
 from pipeline.ray_runtime import RaySession
+from pipeline.record_log import fsync_dir
 from pipeline.raw_summary import raw_files
 
 log = logging.getLogger("refinery.process")
@@ -174,27 +176,22 @@ def plan_segments(
     """Batches of raw files, one data segment each, with the segment's name.
 
     Each batch holds one layout (model and camera sizes; any size when frames
-    are resized) and about ``segment_mb`` of raw bytes, or less so that
-    there are at least ``workers`` batches.
+    are resized) and at most about ``segment_mb`` of raw bytes; there are
+    whole rounds of ``workers`` batches of about equal size, so no worker is
+    left alone with a small last batch.
     """
     resized = config.output.resize is not None
     groups: dict[str, list[RawInput]] = {}
     for raw in sorted(inputs, key=lambda r: (r.layout, str(r.path))):
         groups.setdefault(json.loads(raw.layout)[0] if resized else raw.layout, []).append(raw)
-    total = sum(r.size for r in inputs)
-    target = min(config.output.segment_mb * 1024 * 1024, max(total / max(workers, 1), 1))
+    total = max(sum(r.size for r in inputs), 1)
+    # Whole rounds of equal batches: a last small batch would run alone on one worker.
+    count = max(workers, math.ceil(total / (config.output.segment_mb * 1024 * 1024)))
+    count = math.ceil(count / workers) * workers
     batches: list[list[RawInput]] = []
     for group in groups.values():
-        batch: list[RawInput] = []
-        size = 0
-        for raw in group:
-            batch.append(raw)
-            size += raw.size
-            if size >= target:
-                batches.append(batch)
-                batch, size = [], 0
-        if batch:
-            batches.append(batch)
+        share = sum(r.size for r in group) / total
+        batches += _split_evenly(group, max(1, min(len(group), round(count * share))))
     config_digest = json.dumps(config.to_dict(), sort_keys=True)
     planned = []
     for batch in batches:
@@ -205,16 +202,57 @@ def plan_segments(
     return planned
 
 
+def _split_evenly(files: list[RawInput], parts: int) -> list[list[RawInput]]:
+    """``files`` in order, cut into ``parts`` runs of about equal bytes."""
+    total = sum(r.size for r in files)
+    batches: list[list[RawInput]] = [[] for _ in range(parts)]
+    done = 0
+    for raw in files:
+        # The part this file's middle byte falls in.
+        part = min(parts - 1, int((done + raw.size / 2) * parts / max(total, 1)))
+        batches[part].append(raw)
+        done += raw.size
+    return [batch for batch in batches if batch]
+
+
 def remove_orphan_segments(dataset: Path, index: DatasetIndex) -> int:
-    """Data segments no index row points at: published by a job that died before its commit."""
-    data = dataset / DATA_DIR
+    """Data segments a killed job published but never committed; returns how many were removed.
+
+    Only segments a job announced before it started (``_staging/plan-<job>.json``)
+    are candidates: a segment no index row points at and no plan names is left
+    alone (an index file lost or from elsewhere must not cost data).
+    """
+    staging = dataset / STAGING_DIR
+    plans = sorted(staging.glob("plan-*.json")) if staging.exists() else []
+    planned: set[str] = set()
+    for plan in plans:
+        try:
+            planned.update(json.loads(plan.read_text())["segments"])
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("%s: unreadable job plan, ignored", plan)
     referenced = set(index.table(["data_segment"])["data_segment"].to_pylist())
     removed = 0
-    for child in data.iterdir() if data.exists() else []:
-        if child.is_dir() and child.name not in referenced:
-            shutil.rmtree(child, ignore_errors=True)
+    for segment in sorted(planned - referenced):
+        folder = dataset / DATA_DIR / segment
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
             removed += 1
+    for plan in plans:
+        plan.unlink(missing_ok=True)
     return removed
+
+
+def _write_plan(dataset: Path, job_id: str, segments: list[str]) -> Path:
+    """Announce the segments this job may publish, before any task runs (see remove_orphan_segments)."""
+    path = dataset / STAGING_DIR / f"plan-{job_id}.json"
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump({"job_id": job_id, "segments": segments}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path
 
 
 def _workers() -> int:
@@ -291,6 +329,7 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
             config = options.config.to_dict()
             marker = str(options.crash_marker) if options.crash_marker else None
             plan = plan_segments(todo, options.config, _workers())
+            plan_file = _write_plan(dataset, job_id, [segment_id for segment_id, _ in plan])
             pending = {
                 task.remote([(str(r.path), r.episode_id, r.checksum) for r in batch], str(dataset.resolve()), config,
                             segment_id, marker): batch
@@ -323,6 +362,8 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
         finally:
             session.close()
         discard_staging(dataset)  # what killed workers left; their retries wrote it anew
+        if not summary.interrupted and not summary.failed:
+            plan_file.unlink(missing_ok=True)  # every planned segment is committed
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -57,7 +57,7 @@ def test_bench_smoke_grows_a_real_sample_and_prints_every_measure(tmp_path: Path
         assert int(cells[9].split()[0].replace(",", "")) > 0, line  # episodes selected
     assert re.search(r"^  one-episode commit at [\d,]+: [\d.]+ ms = [\d.]+x", out, re.MULTILINE), out
     assert re.search(r"^  open \+ select [\d,]+ episodes at", out, re.MULTILINE), out
-    assert re.search(r"^  data files: [\d.]+ MB per file at segment_mb=1024", out, re.MULTILINE), out
+    assert re.search(r"^  data files: [\d.]+ MB per file at segment_mb=2048", out, re.MULTILINE), out
     # The synthetic rows are readable index rows with the real rows' schema and statistics.
     from pipeline.dataset.index import select_episodes
 

@@ -73,7 +73,7 @@ def test_every_episode_traces_back_to_its_raw_file_and_its_job(raw_dir: Path, tm
         assert duration <= entry.raw_duration_s < duration + 0.2
         assert entry.length / entry.rate_hz <= entry.raw_duration_s
         job = ds.job(entry.job_id)
-        assert job["config"]["output"]["segment_mb"] == 1024 and str(raw_dir) in job["raw_dirs"]
+        assert job["config"]["output"]["segment_mb"] == 2048 and str(raw_dir) in job["raw_dirs"]
 
 
 def test_stored_frames_are_the_received_jpeg_bytes(raw_dir: Path, tmp_path: Path) -> None:
@@ -215,15 +215,36 @@ def test_an_unreadable_raw_file_is_rejected_and_the_rest_processed(raw_dir: Path
 def test_a_segment_left_by_a_killed_driver_is_removed_by_the_next_job(
     raw_dir: Path, tmp_path: Path, tiny_robot
 ) -> None:
+    import json
+
     dataset = tmp_path / "ds.zarr"
     run(raw_dir, dataset)
-    orphan = dataset / "data" / "seg-orphan"  # published, never committed
+    # A driver killed after its plan was written and a segment published, before the commit:
+    orphan = dataset / "data" / "seg-orphan"
     (orphan / "state").mkdir(parents=True)
     (orphan / "zarr.json").write_text("{}")
+    (dataset / "_staging" / "plan-killed-job.json").write_text(json.dumps({"segments": ["seg-orphan"]}))
+    stranger = dataset / "data" / "seg-nobody-planned"  # not ours to judge: left alone
+    stranger.mkdir()
     simulate_episode(raw_dir, tiny_robot, robot_id="tiny-c", seconds=2.0, seed=3)
     run(raw_dir, dataset)
-    assert not orphan.exists()
+    assert not orphan.exists() and stranger.exists()
+    assert not list((dataset / "_staging").glob("plan-*.json"))
     assert len(load_index(dataset)) == 3
+
+
+def test_an_index_file_of_unknown_form_stops_the_job_before_it_deletes_anything(raw_dir: Path, tmp_path: Path) -> None:
+    from pipeline.errors import StoreError
+
+    dataset = tmp_path / "ds.zarr"
+    run(raw_dir, dataset)
+    segments = sorted(p.name for p in (dataset / "data").iterdir() if p.is_dir())
+    for path in (dataset / "index").glob("e-*.parquet"):
+        path.rename(path.with_name("e-renamed-by-someone.parquet"))
+        break
+    with pytest.raises(StoreError, match="does not know"):
+        run(raw_dir, dataset)
+    assert sorted(p.name for p in (dataset / "data").iterdir() if p.is_dir()) == segments
 
 
 def test_two_ingests_with_robots_split_between_them_feed_one_dataset(

@@ -24,7 +24,7 @@ State
 
 Compaction
     Files merge like a base-8 counter: whenever the newest eight episode
-    files are of the same size tier (rows within a power of eight), they are
+    files are of the same size tier (commits covered within a power of eight), they are
     rewritten as one. A merged file covers the commits of the files it
     replaces and hides them; they are deleted after it is in place, so a
     reader that lists both uses the merged one. The index then has at most
@@ -265,6 +265,11 @@ def _list_files(index_dir: Path) -> tuple[list[_IndexFile], list[_IndexFile]]:
             episodes.append(_IndexFile(index_dir / name, "e", int(m[1]), int(m[2]), int(m[3])))
         elif m := _CURATION_FILE.match(name):
             curation.append(_IndexFile(index_dir / name, "x", int(m[1]), int(m[1])))
+        elif name.endswith(".parquet") and not name.startswith("."):
+            # Never read past an index file we do not understand: a reader would see
+            # fewer episodes, and a job would take their data for orphans.
+            raise StoreError(str(index_dir / name), "an index file this Refinery does not know; "
+                             "is the dataset from a newer version? Nothing was changed")
     # Widest first: a file inside the range of one already kept was merged into it.
     episodes.sort(key=lambda f: (f.first, -f.last))
     visible: list[_IndexFile] = []
@@ -310,9 +315,11 @@ def _fsync_dir(path: Path) -> None:
 def _read_file(path: Path, columns: list[str], where: pc.Expression | None) -> pa.Table:
     """``columns`` of one index file, rows matching ``where``; columns a file lacks come back as nulls."""
     # One file at a time: pyarrow's dataset layer costs more than the reading here.
-    present = pq.read_schema(path).names
-    if all(c in present for c in columns):
+    try:
         return pq.read_table(path, columns=columns, filters=where)
+    except (pa.ArrowInvalid, KeyError):
+        pass  # a file written before a column was added: read what it has
+    present = pq.read_schema(path).names
     table = pq.read_table(path, columns=[c for c in columns if c in present])
     for name in columns:
         if name not in present:
@@ -334,8 +341,14 @@ def _complete_batch(batch: pa.RecordBatch, columns: list[str]) -> pa.RecordBatch
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _tier(rows: int) -> int:
-    return int(math.log(max(rows, 1), FAN_IN))
+def _tier(f: _IndexFile) -> int:
+    """Size tier of an episode file by the commits it covers (powers of FAN_IN).
+
+    By commits, not rows: commits of varied sizes (a segment's 3 or 8 rows, a
+    1-row unreadable file) still merge, and each row is rewritten about
+    log8(commits) times in all.
+    """
+    return int(math.log(max(f.last - f.first + 1, 1), FAN_IN))
 
 
 # -- state ------------------------------------------------------------------
@@ -707,7 +720,7 @@ class DatasetIndex:
         while True:
             episodes, _ = self._files()
             tail = episodes[-FAN_IN:]
-            if len(tail) < FAN_IN or len({_tier(f.rows) for f in tail}) != 1:
+            if len(tail) < FAN_IN or len({_tier(f) for f in tail}) != 1:
                 return merges
             tables = [pq.read_table(f.path, schema=SCHEMA) for f in tail]
             metadata = pq.read_metadata(tail[-1].path).metadata or {}
@@ -823,8 +836,10 @@ def select_episodes(
 ) -> list[EpisodeEntry]:
     """The episodes with data that pass the filters, excluded ones left out (loader, exports and views share this).
 
-    Only ``columns`` of the index are read, and only matching rows become
-    entries: opening a large dataset reads what the selection needs.
+    Only ``columns`` of the index are read (default: :data:`LIGHT_COLUMNS`
+    and the key counts; pass ``SCHEMA.names`` for every column, statistics
+    and reports included), and only matching rows become entries: opening a
+    large dataset reads what the selection needs.
 
     Raises:
         DatasetError: an unknown grade letter or split, or nothing passes (the
@@ -835,6 +850,8 @@ def select_episodes(
                               start_before_ns=start_before_ns)
     chosen.check(str(dataset))
     index = DatasetIndex(dataset)
+    if columns is None:
+        columns = (*LIGHT_COLUMNS, *KEY_COUNT_COLUMNS)
     selected = index.entries(columns, chosen.expression(), include_excluded=False)
     if not selected:
         everything = index.table(["key", "length", "grade", "model", "robot_id", "task"],

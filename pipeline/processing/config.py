@@ -42,7 +42,7 @@ class OutputConfig:
 
     resize: tuple[int, int] | None = None
     jpeg_quality: int = 90
-    segment_mb: int = 1024
+    segment_mb: int = 2048
     shard_mb: int = 64
     frames_per_shard: int | None = None
 
