@@ -827,7 +827,11 @@ class IngestProcess:
 
     def __init__(self, data_dir: Path, port: int, extra: list[str], log_path: Path, profile: str | None, prof_out: Path | None):
         self.endpoint = f"tcp://127.0.0.1:{port}"
-        self.args = ["ingest", "--plain", "--data-dir", str(data_dir), "--bind", self.endpoint, *extra]
+        # The simulated robots send nothing while they wait for their seals (a real
+        # collector keeps its session alive with clock-sync requests every 0.5 s):
+        # keep their sessions for the whole run.
+        self.args = ["ingest", "--plain", "--data-dir", str(data_dir), "--bind", self.endpoint,
+                     "--session-timeout", "900", *extra]
         if profile:
             self.command = [sys.executable, str(Path(__file__).resolve()), "_profiled_ingest", profile, str(prof_out), *self.args]
         else:
