@@ -283,8 +283,7 @@ def content_digest(h5: h5py.File) -> str:
     array (C order), so files sealed before streaming still verify.
     """
     digest = _identity_digest(h5)
-    for name in _dataset_names(h5):
-        ds = h5[name]
+    for name, ds in _datasets(h5):
         digest.update(f"{name}|{ds.dtype.str}|{ds.shape}\n".encode())
         if ds.dtype.kind == "O" or ds.dtype.kind in "SU" or ds.shape == ():
             if ds.shape == ():
@@ -312,10 +311,12 @@ def _identity_digest(h5: h5py.File) -> Any:
     return digest
 
 
-def _dataset_names(h5: h5py.File) -> list[str]:
-    paths: list[str] = []
-    h5.visit(lambda name: paths.append(name) if isinstance(h5[name], h5py.Dataset) else None)
-    return sorted(paths)
+def _datasets(h5: h5py.File) -> list[tuple[str, h5py.Dataset]]:
+    """Every dataset with its path, in path order (the order the digest hashes them in)."""
+    found: list[tuple[str, h5py.Dataset]] = []
+    # visititems hands over each object: looking every name up again cost a third of a small file's read.
+    h5.visititems(lambda name, obj: found.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
+    return sorted(found, key=lambda item: item[0])
 
 
 def read_all_and_digest(h5: h5py.File) -> tuple[dict[str, Any], str]:
@@ -327,8 +328,7 @@ def read_all_and_digest(h5: h5py.File) -> tuple[dict[str, Any], str]:
     """
     digest = _identity_digest(h5)
     values: dict[str, Any] = {}
-    for name in _dataset_names(h5):
-        ds = h5[name]
+    for name, ds in _datasets(h5):
         value = values[name] = ds[()]
         digest.update(f"{name}|{ds.dtype.str}|{ds.shape}\n".encode())
         if ds.dtype.kind == "O" or ds.dtype.kind in "SU" or ds.shape == ():
