@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline import refinery_version
 from pipeline.errors import RefineryError
 
 log = logging.getLogger("refinery")
@@ -24,15 +25,6 @@ EXIT_ERROR = 2  # the command could not run: bad arguments, input, configuration
 EXIT_BAD_INPUTS = 3  # `process` finished, but some raw files were unreadable or corrupt (rejected, listed)
 EXIT_INTERNAL = 70  # an unexpected exception: a defect (sysexits' EX_SOFTWARE)
 EXIT_INTERRUPTED = 130  # Ctrl-C
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("teleop-refinery")
-    except PackageNotFoundError:
-        return "(not installed)"
 
 
 def _positive_float(text: str) -> float:
@@ -120,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="refinery", description="Collect and refine teleoperated humanoid-robot data.", epilog=EPILOG
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {refinery_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="local demo: ingest + simulated robots + Ray processing + quality report",

@@ -47,11 +47,12 @@ from pipeline.dataset.store import (
     create_dataset,
     discard_staging,
     write_job_record,
+    write_json_durably,
 )
+from pipeline import refinery_version
 from pipeline.errors import RefineryError, StoreError
 from pipeline.processing.config import ProcessConfig
 from pipeline.ray_runtime import RaySession
-from pipeline.record_log import fsync_dir
 from pipeline.raw_summary import raw_files
 
 log = logging.getLogger("refinery.process")
@@ -244,15 +245,7 @@ def remove_orphan_segments(dataset: Path, index: DatasetIndex) -> int:
 
 def _write_plan(dataset: Path, job_id: str, segments: list[str]) -> Path:
     """Announce the segments this job may publish, before any task runs (see remove_orphan_segments)."""
-    path = dataset / STAGING_DIR / f"plan-{job_id}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump({"job_id": job_id, "segments": segments}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return path
+    return write_json_durably(dataset / STAGING_DIR / f"plan-{job_id}.json", {"job_id": job_id, "segments": segments})
 
 
 def _workers() -> int:
@@ -291,7 +284,7 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
     job_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
     job_info = {"job_id": job_id, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "raw_dirs": [str(p) for p in options.raw_dirs]}
-    job_record = {**job_info, "config": options.config.to_dict(), "refinery": _version(), "host": socket.gethostname(),
+    job_record = {**job_info, "config": options.config.to_dict(), "refinery": refinery_version(), "host": socket.gethostname(),
                   "address": options.address or os.environ.get("RAY_ADDRESS") or "embedded"}
     with DatasetLock(dataset):
         discard_staging(dataset)
@@ -380,15 +373,6 @@ def _count(summary: JobSummary, entries: list[EpisodeEntry], result: dict[str, A
             summary.rejected += 1
             for reason in e.reasons:
                 summary.reasons[reason] += 1
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("teleop-refinery")
-    except PackageNotFoundError:
-        return "(not installed)"
 
 
 def _short(err: BaseException) -> str:

@@ -109,19 +109,22 @@ class DatasetLock:
         self._fh.close()
 
 
-def write_job_record(dataset: Path, record: dict[str, Any]) -> Path:
-    """``jobs/<job_id>.json``: what a job ran with (configuration, inputs, version, host); rows name it by ``job_id``."""
-    folder = dataset / JOBS_DIR
-    folder.mkdir(exist_ok=True)
-    final = folder / f"{record['job_id']}.json"
-    tmp = folder / f".{final.name}.tmp"
+def write_json_durably(path: Path, data: Any) -> Path:
+    """Write ``data`` as JSON to ``path`` whole or not at all: temporary file, fsync, rename, fsync of the folder."""
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as fh:
-        json.dump(record, fh, indent=1, sort_keys=True)
+        json.dump(data, fh, indent=1, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    fsync_dir(folder)
-    return final
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path
+
+
+def write_job_record(dataset: Path, record: dict[str, Any]) -> Path:
+    """``jobs/<job_id>.json``: what a job ran with (configuration, inputs, version, host); rows name it by ``job_id``."""
+    (dataset / JOBS_DIR).mkdir(exist_ok=True)
+    return write_json_durably(dataset / JOBS_DIR / f"{record['job_id']}.json", record)
 
 
 def discard_staging(dataset: Path) -> None:
