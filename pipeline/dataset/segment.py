@@ -168,11 +168,15 @@ class SegmentWriter:
             if len(frames) != length:
                 raise DatasetError(where, f"camera {camera!r} has {len(frames)} frames for {length} steps")
             height, width = episode.frame_size[camera]
+            checked: set[int] = set()  # a frame held over several steps is one bytes object: check it once
             for n, frame in enumerate(frames):
+                if id(frame) in checked:
+                    continue
                 try:
                     check_frame(frame, height, width)
                 except DatasetError as err:
                     raise DatasetError(f"{where}, camera {camera!r}", err.problem, index=n) from err
+                checked.add(id(frame))
             shards = self._cameras.get(camera)
             if shards is None:
                 per_shard = self.frames_per_shard or frames_per_shard_for(frames, self.shard_bytes)
