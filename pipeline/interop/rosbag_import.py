@@ -86,7 +86,8 @@ _CLOCK_EVERY_NS = 500_000_000
 _CLOCK_LEG_NS = 100_000
 _PROBE_FRAMES = 20  # camera messages tried for the camera's size before it is left out
 _RATE_PROBE = 50  # first receive times a topic's rate is measured on
-_INDICES_LISTED = 20  # sample indices a decision event lists
+_INDICES_LISTED = 20
+_REASONS_KEPT = 50  # distinct skip reasons an episode records one by one (a hostile bag could vary them all)  # sample indices a decision event lists
 _BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -244,12 +245,12 @@ def _plan(bag: Path, reader: Any, typestore: Any, bag_map: BagMap, robot: RobotC
         field_name = bag_map.topics[topic]
         conns = by_topic.get(topic)
         if not conns:
-            known = ", ".join(sorted(by_topic)[:20]) or "none"
+            known = _short(sorted(by_topic), 20) or "none"
             raise RosbagError(bag, topic, f"is not in this bag (the mapping's {field_name} names it); "
                                           f"the bag's topics: {known}")
         types = sorted({c.msgtype for c in conns})
         if len(types) > 1 or types[0] not in allowed:
-            raise RosbagError(bag, topic, f"carries {', '.join(types)}; the mapping's {field_name} needs "
+            raise RosbagError(bag, topic, f"carries {_short(types)}; the mapping's {field_name} needs "
                                           f"{' or '.join(allowed)}")
         topics[topic] = _Topic(topic, types[0], role, stream, sum(int(c.msgcount) for c in conns))
     if topics[bag_map.joint_state.topic].count == 0:
@@ -416,8 +417,14 @@ def _episode_ids(robot_id: str, bag: Path, identity: str, count: int, numbered: 
 
 
 def _short(names: Any, most: int = 8) -> str:
-    names = list(names)
+    """A listing of names read from a bag, for one line of text: control characters and length defused."""
+    names = [_shown(n) for n in names]
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _shown(text: str, most: int = 64) -> str:
+    text = "".join(c if c.isprintable() else "?" for c in str(text)[:most])
+    return text if len(text) < most else text + "…"
 
 
 # --- writing -----------------------------------------------------------------------------
@@ -467,7 +474,10 @@ def _write_episodes(
                 _write_message(current, topic, t, data, source_index, typestore, bag_map, plan,
                                state_matcher, action_matcher)
             except MessageSkipped as err:
-                current.skipped[f"{err.topic}: {err.reason}"] += 1
+                reason = f"{err.topic}: {err.reason}"
+                if reason not in current.skipped and len(current.skipped) >= _REASONS_KEPT:
+                    reason = f"{err.topic}: other reasons"
+                current.skipped[reason] += 1
         if current is not None:
             written.append(_seal(current, plan, bag_map, result))
             current = None

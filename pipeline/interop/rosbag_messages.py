@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -35,6 +35,7 @@ COMMAND_TYPES = (JOINT_STATE_TYPE, FLOAT_ARRAY_TYPE, TRAJECTORY_TYPE)
 CAMERA_TYPES = (COMPRESSED_IMAGE_TYPE, IMAGE_TYPE)
 MARKER_TYPES = (STRING_TYPE, BOOL_TYPE)
 
+_NAME_LISTS_KEPT = 16
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_SIZE = struct.Struct(">II")  # IHDR width, height, right after the signature and the chunk header
 # sensor_msgs/image_encodings: channels per pixel and how OpenCV turns them into BGR.
@@ -89,6 +90,8 @@ class JointMatcher:
     robot_joints: tuple[str, ...]
     fill_missing: float | None
     max_joints: int
+    # Name lists seen -> their columns: a driver sends the same list in every message.
+    _known: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, compare=False)
 
     def columns(self, topic: str, names: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """For a message's names: (the robot column of each name it shares, which names those are).
@@ -98,7 +101,16 @@ class JointMatcher:
         """
         if len(names) > self.max_joints:
             raise MessageSkipped(topic, f"names more than {self.max_joints} joints")
-        names = [str(n) for n in names]
+        key = tuple(names)  # rosbags decodes names as str
+        found = self._known.get(key)
+        if found is None:
+            found = self._match(topic, key)
+            if len(self._known) >= _NAME_LISTS_KEPT:
+                self._known.clear()
+            self._known[key] = found
+        return found
+
+    def _match(self, topic: str, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         if len(set(names)) != len(names):
             raise MessageSkipped(topic, "names a joint twice")
         where = {n: i for i, n in enumerate(names)}
@@ -109,17 +121,24 @@ class JointMatcher:
         msg_cols = np.array([where[j] for j in self.robot_joints if j in where], dtype=np.int64)
         return robot_cols, msg_cols
 
-    def place(self, topic: str, names: Sequence[Any], values: Any, what: str, required: bool) -> np.ndarray:
-        """One field of a message (position, velocity, ...) in robot order; an empty optional field is zeros."""
-        data = np.asarray(values, dtype=np.float64).reshape(-1)
-        dof = len(self.robot_joints)
-        if data.size == 0 and not required:
-            return np.zeros(dof)
-        if data.size != len(names):
-            raise MessageSkipped(topic, f"has {data.size} {what} values for {len(names)} joint names")
+    def place(self, topic: str, names: Sequence[str], fields: Sequence[tuple[Any, str, bool]]) -> list[np.ndarray]:
+        """Fields of one message (``(values, what, required)``: position, velocity, ...) in robot order.
+
+        An empty optional field is zeros; robot joints the message lacks take ``fill_missing``.
+        """
         robot_cols, msg_cols = self.columns(topic, names)
-        out = np.full(dof, np.nan if self.fill_missing is None else self.fill_missing)
-        out[robot_cols] = data[msg_cols]
+        dof = len(self.robot_joints)
+        out = []
+        for values, what, required in fields:
+            data = np.asarray(values, dtype=np.float64).reshape(-1)
+            if data.size == 0 and not required:
+                out.append(np.zeros(dof))
+                continue
+            if data.size != len(names):
+                raise MessageSkipped(topic, f"has {data.size} {what} values for {len(names)} joint names")
+            row = np.full(dof, np.nan if self.fill_missing is None else self.fill_missing)
+            row[robot_cols] = data[msg_cols]
+            out.append(row)
         return out
 
 
@@ -128,11 +147,8 @@ def joint_state_row(topic: str, msg: Any, matcher: JointMatcher) -> np.ndarray:
 
     Empty velocity or effort (drivers that publish positions only) become zeros.
     """
-    names = list(msg.name)
-    position = matcher.place(topic, names, msg.position, "position", required=True)
-    velocity = matcher.place(topic, names, msg.velocity, "velocity", required=False)
-    effort = matcher.place(topic, names, msg.effort, "effort", required=False)
-    return np.concatenate([position, velocity, effort])
+    fields = [(msg.position, "position", True), (msg.velocity, "velocity", False), (msg.effort, "effort", False)]
+    return np.concatenate(matcher.place(topic, msg.name, fields))
 
 
 def command_row(topic: str, msgtype: str, msg: Any, matcher: JointMatcher, columns: tuple[str, ...]) -> np.ndarray:
@@ -144,13 +160,13 @@ def command_row(topic: str, msgtype: str, msg: Any, matcher: JointMatcher, colum
     robot's joint order).
     """
     if msgtype == JOINT_STATE_TYPE:
-        return matcher.place(topic, list(msg.name), msg.position, "position", required=True)
+        return matcher.place(topic, msg.name, [(msg.position, "position", True)])[0]
     if msgtype == TRAJECTORY_TYPE:
         if not msg.points:
             raise MessageSkipped(topic, "is a trajectory without points")
-        return matcher.place(topic, list(msg.joint_names), msg.points[0].positions, "position", required=True)
+        return matcher.place(topic, msg.joint_names, [(msg.points[0].positions, "position", True)])[0]
     names = columns or matcher.robot_joints
-    return matcher.place(topic, list(names), msg.data, "data", required=True)
+    return matcher.place(topic, names, [(msg.data, "data", True)])[0]
 
 
 def marker_state(msgtype: str, msg: Any) -> str | None:
