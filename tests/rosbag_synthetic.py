@@ -52,6 +52,7 @@ class BagContent:
     position: list[np.ndarray] = field(default_factory=list)  # robot order
     velocity: list[np.ndarray] = field(default_factory=list)
     effort: list[np.ndarray] = field(default_factory=list)
+    joint_cdr: list[bytes] = field(default_factory=list)  # each joint state as serialized into the bag
     command_receive: list[int] = field(default_factory=list)
     command: list[np.ndarray] = field(default_factory=list)
     frame_stamp: list[int] = field(default_factory=list)  # per camera message written (all three cameras alike)
@@ -86,6 +87,7 @@ def write_bag(
     markers: list[tuple[float, str]] | None = None,
     joint_gap: tuple[float, float] | None = None,
     t0_ns: int = T0_NS,
+    compress: bool = False,
 ) -> BagContent:
     """Write a bag folder at ``path`` and return what it holds.
 
@@ -93,8 +95,9 @@ def write_bag(
         storage: ``mcap`` or ``sqlite3``.
         markers: ``(seconds, "start"|"stop")`` String messages on :data:`MARKER_TOPIC`.
         joint_gap: ``(from_s, to_s)``: no message of any topic is recorded in between.
+        compress: Compress each message with zstd (rosbag2's ``message`` compression mode).
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
     ts = get_typestore(Stores.ROS2_JAZZY if distro == "jazzy" else Stores.ROS2_HUMBLE)
@@ -176,11 +179,17 @@ def write_bag(
     types = {JOINT_TOPIC: "sensor_msgs/msg/JointState", COMMAND_TOPIC: "std_msgs/msg/Float64MultiArray",
              JPEG_TOPIC: "sensor_msgs/msg/CompressedImage", PNG_TOPIC: "sensor_msgs/msg/CompressedImage",
              RAW_TOPIC: "sensor_msgs/msg/Image", MARKER_TOPIC: "std_msgs/msg/String"}
-    with Writer(path, version=9, storage_plugin=plugin) as writer:
+    writer = Writer(path, version=9, storage_plugin=plugin)
+    if compress:
+        writer.set_compression(CompressionMode.MESSAGE, CompressionFormat.ZSTD)
+    with writer:
         conns = {topic: writer.add_connection(topic, msgtype, typestore=ts) for topic, msgtype in types.items()
                  if topic != MARKER_TOPIC or markers}
         for receive, topic, msg in sorted(messages, key=lambda m: m[0]):
-            writer.write(conns[topic], receive, ts.serialize_cdr(msg, types[topic]))
+            data = ts.serialize_cdr(msg, types[topic])
+            if topic == JOINT_TOPIC:
+                content.joint_cdr.append(data)
+            writer.write(conns[topic], receive, data)
     return content
 
 

@@ -311,6 +311,26 @@ def test_a_corrupt_bag_is_refused_and_the_others_are_imported(tmp_path: Path) ->
     assert not list((tmp_path / "data" / "journal").rglob("*.rfj"))
 
 
+def test_a_bag_that_breaks_part_way_keeps_the_episodes_sealed_before_the_break(tmp_path: Path) -> None:
+    from rosbags.rosbag2.writer import zstd
+
+    markers = [(0.1, "start"), (0.6, "stop"), (0.8, "start"), (1.4, "stop")]
+    content = write_bag(tmp_path / "bag", "mcap", faults=NO_FAULTS, markers=markers, compress=True)
+    (file,) = (tmp_path / "bag").glob("*.mcap")
+    data = file.read_bytes()
+    frame = zstd.compress(content.joint_cdr[250])  # a joint state of the second episode, as the writer stored it
+    at = data.index(frame)
+    file.write_bytes(data[: at + 8] + bytes(len(frame) - 8) + data[at + len(frame):])
+    result = import_rosbags(tmp_path / "bag", tmp_path / "data", write_map(
+        tmp_path, episodes={"split": "topic", "topic": MARKER_TOPIC}))
+    (_, err), = result.refused
+    assert "breaks while reading" in str(err) and "1 episode(s) before the break were imported" in str(err)
+    (path,) = raw_files(tmp_path / "data")
+    assert result.episodes == [path] and result.written == 1
+    assert verify_episode(path).ok and path.stem.endswith("-000")
+    assert not list((tmp_path / "data" / "journal").rglob("*.rfj"))
+
+
 def test_a_message_that_does_not_deserialize_is_skipped_with_its_reason(tmp_path: Path) -> None:
     T = ros_types()
     types = {JOINT_TOPIC: "sensor_msgs/msg/JointState"}

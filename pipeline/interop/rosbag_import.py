@@ -212,16 +212,19 @@ def _import_bag(bag: Path, raw_dir: Path, bag_map: BagMap, robot: RobotConfig, r
     except Exception as err:  # noqa: BLE001  a foreign file: rosbags and sqlite raise many kinds of error
         raise RosbagError(bag, "", f"cannot be read as a ROS 2 bag: {err}") from err
     try:
-        plan = _plan(bag, reader, typestore, bag_map, robot, raw_dir)
+        try:
+            plan = _plan(bag, reader, typestore, bag_map, robot, raw_dir)
+        except RefineryError:
+            raise
+        except Exception as err:  # noqa: BLE001  a foreign file can break anywhere the checks read it
+            raise RosbagError(bag, "", f"breaks while it is checked ({type(err).__name__}: {err})") from err
         pending = [e for e in plan.episodes if not e.done]
         for episode in plan.episodes:
             if episode.done:
                 log.info("%s: episode %s already imported; skipped", bag, episode.episode_id)
                 result.episodes.append(raw_path(raw_dir, bag_map.robot_id, episode.episode_id))
         if pending:
-            written = _write_episodes(plan, reader, typestore, bag_map, robot, raw_dir, result)
-            result.episodes.extend(written)
-            result.written += len(written)
+            _write_episodes(plan, reader, typestore, bag_map, robot, raw_dir, result)
     finally:
         try:
             reader.close()
@@ -445,13 +448,15 @@ class _Open:
 def _write_episodes(
     plan: _Plan, reader: Any, typestore: Any, bag_map: BagMap, robot: RobotConfig, raw_dir: Path,
     result: RosbagImport,
-) -> list[Path]:
+) -> None:
+    """Write the bag's pending episodes; each sealed one goes into ``result`` at once, so a bag that
+    breaks later still reports what it gave."""
     state_matcher = JointMatcher(robot.joint_names, bag_map.joint_state.fill_missing, bag_map.limits.max_joints)
     action_matcher = JointMatcher(robot.joint_names, bag_map.action.fill_missing if bag_map.action else None,
                                   bag_map.limits.max_joints)
     starts = [e.start_ns for e in plan.episodes]
     index: Counter[str] = Counter()
-    written: list[Path] = []
+    sealed = 0
     current: _Open | None = None
     wanted = [c for c in reader.connections if c.topic in plan.topics and plan.topics[c.topic].role != "marker"]
     try:
@@ -468,7 +473,8 @@ def _write_episodes(
                 continue
             if current is None or current.episode is not episode:
                 if current is not None:
-                    written.append(_seal(current, plan, bag_map, result))
+                    _seal(current, plan, bag_map, result)
+                    sealed += 1
                 current = _open(episode, t, plan, bag_map, raw_dir)
             try:
                 _write_message(current, topic, t, data, source_index, typestore, bag_map, plan,
@@ -479,7 +485,7 @@ def _write_episodes(
                     reason = f"{err.topic}: other reasons"
                 current.skipped[reason] += 1
         if current is not None:
-            written.append(_seal(current, plan, bag_map, result))
+            _seal(current, plan, bag_map, result)
             current = None
     except Exception as err:  # noqa: BLE001  a bag broken part-way: keep the episodes sealed so far
         if current is not None:
@@ -487,8 +493,7 @@ def _write_episodes(
         if isinstance(err, RefineryError):
             raise
         raise RosbagError(plan.bag, "", f"breaks while reading ({type(err).__name__}: {err}); "
-                                        f"{len(written)} episode(s) before the break were imported") from err
-    return written
+                                        f"{sealed} episode(s) before the break were imported") from err
 
 
 def _open(episode: _Episode, t: int, plan: _Plan, bag_map: BagMap, raw_dir: Path) -> _Open:
@@ -548,7 +553,7 @@ def _write_message(
                         value[None, :], arrival_ns=t)
 
 
-def _seal(current: _Open, plan: _Plan, bag_map: BagMap, result: RosbagImport) -> Path:
+def _seal(current: _Open, plan: _Plan, bag_map: BagMap, result: RosbagImport) -> None:
     builder = current.builder
     end = current.last_ns
     types = {t.stream: t.msgtype for t in plan.topics.values()}
@@ -572,7 +577,8 @@ def _seal(current: _Open, plan: _Plan, bag_map: BagMap, result: RosbagImport) ->
         _discard(current)
         raise
     log.info("%s: imported as %s", plan.bag, path)
-    return path
+    result.episodes.append(path)
+    result.written += 1
 
 
 def _discard(current: _Open) -> None:
