@@ -84,10 +84,10 @@ BAG_SUFFIXES = (".mcap", ".db3")
 # A clock-sync exchange every 0.5 s, as a collector makes them; 100 us each way.
 _CLOCK_EVERY_NS = 500_000_000
 _CLOCK_LEG_NS = 100_000
-_PROBE_FRAMES = 20  # camera messages tried for the camera's size before it is left out
+_PROBE_FRAMES = 20  # first messages tried for the joint names and each camera's size
 _RATE_PROBE = 50  # first receive times a topic's rate is measured on
-_INDICES_LISTED = 20
-_REASONS_KEPT = 50  # distinct skip reasons an episode records one by one (a hostile bag could vary them all)  # sample indices a decision event lists
+_INDICES_LISTED = 20  # sample indices a decision event lists
+_REASONS_KEPT = 50  # distinct skip reasons an episode records one by one (a hostile bag could vary them all)
 _BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -210,14 +210,14 @@ def _import_bag(bag: Path, raw_dir: Path, bag_map: BagMap, robot: RobotConfig, r
         reader = Reader(bag)
         reader.open()
     except Exception as err:  # noqa: BLE001  a foreign file: rosbags and sqlite raise many kinds of error
-        raise RosbagError(bag, "", f"cannot be read as a ROS 2 bag: {err}") from err
+        raise RosbagError(bag, "", f"cannot be read as a ROS 2 bag: {_shown(str(err), 300)}") from err
     try:
         try:
             plan = _plan(bag, reader, typestore, bag_map, robot, raw_dir)
         except RefineryError:
             raise
         except Exception as err:  # noqa: BLE001  a foreign file can break anywhere the checks read it
-            raise RosbagError(bag, "", f"breaks while it is checked ({type(err).__name__}: {err})") from err
+            raise RosbagError(bag, "", f"breaks while it is checked ({type(err).__name__}: {_shown(str(err), 300)})") from err
         pending = [e for e in plan.episodes if not e.done]
         for episode in plan.episodes:
             if episode.done:
@@ -441,7 +441,8 @@ class _Open:
     builder: RawEpisodeBuilder
     last_ns: int
     next_clock_ns: int
-    receive_stamped: dict[str, list[int]] = field(default_factory=dict)  # stream -> source indices
+    receive_stamped: Counter[str] = field(default_factory=Counter)  # stream -> samples given their receive time
+    receive_stamped_first: dict[str, list[int]] = field(default_factory=dict)  # their first source indices
     skipped: Counter[str] = field(default_factory=Counter)
 
 
@@ -492,7 +493,7 @@ def _write_episodes(
             _discard(current)
         if isinstance(err, RefineryError):
             raise
-        raise RosbagError(plan.bag, "", f"breaks while reading ({type(err).__name__}: {err}); "
+        raise RosbagError(plan.bag, "", f"breaks while reading ({type(err).__name__}: {_shown(str(err), 300)}); "
                                         f"{sealed} episode(s) before the break were imported") from err
 
 
@@ -537,15 +538,18 @@ def _write_message(
     if topic.role == "joint_state":
         value = joint_state_row(topic.topic, msg, state_matcher)
     elif topic.role == "action":
-        assert bag_map.action is not None
-        value = command_row(topic.topic, topic.msgtype, msg, action_matcher, bag_map.action.joints)
+        columns = bag_map.action.joints if bag_map.action is not None else ()
+        value = command_row(topic.topic, topic.msgtype, msg, action_matcher, columns)
     else:
         width, height = plan.cameras[topic.stream]
         value = image_jpeg(topic.topic, topic.msgtype, msg, width, height, bag_map.limits, bag_map.jpeg_quality)
     stamp = header_stamp_ns(msg) if bag_map.capture_time == "header" else t
     if stamp is None:
         stamp = t
-        current.receive_stamped.setdefault(topic.stream, []).append(source_index)
+        current.receive_stamped[topic.stream] += 1
+        first = current.receive_stamped_first.setdefault(topic.stream, [])
+        if len(first) < _INDICES_LISTED:
+            first.append(source_index)
     if topic.role == "camera":
         builder.frame(topic.stream, stamp, source_index, value, arrival_ns=t)
     else:
@@ -557,14 +561,14 @@ def _seal(current: _Open, plan: _Plan, bag_map: BagMap, result: RosbagImport) ->
     builder = current.builder
     end = current.last_ns
     types = {t.stream: t.msgtype for t in plan.topics.values()}
-    for stream, indices in current.receive_stamped.items():
+    for stream, count in current.receive_stamped.items():
         why = ("its type has no header" if types.get(stream) == FLOAT_ARRAY_TYPE
                else "their header stamp is zero or not a valid time")
         builder.event({
             "kind": "label",
-            "text": f"{len(indices)} {stream} message(s) take their receive time as capture time: {why}",
-            "decision": "receive_time_as_capture_time", "stream": stream, "count": len(indices),
-            "source_indices": indices[:_INDICES_LISTED],
+            "text": f"{count} {stream} message(s) take their receive time as capture time: {why}",
+            "decision": "receive_time_as_capture_time", "stream": stream, "count": count,
+            "source_indices": current.receive_stamped_first[stream],
         }, end, arrival_ns=end)
     for reason, count in sorted(current.skipped.items()):
         builder.event({"kind": "label", "text": f"{count} message(s) skipped: {reason}"[:900],
