@@ -97,7 +97,12 @@ def write_bag(
         joint_gap: ``(from_s, to_s)``: no message of any topic is recorded in between.
         compress: Compress each message with zstd (rosbag2's ``message`` compression mode).
     """
-    from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
+    from rosbags.rosbag2 import (
+        CompressionFormat,
+        CompressionMode,
+        StoragePlugin,
+        Writer,
+    )
     from rosbags.typesys import Stores, get_typestore
 
     ts = get_typestore(Stores.ROS2_JAZZY if distro == "jazzy" else Stores.ROS2_HUMBLE)

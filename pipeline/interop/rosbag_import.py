@@ -34,7 +34,8 @@ Every field is hostile: each message is bounded (:class:`~pipeline.interop.rosba
 before it is deserialized, and a message that fails any check is skipped with
 its reason. A bag that cannot be opened, lacks a mapped topic, carries it with
 another type, or whose joint names do not match the robot is refused with its
-reason and the other bags are imported. Episodes already imported (same id,
+reason (:mod:`pipeline.interop.rosbag_plan` checks all that before anything is
+written) and the other bags are imported. Episodes already imported (same id,
 derived from the bag's name and identity) are skipped, so re-running is cheap.
 """
 
@@ -42,41 +43,41 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import hashlib
 import logging
-import re
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline import protocol
 from pipeline.errors import RefineryError, StoreError
 from pipeline.interop import Format, add_destination_arguments, destination
-from pipeline.interop.rosbag_map import BagMap, CameraMap, load_bag_map
+from pipeline.interop.rosbag_map import BagMap, load_bag_map
 from pipeline.interop.rosbag_messages import (
-    CAMERA_TYPES,
-    COMMAND_TYPES,
     FLOAT_ARRAY_TYPE,
-    MARKER_TYPES,
-    STATE_TYPES,
     JointMatcher,
     MessageSkipped,
     command_row,
     header_stamp_ns,
     image_jpeg,
-    image_size,
     joint_state_row,
-    marker_state,
+)
+from pipeline.interop.rosbag_plan import (
+    PROBE_FRAMES,
+    BagEpisode,
+    BagPlan,
+    BagTopic,
+    RosbagError,
+    deserialize,
+    plan_bag,
+    short_listing,
+    shown,
 )
 from pipeline.journal import JOURNAL_SUFFIX
 from pipeline.raw_builder import RawEpisodeBuilder
 from pipeline.raw_store import raw_path
-from pipeline.robot_config import RobotConfig, load_robot_config, parse_robot_config
-from pipeline.streams import ACTION, JOINT_STATE
+from pipeline.robot_config import RobotConfig, load_robot_config
 
 log = logging.getLogger("refinery.import")
 
@@ -84,25 +85,10 @@ BAG_SUFFIXES = (".mcap", ".db3")
 # A clock-sync exchange every 0.5 s, as a collector makes them; 100 us each way.
 _CLOCK_EVERY_NS = 500_000_000
 _CLOCK_LEG_NS = 100_000
-_PROBE_FRAMES = 20  # first messages tried for the joint names and each camera's size
-_RATE_PROBE = 50  # first receive times a topic's rate is measured on
 _INDICES_LISTED = 20  # sample indices a decision event lists
 _REASONS_KEPT = 50  # distinct skip reasons an episode records one by one (a hostile bag could vary them all)
-_BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
-
-class RosbagError(StoreError):
-    """A bag cannot be imported: names the bag and, where one is at fault, the topic.
-
-    Attributes:
-        bag: The bag folder or file.
-        topic: The topic at fault, or "".
-    """
-
-    def __init__(self, bag: Path, topic: str, problem: str) -> None:
-        self.bag = Path(bag)
-        self.topic = topic
-        super().__init__(f"{bag} [{topic}]" if topic else str(bag), problem)
+__all__ = ["BAG_SUFFIXES", "FORMAT", "RosbagError", "RosbagImport", "bag_paths", "import_rosbags"]
 
 
 @dataclass
@@ -170,37 +156,6 @@ def import_rosbags(src: Path, raw_dir: Path, mapping: BagMap | Path | str) -> Ro
 # --- one bag -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Topic:
-    """A mapped topic as this bag holds it."""
-
-    topic: str
-    msgtype: str
-    role: str  # joint_state | action | camera | marker
-    stream: str  # the raw stream it feeds ("" for the marker)
-    count: int
-
-
-@dataclass
-class _Episode:
-    """One episode a bag is cut into: the receive-time interval it covers (inclusive)."""
-
-    episode_id: str
-    start_ns: int
-    end_ns: int
-    done: bool  # imported before
-
-
-@dataclass
-class _Plan:
-    bag: Path
-    topics: dict[str, _Topic]
-    config: RobotConfig
-    cameras: dict[str, tuple[int, int]]  # camera -> (width, height); cameras left out are absent
-    extra_joints: list[str]
-    episodes: list[_Episode]
-
-
 def _import_bag(bag: Path, raw_dir: Path, bag_map: BagMap, robot: RobotConfig, result: RosbagImport) -> None:
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore
@@ -209,15 +164,15 @@ def _import_bag(bag: Path, raw_dir: Path, bag_map: BagMap, robot: RobotConfig, r
     try:
         reader = Reader(bag)
         reader.open()
-    except Exception as err:  # noqa: BLE001  a foreign file: rosbags and sqlite raise many kinds of error
-        raise RosbagError(bag, "", f"cannot be read as a ROS 2 bag: {_shown(str(err), 300)}") from err
+    except Exception as err:  # a foreign file: rosbags and sqlite raise many kinds of error
+        raise RosbagError(bag, "", f"cannot be read as a ROS 2 bag: {shown(str(err), 300)}") from err
     try:
         try:
-            plan = _plan(bag, reader, typestore, bag_map, robot, raw_dir)
+            plan = plan_bag(bag, reader, typestore, bag_map, robot, raw_dir)
         except RefineryError:
             raise
-        except Exception as err:  # noqa: BLE001  a foreign file can break anywhere the checks read it
-            raise RosbagError(bag, "", f"breaks while it is checked ({type(err).__name__}: {_shown(str(err), 300)})") from err
+        except Exception as err:  # a foreign file can break anywhere the checks read it
+            raise RosbagError(bag, "", f"breaks while it is checked ({type(err).__name__}: {shown(str(err), 300)})") from err
         pending = [e for e in plan.episodes if not e.done]
         for episode in plan.episodes:
             if episode.done:
@@ -232,202 +187,8 @@ def _import_bag(bag: Path, raw_dir: Path, bag_map: BagMap, robot: RobotConfig, r
             log.debug("%s: closing the bag failed: %s", bag, err)
 
 
-def _plan(bag: Path, reader: Any, typestore: Any, bag_map: BagMap, robot: RobotConfig, raw_dir: Path) -> _Plan:
-    """Check the bag against the mapping, read what sizes the episodes, cut them: nothing is written."""
-    by_topic: dict[str, list[Any]] = {}
-    for conn in reader.connections:
-        by_topic.setdefault(conn.topic, []).append(conn)
-    roles = [(bag_map.joint_state.topic, "joint_state", JOINT_STATE, STATE_TYPES)]
-    if bag_map.action is not None:
-        roles.append((bag_map.action.topic, "action", ACTION, COMMAND_TYPES))
-    roles += [(c.topic, "camera", c.name, CAMERA_TYPES) for c in bag_map.cameras]
-    if bag_map.episodes.split == "topic":
-        roles.append((bag_map.episodes.topic, "marker", "", MARKER_TYPES))
-    topics: dict[str, _Topic] = {}
-    for topic, role, stream, allowed in roles:
-        field_name = bag_map.topics[topic]
-        conns = by_topic.get(topic)
-        if not conns:
-            known = _short(sorted(by_topic), 20) or "none"
-            raise RosbagError(bag, topic, f"is not in this bag (the mapping's {field_name} names it); "
-                                          f"the bag's topics: {known}")
-        types = sorted({c.msgtype for c in conns})
-        if len(types) > 1 or types[0] not in allowed:
-            raise RosbagError(bag, topic, f"carries {_short(types)}; the mapping's {field_name} needs "
-                                          f"{' or '.join(allowed)}")
-        topics[topic] = _Topic(topic, types[0], role, stream, sum(int(c.msgcount) for c in conns))
-    if topics[bag_map.joint_state.topic].count == 0:
-        raise RosbagError(bag, bag_map.joint_state.topic, "has no messages")
-
-    extra = _check_joint_names(bag, reader, typestore, topics[bag_map.joint_state.topic], bag_map, robot)
-    cameras = {c.name: size for c in bag_map.cameras
-               if (size := _camera_size(bag, reader, typestore, topics[c.topic], bag_map)) is not None}
-    config = _episode_config(bag, reader, bag_map, robot, topics, cameras)
-    intervals = _cut(bag, reader, typestore, bag_map, topics)
-    identity = f"{reader.start_time}|{reader.duration}|{reader.message_count}"
-    ids = _episode_ids(bag_map.robot_id, bag, identity, len(intervals), bag_map.episodes.split != "bag")
-    episodes = [_Episode(i, a, b, raw_path(raw_dir, bag_map.robot_id, i).exists()) for i, (a, b) in zip(ids, intervals)]
-    return _Plan(bag, topics, config, cameras, extra, episodes)
-
-
-def _deserialize(typestore: Any, topic: _Topic, data: bytes, limit: int) -> Any:
-    if len(data) > limit:
-        raise MessageSkipped(topic.topic, f"is larger than the limit of {limit:,} bytes")
-    try:
-        return typestore.deserialize_cdr(data, topic.msgtype)
-    except Exception as err:  # noqa: BLE001  rosbags' generated deserializers raise many kinds on bad bytes
-        raise MessageSkipped(topic.topic, f"does not deserialize as {topic.msgtype}") from err
-
-
-def _limit(topic: _Topic, bag_map: BagMap) -> int:
+def _limit(topic: BagTopic, bag_map: BagMap) -> int:
     return bag_map.limits.max_image_bytes if topic.role == "camera" else bag_map.limits.max_message_bytes
-
-
-def _first_messages(reader: Any, topic: _Topic, most: int) -> Iterator[tuple[int, bytes]]:
-    conns = [c for c in reader.connections if c.topic == topic.topic]
-    for n, (_, t, data) in enumerate(reader.messages(conns)):
-        if n >= most:
-            return
-        yield t, data
-
-
-def _check_joint_names(
-    bag: Path, reader: Any, typestore: Any, topic: _Topic, bag_map: BagMap, robot: RobotConfig
-) -> list[str]:
-    """Compare the first joint state's names with the robot's; return the names the robot lacks."""
-    for _, data in _first_messages(reader, topic, _PROBE_FRAMES):
-        try:
-            msg = _deserialize(typestore, topic, data, bag_map.limits.max_message_bytes)
-        except MessageSkipped:
-            continue
-        names = [str(n)[:128] for n in msg.name[: bag_map.limits.max_joints]]
-        shared = [n for n in robot.joint_names if n in names]
-        missing = [n for n in robot.joint_names if n not in names]
-        if not shared:
-            raise RosbagError(bag, topic.topic, f"names joints {_short(names)}, none of robot model "
-                                                f"{robot.model!r}'s ({_short(robot.joint_names)}): map the bag "
-                                                "to the robot config it was recorded with")
-        if missing and bag_map.joint_state.fill_missing is None:
-            raise RosbagError(bag, topic.topic, f"lacks joints {_short(missing)} of robot model {robot.model!r}; "
-                                                "set joint_state.fill_missing in the mapping to fill them")
-        return [n for n in names if n not in robot.joint_names]
-    raise RosbagError(bag, topic.topic, f"none of its first {_PROBE_FRAMES} messages can be read")
-
-
-def _camera_size(bag: Path, reader: Any, typestore: Any, topic: _Topic, bag_map: BagMap) -> tuple[int, int] | None:
-    """The camera's frame size, from its first readable frame; None (camera left out) when none is."""
-    for _, data in _first_messages(reader, topic, _PROBE_FRAMES):
-        try:
-            msg = _deserialize(typestore, topic, data, bag_map.limits.max_image_bytes)
-            return image_size(topic.topic, topic.msgtype, msg, bag_map.limits)
-        except MessageSkipped:
-            continue
-    log.warning("%s [%s]: no readable frame among the first %d; camera %r left out", bag, topic.topic,
-                _PROBE_FRAMES, topic.stream)
-    return None
-
-
-def _rate(reader: Any, topic: _Topic) -> float:
-    """A topic's message rate (Hz): the median interval of its first receive times, so a dropped message
-    or a pause later in the bag does not change it."""
-    times = [t for t, _ in _first_messages(reader, topic, _RATE_PROBE)]
-    steps = np.diff(np.asarray(times, dtype=np.int64))
-    steps = steps[steps > 0]
-    return round(1e9 / float(np.median(steps)), 3) if steps.size else 1.0
-
-
-def _episode_config(
-    bag: Path, reader: Any, bag_map: BagMap, robot: RobotConfig, topics: dict[str, _Topic],
-    cameras: dict[str, tuple[int, int]],
-) -> RobotConfig:
-    """The robot config stored with the bag's episodes: its cameras at their size, rates measured in the bag."""
-    known = {c.name: c for c in robot.cameras}
-    listed = []
-    for camera in bag_map.cameras:
-        if camera.name not in cameras:
-            continue
-        width, height = cameras[camera.name]
-        latency = _latency(camera, known, robot)
-        listed.append({"name": camera.name, "width": width, "height": height,
-                       "fps": _rate(reader, topics[camera.topic]), "latency_ms": latency})
-    raw = robot.to_dict()
-    action = topics[bag_map.action.topic] if bag_map.action is not None else topics[bag_map.joint_state.topic]
-    raw["streams"] = {"joint_state_hz": _rate(reader, topics[bag_map.joint_state.topic]),
-                      "action_hz": _rate(reader, action)}
-    raw["cameras"] = listed
-    try:
-        return parse_robot_config(raw, f"{robot.path or robot.model} (cameras of {bag})")
-    except RefineryError as err:
-        raise RosbagError(bag, "", str(err)) from err
-
-
-def _latency(camera: CameraMap, known: dict[str, Any], robot: RobotConfig) -> float:
-    if camera.latency_ms is not None:
-        return camera.latency_ms
-    if camera.name in known:
-        return known[camera.name].latency_ms
-    log.warning("camera %r is not in robot config %r and the mapping gives no latency_ms; taken as 0 ms",
-                camera.name, robot.model)
-    return 0.0
-
-
-def _cut(bag: Path, reader: Any, typestore: Any, bag_map: BagMap, topics: dict[str, _Topic]) -> list[tuple[int, int]]:
-    """Receive-time intervals (inclusive) of the bag's episodes."""
-    cut = bag_map.episodes
-    if cut.split == "bag":
-        return [(-(1 << 63), (1 << 63) - 1)]
-    if cut.split == "gap":
-        conns = [c for c in reader.connections if c.topic == bag_map.joint_state.topic]
-        times = np.fromiter((t for _, t, _ in reader.messages(conns)), dtype=np.int64)
-        breaks = np.flatnonzero(np.diff(times) > cut.gap_s * 1e9)
-        starts = np.concatenate([[0], breaks + 1])
-        ends = np.concatenate([breaks, [len(times) - 1]])
-        return [(int(times[a]), int(times[b])) for a, b in zip(starts, ends)]
-    marker = topics[cut.topic]
-    intervals: list[tuple[int, int]] = []
-    opened: int | None = None
-    for _, t, data in reader.messages([c for c in reader.connections if c.topic == cut.topic]):
-        try:
-            state = marker_state(marker.msgtype, _deserialize(typestore, marker, data, bag_map.limits.max_message_bytes))
-        except MessageSkipped as err:
-            log.warning("%s [%s]: a marker message is skipped: %s", bag, cut.topic, err.reason)
-            continue
-        if state == "start":
-            if opened is not None:  # a start without a stop: the previous episode ends here
-                intervals.append((opened, t - 1))
-            opened = t
-        elif state == "stop" and opened is not None:
-            intervals.append((opened, t))
-            opened = None
-    if opened is not None:
-        intervals.append((opened, (1 << 63) - 1))
-    if not intervals:
-        raise RosbagError(bag, cut.topic, "marks no episode: expected String 'start'/'stop' or Bool true/false")
-    return intervals
-
-
-def _episode_ids(robot_id: str, bag: Path, identity: str, count: int, numbered: bool) -> list[str]:
-    """Ids from the bag's name and a digest of its identity (start time, duration, message count), so bags
-    of the same name in different folders stay apart and importing the same bag again finds its episodes."""
-    stem = _BAD_ID_CHARS.sub("_", bag.stem if bag.is_file() else bag.name).lstrip(".-") or "bag"
-    digest = hashlib.sha1(identity.encode()).hexdigest()[:8]
-    ids = []
-    for k in range(count):
-        tail = f"-{digest}" + (f"-{k:03d}" if numbered else "")
-        room = 64 - len(robot_id) - 1 - len(tail)
-        ids.append(protocol.check_id(f"{robot_id}-{stem[:max(room, 1)]}{tail}", "episode_id"))
-    return ids
-
-
-def _short(names: Any, most: int = 8) -> str:
-    """A listing of names read from a bag, for one line of text: control characters and length defused."""
-    names = [_shown(n) for n in names]
-    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
-
-
-def _shown(text: str, most: int = 64) -> str:
-    text = "".join(c if c.isprintable() else "?" for c in str(text)[:most])
-    return text if len(text) < most else text + "…"
 
 
 # --- writing -----------------------------------------------------------------------------
@@ -437,7 +198,7 @@ def _shown(text: str, most: int = 64) -> str:
 class _Open:
     """The episode being written and what it has seen."""
 
-    episode: _Episode
+    episode: BagEpisode
     builder: RawEpisodeBuilder
     last_ns: int
     next_clock_ns: int
@@ -447,7 +208,7 @@ class _Open:
 
 
 def _write_episodes(
-    plan: _Plan, reader: Any, typestore: Any, bag_map: BagMap, robot: RobotConfig, raw_dir: Path,
+    plan: BagPlan, reader: Any, typestore: Any, bag_map: BagMap, robot: RobotConfig, raw_dir: Path,
     result: RosbagImport,
 ) -> None:
     """Write the bag's pending episodes; each sealed one goes into ``result`` at once, so a bag that
@@ -488,16 +249,16 @@ def _write_episodes(
         if current is not None:
             _seal(current, plan, bag_map, result)
             current = None
-    except Exception as err:  # noqa: BLE001  a bag broken part-way: keep the episodes sealed so far
+    except Exception as err:  # a bag broken part-way: keep the episodes sealed so far
         if current is not None:
             _discard(current)
         if isinstance(err, RefineryError):
             raise
-        raise RosbagError(plan.bag, "", f"breaks while reading ({type(err).__name__}: {_shown(str(err), 300)}); "
+        raise RosbagError(plan.bag, "", f"breaks while reading ({type(err).__name__}: {shown(str(err), 300)}); "
                                         f"{sealed} episode(s) before the break were imported") from err
 
 
-def _open(episode: _Episode, t: int, plan: _Plan, bag_map: BagMap, raw_dir: Path) -> _Open:
+def _open(episode: BagEpisode, t: int, plan: BagPlan, bag_map: BagMap, raw_dir: Path) -> _Open:
     # A journal of this episode left by a killed import is ours to replace.
     stale = raw_dir / "journal" / bag_map.robot_id / f"{episode.episode_id}{JOURNAL_SUFFIX}"
     stale.unlink(missing_ok=True)
@@ -508,7 +269,7 @@ def _open(episode: _Episode, t: int, plan: _Plan, bag_map: BagMap, raw_dir: Path
     builder.event({"kind": "label", "text": text[:200], "source": "rosbag"}, start)
     if plan.extra_joints:
         builder.event({"kind": "label", "text": f"joint state names not in the robot config, left out: "
-                                                f"{_short(plan.extra_joints)}"[:900],
+                                                f"{short_listing(plan.extra_joints)}"[:900],
                        "decision": "extra_joints_left_out", "joints": plan.extra_joints[:64]}, start)
     if bag_map.capture_time == "receive":
         builder.event({"kind": "label", "text": "capture times are the bag's receive times (mapping: capture_time: "
@@ -517,14 +278,14 @@ def _open(episode: _Episode, t: int, plan: _Plan, bag_map: BagMap, raw_dir: Path
     left_out = [c.name for c in bag_map.cameras if c.name not in plan.cameras]
     if left_out:
         builder.event({"kind": "label", "text": f"cameras left out (no readable frame among the first "
-                                                f"{_PROBE_FRAMES}): {', '.join(left_out)}",
+                                                f"{PROBE_FRAMES}): {', '.join(left_out)}",
                        "decision": "camera_left_out", "cameras": left_out}, start)
     return _Open(episode, builder, start, start)
 
 
 def _write_message(
-    current: _Open, topic: _Topic, t: int, data: bytes, source_index: int, typestore: Any, bag_map: BagMap,
-    plan: _Plan, state_matcher: JointMatcher, action_matcher: JointMatcher,
+    current: _Open, topic: BagTopic, t: int, data: bytes, source_index: int, typestore: Any, bag_map: BagMap,
+    plan: BagPlan, state_matcher: JointMatcher, action_matcher: JointMatcher,
 ) -> None:
     builder = current.builder
     while current.next_clock_ns <= t:
@@ -534,7 +295,7 @@ def _write_message(
     current.last_ns = max(current.last_ns, t)
     if topic.role == "camera" and topic.stream not in plan.cameras:
         raise MessageSkipped(topic.topic, "belongs to a camera left out (no readable first frame)")
-    msg = _deserialize(typestore, topic, data, _limit(topic, bag_map))
+    msg = deserialize(typestore, topic, data, _limit(topic, bag_map))
     if topic.role == "joint_state":
         value = joint_state_row(topic.topic, msg, state_matcher)
     elif topic.role == "action":
@@ -557,7 +318,7 @@ def _write_message(
                         value[None, :], arrival_ns=t)
 
 
-def _seal(current: _Open, plan: _Plan, bag_map: BagMap, result: RosbagImport) -> None:
+def _seal(current: _Open, plan: BagPlan, bag_map: BagMap, result: RosbagImport) -> None:
     builder = current.builder
     end = current.last_ns
     types = {t.stream: t.msgtype for t in plan.topics.values()}
@@ -606,8 +367,8 @@ def _run(args: argparse.Namespace) -> list[str]:
     data_dir = destination(args)
     bag_map = load_bag_map(args.bag_map)
     result = import_rosbags(args.src, data_dir, bag_map)
-    lines = [f"{len(result.episodes)} raw episodes in {data_dir / 'raw' / bag_map.robot_id} "
-             f"({result.written} written now)"]
+    where = data_dir / "raw" / bag_map.robot_id
+    lines = [f"{len(result.episodes)} raw episodes in {where} ({result.written} written now)"]
     lines += [f"skipped {count} message(s): {reason}" for reason, count in sorted(result.skipped.items())]
     if result.refused and not result.episodes:
         raise result.refused[0][1]  # the others were logged as they were refused
