@@ -192,6 +192,40 @@ def test_importing_again_skips_what_is_there(imported) -> None:
     assert path.stat().st_mtime_ns == before
 
 
+def test_capture_time_receive_ignores_header_stamps_and_says_so(tmp_path: Path) -> None:
+    content = write_bag(tmp_path / "bag", "sqlite3", seconds=0.5)
+    result = import_rosbags(tmp_path / "bag", tmp_path / "data", write_map(tmp_path, capture_time="receive"))
+    with RawEpisodeReader(result.episodes[0]) as ep:
+        js = ep.numeric("joint_state")
+        frames = ep.camera("head_left")
+        recorded = decisions(ep, "receive_time_as_capture_time")
+    np.testing.assert_array_equal(js["capture_ns"], np.array(content.joint_receive))
+    np.testing.assert_array_equal(frames["capture_ns"], np.array(content.frame_receive))
+    assert [d["stream"] for d in recorded] == ["all"]
+
+
+def test_a_joint_state_command_topic_is_matched_by_name(tmp_path: Path) -> None:
+    T = ros_types()
+    header = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=1, nanosec=0), frame_id="")
+    reversed_names = list(reversed(ROBOT_JOINTS))
+    msgs: list[tuple[int, str, object]] = []
+    for i in range(10):
+        msgs.append((T0_NS + i * 5_000_000, JOINT_TOPIC, T["sensor_msgs/msg/JointState"](
+            header=header, name=list(ROBOT_JOINTS), position=np.zeros(6), velocity=np.zeros(0), effort=np.zeros(0))))
+        msgs.append((T0_NS + i * 5_000_000 + 1, "/joint_commands", T["sensor_msgs/msg/JointState"](
+            header=header, name=reversed_names, position=np.arange(6.0) + i, velocity=np.zeros(0),
+            effort=np.zeros(0))))
+    types = {JOINT_TOPIC: "sensor_msgs/msg/JointState", "/joint_commands": "sensor_msgs/msg/JointState"}
+    write_messages(tmp_path / "bag", "sqlite3", types, msgs)
+    bag_map = tmp_path / "map.yaml"
+    bag_map.write_text(yaml.safe_dump({"robot": {"config": str(TINY_ROBOT), "id": "tiny-ros"},
+                                       "joint_state": {"topic": JOINT_TOPIC}, "action": {"topic": "/joint_commands"}}))
+    result = import_rosbags(tmp_path / "bag", tmp_path / "data", bag_map)
+    with RawEpisodeReader(result.episodes[0]) as ep:
+        action = ep.numeric("action")["position"]
+    np.testing.assert_array_equal(action, [np.arange(6.0)[::-1] + i for i in range(10)])
+
+
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_a_single_storage_file_imports_like_its_bag_folder(tmp_path: Path, storage: str) -> None:
     content = write_bag(tmp_path / "bag", storage, seconds=0.5, faults=NO_FAULTS)
