@@ -241,8 +241,8 @@ def test_a_single_storage_file_imports_like_its_bag_folder(tmp_path: Path, stora
 # --- cutting episodes --------------------------------------------------------------------
 
 
-def test_a_marker_topic_cuts_episodes_between_start_and_stop(tmp_path: Path) -> None:
-    markers = [(0.1, "start"), (0.6, "stop"), (0.8, "start"), (1.4, "stop")]
+def test_a_marker_topic_cuts_episodes_from_the_first_start_to_the_next_stop(tmp_path: Path) -> None:
+    markers = [(0.05, "stop"), (0.1, "start"), (0.3, "start"), (0.6, "stop"), (0.8, "start"), (1.4, "stop")]
     content = write_bag(tmp_path / "bag", "mcap", faults=NO_FAULTS, markers=markers)
     bag_map = write_map(tmp_path, episodes={"split": "topic", "topic": MARKER_TOPIC})
     result = import_rosbags(tmp_path / "bag", tmp_path / "data", bag_map)

@@ -251,9 +251,9 @@ def _cut(bag: Path, reader: Any, typestore: Any, bag_map: BagMap, topics: dict[s
         except MessageSkipped as err:
             log.warning("%s [%s]: a marker message is skipped: %s", bag, cut.topic, err.reason)
             continue
-        if state == "start":
-            if opened is not None:  # a start without a stop: the previous episode ends here
-                intervals.append((opened, t - 1))
+        # The marker is a state, not an edge: a Bool published over and over while recording (or a
+        # repeated "start") continues the episode it opened; a stop with none open changes nothing.
+        if state == "start" and opened is None:
             opened = t
         elif state == "stop" and opened is not None:
             intervals.append((opened, t))
@@ -285,5 +285,6 @@ def short_listing(names: Any, most: int = 8) -> str:
 
 
 def shown(text: str, most: int = 64) -> str:
+    """Text read from a bag, for a message: at most ``most`` characters, control characters as '?'."""
     text = "".join(c if c.isprintable() else "?" for c in str(text)[:most])
     return text if len(text) < most else text + "…"
