@@ -427,6 +427,14 @@ def test_a_malformed_mapping_is_refused_naming_the_field(tmp_path: Path, change:
     assert str(tmp_path / "map.yaml") in str(info.value)
 
 
+def test_the_readme_sample_mapping_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    sample = readme[readme.index("#### Import ROS 2 bags"):].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "map.yaml").write_text(sample)
+    bag_map = load_bag_map(tmp_path / "map.yaml")
+    assert bag_map.robot_config == "unitree_g1" and [c.name for c in bag_map.cameras] == ["head_left", "wrist_left"]
+
+
 # --- command line and processing ---------------------------------------------------------
 
 
