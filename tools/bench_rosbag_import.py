@@ -113,7 +113,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="recording length (default: %(default)s)")
     parser.add_argument("--raw-camera", action=argparse.BooleanOptionalAction, default=True,
                         help="add a raw rgb8 camera that is encoded as JPEG (default: on)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each, the fastest counts (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each, the fastest counts (default: %(default)s)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-rosbag-") as tmp:
         work = Path(tmp)

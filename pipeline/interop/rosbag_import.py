@@ -172,7 +172,8 @@ def _import_bag(bag: Path, raw_dir: Path, bag_map: BagMap, robot: RobotConfig, r
         except RefineryError:
             raise
         except Exception as err:  # a foreign file can break anywhere the checks read it
-            raise RosbagError(bag, "", f"breaks while it is checked ({type(err).__name__}: {shown(str(err), 300)})") from err
+            problem = f"breaks while it is checked ({type(err).__name__}: {shown(str(err), 300)})"
+            raise RosbagError(bag, "", problem) from err
         pending = [e for e in plan.episodes if not e.done]
         for episode in plan.episodes:
             if episode.done:

@@ -123,7 +123,8 @@ def plan_bag(bag: Path, reader: Any, typestore: Any, bag_map: BagMap, robot: Rob
     intervals = _cut(bag, reader, typestore, bag_map, topics)
     identity = f"{reader.start_time}|{reader.duration}|{reader.message_count}"
     ids = _episode_ids(bag_map.robot_id, bag, identity, len(intervals), bag_map.episodes.split != "bag")
-    episodes = [BagEpisode(i, a, b, raw_path(raw_dir, bag_map.robot_id, i).exists()) for i, (a, b) in zip(ids, intervals)]
+    episodes = [BagEpisode(i, a, b, raw_path(raw_dir, bag_map.robot_id, i).exists())
+                for i, (a, b) in zip(ids, intervals)]
     return BagPlan(bag, topics, config, cameras, extra, episodes)
 
 
@@ -167,8 +168,9 @@ def _check_joint_names(
                                                 f"{robot.model!r}'s ({short_listing(robot.joint_names)}): map the bag "
                                                 "to the robot config it was recorded with")
         if missing and bag_map.joint_state.fill_missing is None:
-            raise RosbagError(bag, topic.topic, f"lacks joints {short_listing(missing)} of robot model {robot.model!r}; "
-                                                "set joint_state.fill_missing in the mapping to fill them")
+            raise RosbagError(bag, topic.topic, f"lacks joints {short_listing(missing)} of robot model "
+                                                f"{robot.model!r}; set joint_state.fill_missing in the mapping "
+                                                "to fill them")
         return [n for n in names if n not in robot.joint_names]
     raise RosbagError(bag, topic.topic, f"none of its first {PROBE_FRAMES} messages can be read")
 
