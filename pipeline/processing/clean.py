@@ -31,6 +31,8 @@ frame_gap             step without a frame within tolerance       fill if short,
 idle_head/idle_tail   joint speed < idle_speed_rad_s at the ends  trim, keeping idle_margin_s
 idle                  a segment where nothing moves               drop
 too_short             segment < min_duration_s                    drop; reject if none is left
+limits_unknown        the robot config marks a joint's position   skip (the limit rule does not
+                      or velocity limit unknown (``null``)        apply to that joint)
 ====================  ==========================================  ==============================
 
 "interpolate": the values in the run are replaced by the straight line between
@@ -408,6 +410,7 @@ def clean_aligned(ep: AlignedEpisode, config: CleanConfig | None = None) -> Clea
         _spikes(work, raw.config, config)
         _position_limits(work, raw.config, config)
         _velocity_limits(work, raw.config, config)
+        _unknown_limits(work, raw.config)
         for name in ep.frames:
             report["cameras"][name] = _camera(work, name, config)
 
@@ -607,6 +610,17 @@ def _velocity_limits(work: _Work, robot: RobotConfig, config: CleanConfig) -> No
                 f"joint {robot.joint_names[j]}: position changes at up to {float(speed[a:b, j].max()):.1f} rad/s "
                 f"between steps {a} and {b} (limit {vmax[j]:.1f} rad/s incl. tolerance): split at the jump",
             )
+
+
+def _unknown_limits(work: _Work, robot: RobotConfig) -> None:
+    """Say which limit rules did not apply: an unknown limit is infinite, so nothing violates it."""
+    for which, rule in (("position", "position_limit"), ("velocity", "velocity_limit")):
+        unknown = robot.unknown_limits(which)
+        if unknown:
+            names = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            work.note("limits_unknown", JOINT_STATE, 0, work.steps, "skip",
+                      f"robot config {robot.model} marks the {which} limits of {len(unknown)} joint(s) unknown "
+                      f"({names}): {rule} not checked for them")
 
 
 def _camera(work: _Work, name: str, config: CleanConfig) -> dict[str, int]:
