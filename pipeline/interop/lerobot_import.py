@@ -424,20 +424,22 @@ def _template(info_file: Path, info: dict, key: str, allowed: set[str]) -> str:
     return template
 
 
-def inside(src: Path, relative: str, where: Path) -> Path:
+def inside(src: Path, relative: str, where: Path, origin: str = "") -> Path:
     """``src / relative``, refused unless it stays inside ``src`` (also through symlinks).
+
+    ``origin`` says where the path came from (a template of meta/info.json).
 
     Raises:
         LeRobotFormatError: naming ``where`` (the file whose field gave the path).
     """
     path = Path(relative)
     if path.is_absolute() or ".." in path.parts or "\x00" in relative:
-        raise LeRobotFormatError(where, "path", f"{relative!r} leaves the dataset folder {src}")
+        raise LeRobotFormatError(where, "path", f"{relative!r}{origin} leaves the dataset folder {src}")
     full = src / path
     try:
         full.resolve().relative_to(src.resolve())
     except ValueError as err:
-        raise LeRobotFormatError(where, "path", f"{relative!r} leads out of the dataset folder {src} "
+        raise LeRobotFormatError(where, "path", f"{relative!r}{origin} leads out of the dataset folder {src} "
                                                 "(a symlink?)") from err
     return full
 
@@ -601,13 +603,18 @@ def _integer(path: Path, row: dict, key: str, lo: int, hi: int) -> int:
     return value
 
 
+def _origin(key: str, template: str) -> str:
+    return f" (from {key} {template!r} of {INFO_PATH})"
+
+
 def _v3_episode(layout: _Layout, path: Path, row: dict) -> _Episode:
     index = _integer(path, row, "episode_index", 0, MAX_EPISODES * 100)
     length = _integer(path, row, "length", 1, MAX_EPISODE_ROWS)
     first = _integer(path, row, "dataset_from_index", 0, 1 << 50)
     chunk = _integer(path, row, "data/chunk_index", 0, MAX_FILE_INDEX)
     number = _integer(path, row, "data/file_index", 0, MAX_FILE_INDEX)
-    data = inside(layout.root, layout.data_path.format(chunk_index=chunk, file_index=number), path)
+    data = inside(layout.root, layout.data_path.format(chunk_index=chunk, file_index=number), path,
+                  _origin("data_path", layout.data_path))
     videos = {}
     for camera in layout.cameras:
         prefix = f"videos/{camera.key}/"
@@ -618,7 +625,8 @@ def _v3_episode(layout: _Layout, path: Path, row: dict) -> _Episode:
             raise LeRobotFormatError(path, f"episode {index} {prefix}from_timestamp",
                                      f"expected seconds in [0, {MAX_TIMESTAMP_S:g}], got {start!r:.50}")
         relative = layout.video_path.format(video_key=camera.key, chunk_index=chunk, file_index=number)
-        videos[camera.name] = (inside(layout.root, relative, path), float(start))
+        videos[camera.name] = (inside(layout.root, relative, path, _origin("video_path", layout.video_path)),
+                               float(start))
     return _Episode(index, length, data, first, videos)
 
 
@@ -626,11 +634,12 @@ def _v2_episode(layout: _Layout, path: Path, row: dict) -> _Episode:
     index = _integer(path, row, "episode_index", 0, MAX_EPISODES * 100)
     length = _integer(path, row, "length", 1, MAX_EPISODE_ROWS)
     chunk = index // layout.chunks_size
-    data = inside(layout.root, layout.data_path.format(episode_chunk=chunk, episode_index=index), path)
+    data = inside(layout.root, layout.data_path.format(episode_chunk=chunk, episode_index=index), path,
+                  _origin("data_path", layout.data_path))
     videos = {}
     for camera in layout.cameras:
         relative = layout.video_path.format(video_key=camera.key, episode_chunk=chunk, episode_index=index)
-        videos[camera.name] = (inside(layout.root, relative, path), 0.0)
+        videos[camera.name] = (inside(layout.root, relative, path, _origin("video_path", layout.video_path)), 0.0)
     return _Episode(index, length, data, None, videos)
 
 
@@ -876,6 +885,9 @@ class _VideoCursor:
         self._decoded: Iterator[Any] | None = None
         self._frame: Any = None  # the newest decoded frame, not yet passed
         self._time = -math.inf  # its time in the file
+        # file -> (time, why) where it stopped decoding: later episodes of a broken
+        # file fail at once instead of decoding it from the start again.
+        self._broken: dict[Path, tuple[float, str]] = {}
 
     def frames(self, path: Path, times: np.ndarray, quality: int) -> Iterator[bytes]:
         """The JPEG of the frame at each of ``times`` (seconds in the file), as they are asked for.
@@ -883,9 +895,12 @@ class _VideoCursor:
         Raises (while iterating):
             _EpisodeBroken: the file ends early, has no frame near a time, or does not decode.
         """
+        name = f"{path.parent.parent.name}/{path.parent.name}/{path.name}"
+        broken = self._broken.get(path)
+        if broken is not None and times[-1] >= broken[0]:
+            raise _EpisodeBroken(f"video {name} {broken[1]}")
         if path != self._path or times[0] < self._time - self.tolerance:
             self._open(path)
-        name = f"{path.parent.parent.name}/{path.parent.name}/{path.name}"
         for wanted in times:
             while self._time < wanted - self.tolerance:
                 self._advance(name, wanted)
@@ -906,17 +921,23 @@ class _VideoCursor:
         except StopIteration:
             frame = None
         except av.error.FFmpegError as err:
-            self.close()
+            self._stop(f"does not decode after {self._time:.4f} s: {err}")
             raise _EpisodeBroken(f"video {name} does not decode before {wanted:.4f} s: {err}") from err
         if frame is None:
             end = self._time
-            self.close()
+            self._stop(f"ends at {end:.4f} s (truncated?)")
             raise _EpisodeBroken(f"video {name} ends at {end:.4f} s, before the frame at {wanted:.4f} s "
                                  "(truncated?)")
         if frame.time is None:
-            self.close()
+            self._stop("has a frame without a timestamp")
             raise _EpisodeBroken(f"video {name} has a frame without a timestamp")
         self._frame, self._time = frame, float(frame.time)
+
+    def _stop(self, why: str) -> None:
+        """Remember where the current file stopped decoding, and close it."""
+        if self._path is not None:
+            self._broken[self._path] = (max(self._time, 0.0), why)
+        self.close()
 
     def _open(self, path: Path) -> None:
         import av
@@ -927,7 +948,7 @@ class _VideoCursor:
             self._container = av.open(str(path))
             self._decoded = self._container.decode(self._container.streams.video[0])
         except (av.error.FFmpegError, IndexError) as err:
-            self.close()
+            self._stop(f"does not open: {err}")
             raise _EpisodeBroken(f"video {path.name} does not open: {err}") from err
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ backwards_timestamp   stamp before an earlier sample's, or one    drop (raw)
 empty_frame           a frame with no bytes                       drop (raw)
 outcome               ``attrs["outcome"]`` in reject_outcomes     reject
 gap                   raw interval > interpolate_max_gap_ms       interpolate; split if > split_gap_ms
+                      (and > 1.5 periods of the stream's rate)
 spike                 single-step outlier vs. neighbours' median  interpolate
 position_limit        outside [min - tol, max + tol]              interpolate if short, else split/trim
 velocity_limit        velocity field or position differences      interpolate (field) if short;
@@ -458,14 +459,20 @@ def _segment(work: _Work, a: int, b: int, index: int, count: int) -> AlignedEpis
 
 
 def _gaps(work: _Work, config: CleanConfig) -> None:
-    """Raw intervals longer than ``interpolate_max_gap_ms``: recorded, or split when > ``split_gap_ms``."""
+    """Raw intervals longer than ``interpolate_max_gap_ms``: recorded, or split when > ``split_gap_ms``.
+
+    A stream slower than 30 Hz (a 15 fps LeRobot dataset) has ordinary
+    intervals above that: for it a gap is an interval above 1.5 of its period.
+    """
     t = work.ep.t_ns
-    for name in (JOINT_STATE, ACTION):
+    robot = work.ep.raw.config
+    for name, rate_hz in ((JOINT_STATE, robot.joint_state_hz), (ACTION, robot.action_hz)):
         times = work.ep.stream_time_ns.get(name)
         if times is None or times.shape[0] < 2:
             continue
         dt = np.diff(times)
-        for i in np.flatnonzero(dt > config.interpolate_max_gap_ms * 1e6):
+        threshold_ms = max(config.interpolate_max_gap_ms, 1.5e3 / rate_hz)
+        for i in np.flatnonzero(dt > threshold_ms * 1e6):
             a = int(np.searchsorted(t, times[i], side="right"))
             b = int(np.searchsorted(t, times[i + 1], side="left"))
             if a >= b:
