@@ -5,6 +5,8 @@ writer (``tools/make_lerobot_fixture.py``): three episodes (30, 36, 42 rows at
 15 fps) of a 6-joint arm, two 64x48 AV1 cameras with all episodes in one
 video file each. The expected values are read from its Parquet files with
 pyarrow here; the expected pictures are the ones the fixture script drew.
+``tests/data/lerobot-v21-tiny`` holds the same episodes in the v2.1 layout
+(checked by the script with LeRobot's own v2.1 -> v3.0 converter).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pipeline.raw_store import RawEpisodeReader, verify_episode
 from tools import make_lerobot_fixture as fixture
 
 FIXTURE = Path(__file__).parent / "data" / "lerobot-v3-tiny"
+FIXTURE_V21 = Path(__file__).parent / "data" / "lerobot-v21-tiny"  # the same episodes in the v2.1 layout
 BASE_NS = 1_800_000_000_000_000_000
 EPISODE_GAP_NS = 1_000_000_000
 VIDEO = "videos/observation.images.front/chunk-000/file-000.mp4"
@@ -228,6 +231,34 @@ def test_a_robot_config_with_other_joints_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not in the config"):
         import_lerobot(FIXTURE, tmp_path / "data", config="aloha")
     assert nothing_written(tmp_path / "data")
+
+
+def test_a_v21_dataset_imports_the_same_rows_and_pictures(imported, tmp_path: Path) -> None:
+    _, v3 = imported
+
+    v21 = import_lerobot(FIXTURE_V21, tmp_path / "data", start_ns=BASE_NS)
+
+    assert len(v21.imported) == 3 and not v21.failed and v21.config.joint_names == v3.config.joint_names
+    for episode, (old, new) in enumerate(zip(v21.imported, v3.imported, strict=True)):
+        with RawEpisodeReader(old) as a, RawEpisodeReader(new) as b:
+            for stream in ("joint_state", "action"):
+                for key, values in b.numeric(stream).items():
+                    if key != "arrival_ns":
+                        np.testing.assert_array_equal(a.numeric(stream)[key], values, err_msg=f"{stream}/{key}")
+            assert a.attrs["task"] == b.attrs["task"]
+            frames = a.frames("front")
+        assert len(frames) == fixture.EPISODES[episode][0]
+        for i, jpeg in enumerate(frames):
+            assert psnr(decode_rgb(jpeg), fixture.front_picture(i / fixture.FPS, episode)) > MIN_PSNR_DB
+
+
+def test_a_v21_template_with_v3_fields_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "v21"
+    shutil.copytree(FIXTURE_V21, src)
+    edit_info(src, data_path="data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet")
+
+    with pytest.raises(LeRobotFormatError, match=r"may use only \{episode_chunk\}, \{episode_index\}"):
+        import_lerobot(src, tmp_path / "data")
 
 
 # --- bad datasets ----------------------------------------------------------------------

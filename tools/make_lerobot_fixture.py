@@ -13,12 +13,21 @@ joints (so the frames differ, and an import that mixes them up shows).
 write it exactly as a LeRobot recording would (v3.0 layout, AV1 videos with
 many episodes per file). The output is committed under ``tests/data/`` so the
 tests need no LeRobot; rerun this script only to refresh it.
+
+``--v21 DIR`` also writes the same episodes in LeRobot's previous layout
+(v2.1: one Parquet and one video file per episode, ``meta/*.jsonl``). LeRobot
+0.6 has no v2.1 writer, so the layout is written here (videos by LeRobot's
+own ``encode_video_frames``) and then checked with LeRobot's own converter
+(``convert_dataset_v21_to_v30``): a copy is converted to v3.0 and opened with
+``LeRobotDataset``, which must give the same rows as the v3.0 dataset.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +63,87 @@ def picture(t: float, phase: float) -> np.ndarray:
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
+def write_v21(v3: Path, out: Path) -> None:
+    """The dataset ``v3`` in the v2.1 layout, videos encoded by LeRobot from the same pictures."""
+    import pyarrow.parquet as pq
+    from lerobot.datasets.video_utils import encode_video_frames
+    from PIL import Image
+
+    if out.exists():
+        shutil.rmtree(out)
+    info = json.loads((v3 / "meta/info.json").read_text())
+    cameras = [k for k, f in info["features"].items() if f["dtype"] == "video"]
+    info.update(codebase_version="v2.1", total_chunks=1, total_videos=len(EPISODES) * len(cameras),
+                data_path="data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+                video_path="videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4")
+    for key in ("data_files_size_in_mb", "video_files_size_in_mb"):
+        info.pop(key)
+    (out / "meta").mkdir(parents=True)
+    (out / "meta/info.json").write_text(json.dumps(info, indent=4))
+    tasks = pq.read_table(v3 / "meta/tasks.parquet").to_pylist()
+    (out / "meta/tasks.jsonl").write_text("".join(json.dumps({"task_index": t["task_index"], "task": t["task"]}) + "\n"
+                                                  for t in tasks))
+    table = pq.read_table(v3 / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    episodes, stats = [], []
+    for row in table:
+        episodes.append({"episode_index": row["episode_index"], "tasks": row["tasks"], "length": row["length"]})
+        per_feature: dict = {}
+        for column, value in row.items():
+            if column.startswith("stats/"):
+                feature, stat = column[len("stats/"):].rsplit("/", 1)
+                per_feature.setdefault(feature, {})[stat] = value
+        stats.append({"episode_index": row["episode_index"], "stats": per_feature})
+    (out / "meta/episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
+    (out / "meta/episodes_stats.jsonl").write_text("".join(json.dumps(s) + "\n" for s in stats))
+    data = pq.read_table(v3 / "data/chunk-000/file-000.parquet")
+    episode_of_row = data.column("episode_index").to_pylist()
+    (out / "data/chunk-000").mkdir(parents=True)
+    for episode, (length, _) in enumerate(EPISODES):
+        first = episode_of_row.index(episode)
+        pq.write_table(data.slice(first, length), out / f"data/chunk-000/episode_{episode:06d}.parquet")
+        with tempfile.TemporaryDirectory() as tmp:
+            for key, draw in zip(cameras, (front_picture, wrist_picture), strict=True):
+                frames = Path(tmp) / key
+                frames.mkdir()
+                for i in range(length):
+                    Image.fromarray(draw(i / FPS, episode)).save(frames / f"frame-{i:06d}.png")
+                video = out / f"videos/chunk-000/{key}/episode_{episode:06d}.mp4"
+                video.parent.mkdir(parents=True, exist_ok=True)
+                encode_video_frames(frames, video, FPS)
+
+
+def check_v21(v21: Path, v3: Path) -> None:
+    """LeRobot's converter reads the v2.1 copy; the result holds the same rows as the v3.0 dataset."""
+    import numpy as np
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.scripts.convert_dataset_v21_to_v30 import convert_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "converted"
+        shutil.copytree(v21, root)
+        convert_dataset("refinery/tiny-so100", root=root, push_to_hub=False)
+        converted = LeRobotDataset("refinery/tiny-so100", root=root)
+        original = LeRobotDataset("refinery/tiny-so100", root=v3)
+        assert converted.num_episodes == original.num_episodes and converted.num_frames == original.num_frames
+        for i in (0, 31, len(original) - 1):
+            a, b = converted[i], original[i]
+            assert np.array_equal(a["observation.state"].numpy(), b["observation.state"].numpy())
+            assert a["task"] == b["task"] and float(a["timestamp"]) == float(b["timestamp"])
+            assert a["observation.images.front"].shape == b["observation.images.front"].shape
+
+
+def front_picture(t: float, episode: int) -> np.ndarray:
+    return picture(t, 0.7 * episode)
+
+
+def wrist_picture(t: float, episode: int) -> np.ndarray:
+    return picture(t + 1.0, 0.7 * episode + 2.0)[:, ::-1].copy()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="the dataset folder to write (replaced)")
+    parser.add_argument("--v21", type=Path, help="also write the episodes in the v2.1 layout here (replaced)")
     args = parser.parse_args()
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -75,14 +162,19 @@ def main() -> None:
             dataset.add_frame({
                 "observation.state": state,
                 "action": action,
-                "observation.images.front": picture(t, phase),
-                "observation.images.wrist": picture(t + 1.0, phase + 2.0)[:, ::-1].copy(),
+                "observation.images.front": front_picture(t, episode),
+                "observation.images.wrist": wrist_picture(t, episode),
                 "task": task,
             })
         dataset.save_episode()
     dataset.finalize()
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{args.out}: {len(EPISODES)} episodes, {sum(n for n, _ in EPISODES)} frames, {size / 1024:.0f} KiB")
+    if args.v21:
+        write_v21(args.out, args.v21)
+        check_v21(args.v21, args.out)
+        size = sum(p.stat().st_size for p in args.v21.rglob("*") if p.is_file())
+        print(f"{args.v21}: the same in the v2.1 layout, {size / 1024:.0f} KiB; LeRobot's converter reads it")
 
 
 if __name__ == "__main__":
