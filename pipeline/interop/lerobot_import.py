@@ -80,6 +80,7 @@ from pipeline.streams import ACTION, JOINT_STATE, RESERVED_STREAMS
 
 log = logging.getLogger("refinery.import")
 
+# LeRobot's on-disk names (lerobot/datasets/utils.py), v3.0 and the v2.x legacy files.
 INFO_PATH = "meta/info.json"
 TASKS_PATH = "meta/tasks.parquet"
 EPISODES_DIR = "meta/episodes"
@@ -93,6 +94,8 @@ V2 = ("v2.0", "v2.1")
 
 # Bounds on what a foreign dataset may make us read or hold.
 MAX_JSON_BYTES = 16 << 20  # info.json, and each line file of v2.x
+MAX_META_PARQUET_BYTES = 512 << 20  # tasks.parquet, each episode-table file
+MAX_DATA_PARQUET_BYTES = 8 << 30  # each data file (LeRobot cuts them at 100 MB)
 MAX_FEATURES = 512
 MAX_JOINTS = 256
 MAX_CAMERAS = 16
@@ -539,10 +542,16 @@ def _json_lines(path: Path, src: Path) -> Iterator[dict]:
             yield row
 
 
-def _read_parquet(path: Path, columns: list[str] | None) -> Any:
+def _read_parquet(path: Path, columns: list[str] | None, limit: int = MAX_META_PARQUET_BYTES) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise LeRobotFormatError(path, "/", f"cannot read ({err.strerror})") from err
+    if size > limit:
+        raise LeRobotFormatError(path, "/", f"{size} bytes; at most {limit} are read")
     try:
         return pq.read_table(path, columns=columns)
     except (OSError, pa.ArrowException, ValueError) as err:
@@ -744,7 +753,7 @@ class _DataTable:
         wanted = [STATE, ACTION_KEY, "timestamp", "episode_index", "frame_index"]
         wanted += [c for c in ("index", "task_index") if c in present]
         try:
-            table = _read_parquet(path, wanted)
+            table = _read_parquet(path, wanted, MAX_DATA_PARQUET_BYTES)
             columns: dict[str, np.ndarray] = {}
             for key in wanted:
                 column = table.column(key)
