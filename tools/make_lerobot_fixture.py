@@ -39,8 +39,8 @@ HEIGHT, WIDTH = 48, 64
 EPISODES = ((30, "pick up the red cube"), (36, "put the cube in the bowl"), (42, "pick up the red cube"))
 
 
-def features() -> dict:
-    image = {"dtype": "video", "shape": (HEIGHT, WIDTH, 3), "names": ["height", "width", "channels"]}
+def features(height: int = HEIGHT, width: int = WIDTH) -> dict:
+    image = {"dtype": "video", "shape": (height, width, 3), "names": ["height", "width", "channels"]}
     return {
         "observation.state": {"dtype": "float32", "shape": (len(JOINTS),), "names": JOINTS},
         "action": {"dtype": "float32", "shape": (len(JOINTS),), "names": JOINTS},
@@ -49,16 +49,16 @@ def features() -> dict:
     }
 
 
-def picture(t: float, phase: float) -> np.ndarray:
+def picture(t: float, phase: float, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
     """A smooth colour gradient with a bright square moving with time: compresses well, never frozen."""
-    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    y, x = np.mgrid[0:height, 0:width]
     rgb = np.stack([
         128 + 100 * np.sin(x / 9.0 + 2 * t + phase),
         128 + 100 * np.cos(y / 7.0 + 3 * t),
         96 + 60 * np.sin((x + y) / 13.0 - t + phase),
     ], axis=-1)
-    cx = int((WIDTH - 12) * (0.5 + 0.5 * np.sin(1.5 * t + phase)))
-    cy = int((HEIGHT - 12) * (0.5 + 0.5 * np.cos(1.1 * t)))
+    cx = int((width - 12) * (0.5 + 0.5 * np.sin(1.5 * t + phase)))
+    cy = int((height - 12) * (0.5 + 0.5 * np.cos(1.1 * t)))
     rgb[cy:cy + 12, cx:cx + 12] = (250, 250, 40)
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
@@ -132,45 +132,54 @@ def check_v21(v21: Path, v3: Path) -> None:
             assert a["observation.images.front"].shape == b["observation.images.front"].shape
 
 
-def front_picture(t: float, episode: int) -> np.ndarray:
-    return picture(t, 0.7 * episode)
+def front_picture(t: float, episode: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    return picture(t, 0.7 * episode, height, width)
 
 
-def wrist_picture(t: float, episode: int) -> np.ndarray:
-    return picture(t + 1.0, 0.7 * episode + 2.0)[:, ::-1].copy()
+def wrist_picture(t: float, episode: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    return picture(t + 1.0, 0.7 * episode + 2.0, height, width)[:, ::-1].copy()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="the dataset folder to write (replaced)")
     parser.add_argument("--v21", type=Path, help="also write the episodes in the v2.1 layout here (replaced)")
+    parser.add_argument("--bench", metavar="EPISODES,FRAMES,WxH,FPS",
+                        help="a larger dataset for tools/bench_import_lerobot.py instead of the fixture, "
+                             "e.g. 4,300,640x480,30")
     args = parser.parse_args()
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    episodes, fps, height, width = EPISODES, FPS, HEIGHT, WIDTH
+    if args.bench:
+        count, frames, size, fps = args.bench.split(",")
+        width, height = (int(v) for v in size.split("x"))
+        episodes = tuple((int(frames), EPISODES[i % len(EPISODES)][1]) for i in range(int(count)))
+        fps = int(fps)
     if args.out.exists():
         shutil.rmtree(args.out)
-    dataset = LeRobotDataset.create("refinery/tiny-so100", fps=FPS, features=features(), root=args.out,
+    dataset = LeRobotDataset.create("refinery/tiny-so100", fps=fps, features=features(height, width), root=args.out,
                                     robot_type="so100_follower", use_videos=True)
     rng = np.random.default_rng(13)
-    for episode, (length, task) in enumerate(EPISODES):
+    for episode, (length, task) in enumerate(episodes):
         phase = 0.7 * episode
         for i in range(length):
-            t = i / FPS
+            t = i / fps
             state = np.array([0.6 * np.sin(1.3 * t + phase + k) for k in range(len(JOINTS))], dtype=np.float32)
             state[-1] = 0.5 + 0.4 * np.sin(2.0 * t + phase)  # gripper opening
             action = state + rng.normal(0, 0.01, len(JOINTS)).astype(np.float32)
             dataset.add_frame({
                 "observation.state": state,
                 "action": action,
-                "observation.images.front": front_picture(t, episode),
-                "observation.images.wrist": wrist_picture(t, episode),
+                "observation.images.front": front_picture(t, episode, height, width),
+                "observation.images.wrist": wrist_picture(t, episode, height, width),
                 "task": task,
             })
         dataset.save_episode()
     dataset.finalize()
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
-    print(f"{args.out}: {len(EPISODES)} episodes, {sum(n for n, _ in EPISODES)} frames, {size / 1024:.0f} KiB")
-    if args.v21:
+    print(f"{args.out}: {len(episodes)} episodes, {sum(n for n, _ in episodes)} frames, {size / 1024:.0f} KiB")
+    if args.v21 and not args.bench:
         write_v21(args.out, args.v21)
         check_v21(args.v21, args.out)
         size = sum(p.stat().st_size for p in args.v21.rglob("*") if p.is_file())
