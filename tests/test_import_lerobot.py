@@ -324,6 +324,26 @@ def test_bad_info_fields_are_refused_naming_the_field(tmp_path: Path, changes: d
     assert caught.value.field == field and caught.value.file == src / "meta/info.json"
 
 
+@pytest.mark.parametrize("key", ["observation.images/../../x", "observation..images.x", ".hidden", "a" * 200])
+def test_a_feature_key_that_could_build_a_path_is_refused(tmp_path: Path, key: str) -> None:
+    src = copy_fixture(tmp_path)
+    info = json.loads((src / "meta/info.json").read_text())
+    info["features"][key] = info["features"].pop("observation.images.wrist")
+    (src / "meta/info.json").write_text(json.dumps(info))
+
+    with pytest.raises(LeRobotFormatError, match="feature key"):
+        import_lerobot(src, tmp_path / "data")
+
+
+def test_an_oversized_info_json_is_not_read(tmp_path: Path) -> None:
+    src = copy_fixture(tmp_path)
+    with (src / "meta/info.json").open("ab") as info:
+        info.truncate(17 << 20)  # sparse: 17 MiB of zeros after the JSON
+
+    with pytest.raises(LeRobotFormatError, match="at most"):
+        import_lerobot(src, tmp_path / "data")
+
+
 def test_an_action_of_another_width_than_the_state_is_refused(tmp_path: Path) -> None:
     src = copy_fixture(tmp_path)
     info = json.loads((src / "meta/info.json").read_text())
