@@ -206,6 +206,29 @@ def test_importing_again_skips_what_is_there(imported) -> None:
     assert [p.stat().st_mtime_ns for p in result.imported] == before
 
 
+def test_velocity_and_effort_features_are_imported_when_the_dataset_has_them(tmp_path: Path) -> None:
+    src = copy_fixture(tmp_path)
+    info = json.loads((src / "meta/info.json").read_text())
+    info["features"]["observation.velocity"] = dict(info["features"]["observation.state"])
+    info["features"]["observation.effort"] = dict(info["features"]["observation.state"])
+    (src / "meta/info.json").write_text(json.dumps(info))
+    data = src / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(data)
+    state = np.array(table.column("observation.state").to_pylist(), dtype=np.float32)
+    kind = table.schema.field("observation.state").type
+    table = table.append_column("observation.velocity", pa.array(list(state * 2), type=kind))
+    table = table.append_column("observation.effort", pa.array(list(state - 1), type=kind))
+    pq.write_table(table, data)
+
+    result = import_lerobot(src, tmp_path / "data")
+
+    first = table.column("episode_index").to_numpy() == 0
+    with RawEpisodeReader(result.imported[0]) as raw:
+        joints = raw.numeric("joint_state")
+    np.testing.assert_array_equal(joints["velocity"], (state * 2)[first].astype(np.float64))
+    np.testing.assert_array_equal(joints["effort"], (state - 1)[first].astype(np.float64))
+
+
 def test_a_real_robot_config_gives_limits_and_its_joint_order(tmp_path: Path, imported) -> None:
     _, result = imported
     joints = list(reversed(fixture.JOINTS))

@@ -13,8 +13,9 @@ names checked, paths resolved inside SRC_DIR)::
 
 Each episode becomes one raw episode through :class:`~pipeline.raw_builder.RawEpisodeBuilder`:
 
-* ``joint_state``: ``observation.state`` as positions (velocity and effort,
-  which LeRobot does not record, are zeros, as for ALOHA files without them);
+* ``joint_state``: ``observation.state`` as positions, ``observation.velocity``
+  and ``observation.effort`` when the dataset has them with the state's width
+  (zeros otherwise, as for ALOHA files without them);
   ``action``: the ``action`` column, which must hold one value per joint;
   both stamped ``base + timestamp``;
 * one frame per camera per row: the video frame at the episode's
@@ -88,6 +89,8 @@ LEGACY_TASKS_PATH = "meta/tasks.jsonl"
 LEGACY_EPISODES_PATH = "meta/episodes.jsonl"
 STATE = "observation.state"
 ACTION_KEY = "action"
+VELOCITY = "observation.velocity"  # LeRobot's ALOHA datasets have these two
+EFFORT = "observation.effort"
 CAMERA_PREFIX = "observation.images."
 V3 = "v3.0"
 V2 = ("v2.0", "v2.1")
@@ -157,6 +160,7 @@ class _Layout:
     robot_type: str
     joints: tuple[str, ...]
     state_width: int
+    joint_fields: tuple[str, ...]  # of VELOCITY, EFFORT: those the dataset has, one value per joint
     cameras: tuple[_Camera, ...]
     data_path: str
     video_path: str
@@ -304,6 +308,13 @@ def read_layout(src: Path) -> _Layout:
         raise LeRobotFormatError(info_file, f"features.{ACTION_KEY}.shape",
                                  f"has {action_width} values, {STATE} has {width}: Refinery's action is one "
                                  "target per joint")
+    joint_fields = []
+    for key in (VELOCITY, EFFORT):
+        if key in features:
+            if _vector(info_file, features, key)[1] == width:
+                joint_fields.append(key)
+            else:
+                log.warning("%s: %s does not have one value per joint; not imported", info_file, key)
     robot_type = info.get("robot_type") or ""
     if not isinstance(robot_type, str) or len(robot_type) > 128:
         raise LeRobotFormatError(info_file, "robot_type", f"expected text of at most 128 characters, got {robot_type!r}")
@@ -315,8 +326,8 @@ def read_layout(src: Path) -> _Layout:
     data_path = _template(info_file, info, "data_path", fields_of["data_path"])
     video_path = _template(info_file, info, "video_path", fields_of["video_path"]) if cameras else ""
     identity = hashlib.sha256(json.dumps([fps, features], sort_keys=True).encode()).hexdigest()[:8]
-    return _Layout(src, version, float(fps), robot_type, joints, width, cameras, data_path, video_path,
-                   chunks_size, identity)
+    return _Layout(src, version, float(fps), robot_type, joints, width, tuple(joint_fields), cameras, data_path,
+                   video_path, chunks_size, identity)
 
 
 def _read_json(path: Path, src: Path) -> Any:
@@ -701,6 +712,8 @@ class _Rows:
     state: np.ndarray  # float64 (n, width), dataset column order
     action: np.ndarray
     task_index: np.ndarray | None
+    velocity: np.ndarray | None = None
+    effort: np.ndarray | None = None
 
 
 class _DataTable:
@@ -742,7 +755,9 @@ class _DataTable:
             raise _EpisodeBroken(f"{name}: episode {episode.index} row {bad}: timestamp {timestamp[bad]:.6f} s "
                                  f"does not follow {timestamp[bad - 1]:.6f} s")
         tasks = cols.get("task_index")
-        return _Rows(timestamp, cols[STATE][rows], cols[ACTION_KEY][rows], None if tasks is None else tasks[rows])
+        velocity, effort = (cols[key][rows] if key in cols else None for key in (VELOCITY, EFFORT))
+        return _Rows(timestamp, cols[STATE][rows], cols[ACTION_KEY][rows], None if tasks is None else tasks[rows],
+                     velocity, effort)
 
     def _load(self, path: Path) -> None:
         import pyarrow.parquet as pq
@@ -751,7 +766,7 @@ class _DataTable:
         name = path.relative_to(self.layout.root)
         present = set(pq.read_schema(path).names)
         wanted = [STATE, ACTION_KEY, "timestamp", "episode_index", "frame_index"]
-        wanted += [c for c in ("index", "task_index") if c in present]
+        wanted += [c for c in ("index", "task_index", *self.layout.joint_fields) if c in present]
         try:
             table = _read_parquet(path, wanted, MAX_DATA_PARQUET_BYTES)
             columns: dict[str, np.ndarray] = {}
@@ -759,7 +774,7 @@ class _DataTable:
                 column = table.column(key)
                 if column.null_count:
                     raise _EpisodeBroken(f"{name}: column {key} has {column.null_count} empty values")
-                if key in (STATE, ACTION_KEY):
+                if key in (STATE, ACTION_KEY, VELOCITY, EFFORT):
                     columns[key] = _matrix(column, self.layout.state_width, f"{name}: column {key}")
                 else:
                     columns[key] = _scalars(column, f"{name}: column {key}", key == "timestamp")
@@ -854,6 +869,8 @@ def _write_streams(
               for name, (path, start) in episode.videos.items()}
     zeros = np.zeros((length, len(order)), dtype=np.float64)
     state = rows.state[:, order]
+    velocity = zeros if rows.velocity is None else rows.velocity[:, order]
+    effort = zeros if rows.effort is None else rows.effort[:, order]
     action = rows.action[:, order]
     next_clock = int(base_ns)
     for first in range(0, length, _STEPS_PER_BATCH):
@@ -869,8 +886,8 @@ def _write_streams(
                     builder.event({"kind": "label", "text": f"task: {text}"}, int(stamps[i]))
         t = stamps[first:last]
         index = np.arange(first, last, dtype=np.int64)
-        builder.samples(JOINT_STATE, t, index, np.concatenate([state[first:last], zeros[first:last],
-                                                               zeros[first:last]], axis=1))
+        builder.samples(JOINT_STATE, t, index, np.concatenate([state[first:last], velocity[first:last],
+                                                               effort[first:last]], axis=1))
         builder.samples(ACTION, t, index, action[first:last])
         for camera, produce in frames.items():
             for i in range(first, last):
