@@ -13,7 +13,12 @@ import pytest
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.robot_config import builtin_config_dir, builtin_models, load_robot_config, parse_robot_config
+from pipeline.robot_config import (
+    builtin_config_dir,
+    builtin_models,
+    load_robot_config,
+    parse_robot_config,
+)
 from pipeline.standard_joints import STANDARD_INDEX
 
 SHIPPED = ["fourier_gr1", "unitree_g1", "unitree_h1"]

@@ -317,7 +317,8 @@ def read_layout(src: Path) -> _Layout:
                 log.warning("%s: %s does not have one value per joint; not imported", info_file, key)
     robot_type = info.get("robot_type") or ""
     if not isinstance(robot_type, str) or len(robot_type) > 128:
-        raise LeRobotFormatError(info_file, "robot_type", f"expected text of at most 128 characters, got {robot_type!r}")
+        raise LeRobotFormatError(info_file, "robot_type",
+                                 f"expected text of at most 128 characters, got {robot_type!r:.200}")
     chunks_size = info.get("chunks_size", 1000)
     if isinstance(chunks_size, bool) or not isinstance(chunks_size, int) or not 1 <= chunks_size <= MAX_FILE_INDEX:
         raise LeRobotFormatError(info_file, "chunks_size", f"expected a positive integer, got {chunks_size!r}")
@@ -394,15 +395,15 @@ def _cameras(info_file: Path, features: dict) -> tuple[_Camera, ...]:
             if isinstance(spec, dict) and spec.get("dtype") == "image":
                 log.warning("%s: image feature %r (frames stored in Parquet) is not imported", info_file, key)
             continue
-        name = key[len(CAMERA_PREFIX):] if key.startswith(CAMERA_PREFIX) else key
-        name = _BAD_ID_CHARS.sub("_", name)[:64]
+        name = _BAD_ID_CHARS.sub("_", key.removeprefix(CAMERA_PREFIX))[:64]
         if not name or name[0] in ".-" or name in RESERVED_STREAMS:
             raise LeRobotFormatError(info_file, f"features.{key}", f"camera name {name!r} cannot be used")
         shape = spec.get("shape")
         if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(v, int) for v in shape):
             raise LeRobotFormatError(info_file, f"features.{key}.shape", f"expected 3 integers, got {shape!r}")
         names = spec.get("names")
-        height, width = (shape[1], shape[2]) if names and list(names)[0] in ("channels", "channel") else shape[:2]
+        channels_first = isinstance(names, list) and names[:1] in (["channels"], ["channel"])
+        height, width = (shape[1], shape[2]) if channels_first else shape[:2]
         if not (16 <= height <= 8192 and 16 <= width <= 8192):
             raise LeRobotFormatError(info_file, f"features.{key}.shape",
                                      f"{width}x{height}: Refinery takes cameras of 16-8192 pixels a side")
