@@ -45,7 +45,8 @@ V3 = "v3.0"
 V2 = ("v2.0", "v2.1")
 
 # Bounds on what a foreign dataset may make us read or hold.
-MAX_JSON_BYTES = 16 << 20  # info.json, and each line file of v2.x
+MAX_JSON_BYTES = 16 << 20  # info.json
+MAX_JSON_LINES_BYTES = 128 << 20  # each line file of v2.x (episodes.jsonl, tasks.jsonl)
 MAX_META_PARQUET_BYTES = 512 << 20  # tasks.parquet, each episode-table file
 MAX_DATA_PARQUET_BYTES = 8 << 30  # each data file (LeRobot cuts them at 100 MB)
 MAX_FEATURES = 512
@@ -187,14 +188,19 @@ def read_layout(src: Path) -> Layout:
                    video_path, chunks_size, identity)
 
 
-def _read_json(path: Path, src: Path) -> Any:
-    inside(src, path.relative_to(src).as_posix(), path)
+def _check_size(path: Path, limit: int, hint: str = "") -> None:
+    """Refuse a file larger than ``limit`` bytes before reading it."""
     try:
         size = path.stat().st_size
     except OSError as err:
-        raise LeRobotFormatError(path, "/", f"cannot read ({err.strerror}); is this a LeRobot dataset?") from err
-    if size > MAX_JSON_BYTES:
-        raise LeRobotFormatError(path, "/", f"{size} bytes; at most {MAX_JSON_BYTES} are read")
+        raise LeRobotFormatError(path, "/", f"cannot read ({err.strerror}){hint}") from err
+    if size > limit:
+        raise LeRobotFormatError(path, "/", f"{size} bytes; at most {limit} are read")
+
+
+def _read_json(path: Path, src: Path) -> Any:
+    inside(src, path.relative_to(src).as_posix(), path)
+    _check_size(path, MAX_JSON_BYTES, "; is this a LeRobot dataset?")
     try:
         return json.loads(path.read_bytes())
     except (ValueError, RecursionError) as err:  # RecursionError: nesting a JSON bomb uses
@@ -332,7 +338,7 @@ def read_tasks(layout: Layout) -> dict[int, str]:
         rows = zip(table.column("task_index").to_pylist(), table.column(text_column).to_pylist(), strict=True)
     else:
         path = inside(layout.root, LEGACY_TASKS_PATH, layout.root / INFO_PATH)
-        rows = ((r.get("task_index"), r.get("task")) for r in _json_lines(path, layout.root))
+        rows = ((r.get("task_index"), r.get("task")) for r in _json_lines(path))
     tasks: dict[int, str] = {}
     for index, text in rows:
         if isinstance(index, bool) or not isinstance(index, int) or not isinstance(text, str):
@@ -342,13 +348,8 @@ def read_tasks(layout: Layout) -> dict[int, str]:
     return tasks
 
 
-def _json_lines(path: Path, src: Path) -> Iterator[dict]:
-    try:
-        size = path.stat().st_size
-    except OSError as err:
-        raise LeRobotFormatError(path, "/", f"cannot read ({err.strerror})") from err
-    if size > MAX_JSON_BYTES * 8:
-        raise LeRobotFormatError(path, "/", f"{size} bytes; at most {MAX_JSON_BYTES * 8} are read")
+def _json_lines(path: Path) -> Iterator[dict]:
+    _check_size(path, MAX_JSON_LINES_BYTES)
     with path.open("rb") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -366,12 +367,7 @@ def _read_parquet(path: Path, columns: list[str] | None, limit: int = MAX_META_P
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        size = path.stat().st_size
-    except OSError as err:
-        raise LeRobotFormatError(path, "/", f"cannot read ({err.strerror})") from err
-    if size > limit:
-        raise LeRobotFormatError(path, "/", f"{size} bytes; at most {limit} are read")
+    _check_size(path, limit)
     try:
         return pq.read_table(path, columns=columns)
     except (OSError, pa.ArrowException, ValueError) as err:
@@ -409,7 +405,7 @@ def read_episodes(layout: Layout) -> list[EpisodeRef]:
     else:
         path = inside(layout.root, LEGACY_EPISODES_PATH, info_file)
         episodes = []
-        for row in _json_lines(path, layout.root):
+        for row in _json_lines(path):
             episodes.append(_v2_episode(layout, path, row))
             if len(episodes) > MAX_EPISODES:
                 raise LeRobotFormatError(path, "/", f"more than {MAX_EPISODES} episodes")
