@@ -27,6 +27,7 @@ Direction = Literal["import", "export"]
 MODULES = (
     "pipeline.interop.aloha_import",
     "pipeline.interop.rosbag_import",
+    "pipeline.interop.lerobot_import",
     "pipeline.interop.dp_export",
 )
 """Format modules, in the order the CLI lists them."""
