@@ -72,6 +72,9 @@ def _add_ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session-timeout", type=_positive_float, default=15.0, metavar="SECONDS",
                    help="free the session of a collector silent this long (default: %(default)s)")
     p.add_argument("--inject-sync-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics and the fleet status the console "
+                        "reads at /fleet.json (a bare PORT means 127.0.0.1), e.g. 127.0.0.1:9108")
 
 
 def _add_collect_args(p: argparse.ArgumentParser) -> None:
@@ -105,6 +108,9 @@ def _add_collect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-timeout", type=_positive_float, default=60.0,
                    help="on exit, wait this long for the ingest to seal what was recorded; exit 1 naming what it "
                         "did not seal (default: %(default)s)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics and this collector's status at "
+                        "/fleet.json (a bare PORT means 127.0.0.1), e.g. 127.0.0.1:9109")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -358,6 +364,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from pipeline.ingest import IngestServer
 
     server = IngestServer(_ingest_config(args))
+    metrics = _serve_metrics(args, server, "ingest")
     failures: list[BaseException] = []
 
     def serve() -> None:
@@ -408,6 +415,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             status.update(line)
     finally:
         threading.excepthook = previous_hook
+        if metrics is not None:
+            metrics.stop()
     if server.ready.is_set():
         status.done()
     if not failures:
@@ -419,6 +428,18 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     log.debug("ingest failed", exc_info=err)
     print(f"refinery ingest: fatal: {type(err).__name__}: {err}", file=sys.stderr)
     return 1
+
+
+def _serve_metrics(args: argparse.Namespace, target, kind: str):  # noqa: ANN001, ANN202
+    """Start the --metrics endpoint of an ingest or a collector; None without --metrics."""
+    if not args.metrics:
+        return None
+    from pipeline.observability import http_server
+
+    serve = http_server.serve_ingest_metrics if kind == "ingest" else http_server.serve_collector_metrics
+    metrics = serve(target, args.metrics)
+    print(f"refinery {kind}: metrics on {metrics.url}/metrics", file=sys.stderr, flush=True)
+    return metrics
 
 
 def _stop_on_signals(stop) -> None:  # noqa: ANN001
@@ -497,6 +518,11 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     from pipeline.console import StatusLine
 
     collector = _make_collector(args)
+    try:
+        metrics = _serve_metrics(args, collector, "collector")
+    except BaseException:
+        collector.close()
+        raise
     stop = threading.Event()
     _stop_on_signals(stop.set)
     collector.start()
@@ -535,6 +561,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     finally:
         status.done()
         collector.close()
+        if metrics is not None:
+            metrics.stop()
     if prompt is not None:
         print(prompt.summary())
     verdict = drain_verdict(collector, gave_up=collector.waiting(), timeout_s=args.drain_timeout)
