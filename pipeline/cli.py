@@ -149,6 +149,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_collect_args(p)
     p.set_defaults(func=_cmd_collect)
 
+    p = sub.add_parser("console", help="live web console of the fleet (from ingests' and collectors' --metrics)",
+                       description="Serve a web page showing every robot at a glance (link, episode and timer, task, "
+                                   "operator, rates, lag, spool, today's episodes and hours, latest grades), alerts, "
+                                   "and the ingests' disk and throughput over the last hour. It polls the /fleet.json "
+                                   "of each --ingest and --collector started with --metrics. Read-only; on loopback "
+                                   "unless --bind says otherwise, which then needs a token.")
+    p.add_argument("--ingest", action="append", default=[], metavar="URL",
+                   help="an ingest's --metrics address, e.g. http://127.0.0.1:9108 (repeat for several ingests)")
+    p.add_argument("--collector", action="append", default=[], metavar="URL",
+                   help="a collector's --metrics address, for its spool and acknowledgement lag (repeat)")
+    p.add_argument("--collectors-file", type=Path, metavar="FILE",
+                   help="a file of collector --metrics URLs, one a line (# comments)")
+    p.add_argument("--dataset", action="append", default=[], type=Path, metavar="DATASET.zarr",
+                   help="show each robot's latest grades from this dataset (repeat)")
+    p.add_argument("--bind", default="127.0.0.1:8090", metavar="HOST:PORT",
+                   help="where to serve the page (default: %(default)s); not loopback: a token is required")
+    p.add_argument("--token-file", type=Path, metavar="FILE",
+                   help="a file holding the access token (or set REFINERY_CONSOLE_TOKEN); viewers open "
+                        "URL/?token=TOKEN once")
+    p.add_argument("--interval", type=_positive_float, default=2.0, metavar="SECONDS",
+                   help="poll every this many seconds (default: %(default)s)")
+    p.set_defaults(func=_cmd_console)
+
     p = sub.add_parser("keys", help="make CURVE key pairs", description="Write NAME.key (public) and NAME.key_secret "
                        "(secret) for each NAME into DIR. Give the ingest its secret and a folder of the collectors' "
                        "public keys (--allow); give each collector its secret and the ingest's public key.")
@@ -450,6 +473,47 @@ def _stop_on_signals(stop) -> None:  # noqa: ANN001
         return  # signal handlers can only be set there (the command run inside a test)
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+# ---------------------------------------------------------------------- console
+
+
+def _console_config(args: argparse.Namespace):  # noqa: ANN202
+    from pipeline.errors import ConfigError
+    from pipeline.observability.console.server import ConsoleConfig
+
+    collectors = list(args.collector)
+    if args.collectors_file:
+        try:
+            text = args.collectors_file.read_text()
+        except OSError as err:
+            raise ConfigError(str(args.collectors_file), "--collectors-file", f"cannot read it: {err.strerror}") from err
+        collectors += [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+    token = os.environ.get("REFINERY_CONSOLE_TOKEN", "")
+    if args.token_file:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as err:
+            raise ConfigError(str(args.token_file), "--token-file", f"cannot read it: {err.strerror}") from err
+    return ConsoleConfig(ingests=tuple(args.ingest), collectors=tuple(collectors), datasets=tuple(args.dataset),
+                         bind=args.bind, token=token, poll_interval_s=args.interval)
+
+
+def _cmd_console(args: argparse.Namespace) -> int:
+    """Exit codes: 0 stopped (Ctrl-C, SIGTERM); 2 a bad option or the address is taken."""
+    from pipeline.observability.console.server import start_console
+
+    console = start_console(_console_config(args))
+    where = console.url + ("?token=<the token>" if console.console.config.token else "")
+    print(f"refinery console: serving {where} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    try:
+        while not stop.wait(0.5) and console.thread.is_alive():
+            pass
+    finally:
+        console.stop()
+    return 0
 
 
 # ---------------------------------------------------------------------- collect

@@ -23,7 +23,7 @@ from pipeline import protocol
 MAX_TRACKED_ROBOTS = 4096
 """Robot ids counted one by one; past this (a plain-TCP ingest anyone may talk to)
 they share one row, so a flood of made-up ids cannot grow the metrics without bound."""
-OVERFLOW_ROBOT = "(other)"
+OVERFLOW_ROBOT = "_other"  # a valid robot id, so readers that check ids accept the row
 
 # Seconds. A seal of a short episode takes ~0.1 s, a 10-minute G1 episode (~4 GB) ~ a minute.
 SEAL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
