@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=_positive_float, default=3.0, help="seconds per episode (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default: %(default)s)")
     p.add_argument("--record-only", action="store_true", help="stop after recording (no Ray processing, no report)")
+    p.add_argument("--console", default="127.0.0.1:8090", metavar="HOST:PORT",
+                   help="serve the live fleet console here while the demo runs (another free port when taken; "
+                        "'' for none) (default: %(default)s)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("ingest", help="run the ingest service", description="Receive episodes from collectors over "
@@ -905,7 +908,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger("refinery").setLevel(logging.WARNING)  # the status line tells the story
     return run_demo(DemoConfig(args.data_dir, args.robots.split(","), args.episodes, args.duration, args.seed,
-                               process=not args.record_only))
+                               process=not args.record_only, console=args.console))
 
 
 if __name__ == "__main__":
