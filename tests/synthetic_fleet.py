@@ -37,7 +37,7 @@ def fleet_snapshot(robots: int = 64, seed: int = 0, started: float | None = None
             "samples": {"joint_state": int(500 * elapsed), "action": int(50 * elapsed)},
             "frames": {"head_left": int(30 * elapsed), "head_right": int(30 * elapsed)},
             "duplicates": rng.randint(0, 40), "gaps": 0, "malformed": 0, "sealed": 10 + n % 30,
-            "sealed_incomplete": 0, "last_heard": now - (45.0 if silent else rng.random() * 0.4),
+            "sealed_incomplete": 0,
             "episode": f"{robot_id}-20261130T{10 + n % 8:02d}1502-{n:06x}" if recording else "",
             "episode_started": anchor - rng.uniform(5, 600) if recording else 0.0,
             "task": TASKS[n % len(TASKS)] if recording else "", "operator": OPERATORS[n % len(OPERATORS)],

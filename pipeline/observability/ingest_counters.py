@@ -23,6 +23,8 @@ from pipeline import protocol
 MAX_TRACKED_ROBOTS = 4096
 """Robot ids counted one by one; past this (a plain-TCP ingest anyone may talk to)
 they share one row, so a flood of made-up ids cannot grow the metrics without bound."""
+_SAMPLES, _FRAME, _EVENT = protocol.Opcode.SAMPLES, protocol.Opcode.FRAME, protocol.Opcode.EVENT
+
 OVERFLOW_ROBOT = "_other"  # a valid robot id, so readers that check ids accept the row
 
 # Seconds. A seal of a short episode takes ~0.1 s, a 10-minute G1 episode (~4 GB) ~ a minute.
@@ -49,7 +51,6 @@ class RobotCounters:
     malformed: int = 0
     sealed: int = 0
     sealed_incomplete: int = 0
-    last_heard_wall: float = 0.0  # time.time() of its last message
     episode: str = ""  # the latest started episode, until its stop event
     episode_started_wall: float = 0.0
     task: str = ""
@@ -62,9 +63,9 @@ class RobotCounters:
     _pending_capture_ns: int = 0  # oldest capture time journaled since the last group commit
 
     def received(self, size: int) -> None:
+        # Silence is read from the session's own last_heard at scrape time: no clock read per message.
         self.messages += 1
         self.bytes += size
-        self.last_heard_wall = time.time()
 
     def accepted_message(self, opcode: protocol.Opcode, header: protocol.DataHeader,
                          record: protocol.DataRecord, size: int) -> None:
@@ -72,11 +73,11 @@ class RobotCounters:
         stream = header.stream
         self.accepted[stream] = self.accepted.get(stream, 0) + 1
         self.accepted_bytes[stream] = self.accepted_bytes.get(stream, 0) + size
-        if opcode == protocol.Opcode.SAMPLES:
+        if opcode is _SAMPLES:
             self.samples[stream] = self.samples.get(stream, 0) + header.rows
-        elif opcode == protocol.Opcode.FRAME:
+        elif opcode is _FRAME:
             self.frames[stream] = self.frames.get(stream, 0) + 1
-        elif opcode == protocol.Opcode.EVENT:
+        elif opcode is _EVENT:
             self._event(header, record.body)  # type: ignore[union-attr]
         if not self._pending_capture_ns:
             self._pending_capture_ns = header.capture_ns
@@ -182,7 +183,7 @@ class IngestCounters:
                 "samples": dict(c.samples), "frames": dict(c.frames),
                 "duplicates": c.duplicates, "gaps": c.gaps, "malformed": c.malformed,
                 "sealed": c.sealed, "sealed_incomplete": c.sealed_incomplete,
-                "last_heard": c.last_heard_wall, "episode": c.episode,
+                "episode": c.episode,
                 "episode_started": c.episode_started_wall if c.episode else 0.0,
                 "task": c.task, "operator": c.operator,
                 "today_episodes": c.day_episodes if c.day == today else 0,

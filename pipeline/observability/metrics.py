@@ -45,13 +45,15 @@ def ingest_snapshot(server: IngestServer) -> dict[str, Any]:
     """What the ingest knows of itself and every robot, as plain data (also served as ``/fleet.json``)."""
     status = server.status()
     open_by_robot = {robot: len(episodes) for robot, episodes in dict(server.open_by_robot).items()}
-    connected = {s.robot_id for s in list(server.sessions.values())}
+    now_mono = time.monotonic()
+    silent = {s.robot_id: now_mono - s.last_heard for s in list(server.sessions.values())}
     robots = server.counters.snapshot()
     now = time.time()
     for row in robots:
-        row["connected"] = row["robot_id"] in connected
+        row["connected"] = row["robot_id"] in silent
         row["open_episodes"] = open_by_robot.get(row["robot_id"], 0)
-        row["silent_s"] = round(now - row["last_heard"], 3) if row["last_heard"] else None
+        # None once the ingest freed the session (silent past --session-timeout, or never connected this run).
+        row["silent_s"] = round(silent[row["robot_id"]], 3) if row["robot_id"] in silent else None
     journal_free, journal_total = _disk(server.data_dir / "journal")
     raw_free, raw_total = _disk(server.data_dir / "raw")
     return {
@@ -111,8 +113,9 @@ class IngestMetrics(PrometheusCollector):
         connected = GaugeMetricFamily("refinery_ingest_robot_connected",
                                       "1 while the robot's collector has a session", labels=robot_labels)
         silence = GaugeMetricFamily("refinery_ingest_robot_silence_seconds",
-                                    "Seconds since the last message from the robot's collector "
-                                    "(collectors send a clock-sync request every 0.5 s)", labels=robot_labels)
+                                    "Seconds since the last message from the robot's collector (collectors send a "
+                                    "clock-sync request every 0.5 s); absent once its session is freed",
+                                    labels=robot_labels)
         for r in robots:
             connected.add_metric([r["robot_id"], r["model"]], 1.0 if r["connected"] else 0.0)
             if r["silent_s"] is not None:

@@ -144,7 +144,7 @@ def _robot_from_ingest(state: FleetState, r: dict[str, Any], now: float) -> dict
         "collector": "", "alerts": [],
     }
     if not up:
-        how_long = f"silent {silent:.0f} s" if silent is not None else "not heard"
+        how_long = f"silent {silent:.0f} s" if silent is not None else "no session"
         if r["open_episodes"]:
             row["alerts"].append(_alert("critical", f"link down ({how_long}) with {r['open_episodes']} episode(s) open"))
         else:
