@@ -23,7 +23,11 @@ from pipeline.observability.console.fleet import (
     build_view,
     latest_grades,
 )
-from pipeline.observability.console.server import ConsoleConfig, _parse_snapshot, start_console
+from pipeline.observability.console.server import (
+    ConsoleConfig,
+    parse_snapshot,
+    start_console,
+)
 from pipeline.observability.http_server import serve_ingest_metrics
 from tests.processes import free_port
 from tests.synthetic_fleet import fleet_snapshot
@@ -125,7 +129,7 @@ def test_the_synthetic_fleet_has_the_fields_of_a_real_ingest(ingest, make_collec
     synthetic = fleet_snapshot(1)
     assert set(synthetic) == set(real) and set(synthetic["status"]) == set(real["status"])
     assert set(synthetic["robots"][0]) == set(real["robots"][0])
-    assert _parse_snapshot(json.dumps(real).encode(), "ingest")["robots"][0]["robot_id"] == "tiny-0"
+    assert parse_snapshot(json.dumps(real).encode(), "ingest")["robots"][0]["robot_id"] == "tiny-0"
 
 
 @pytest.mark.parametrize(("change", "problem"), [
@@ -140,13 +144,13 @@ def test_a_hostile_fleet_json_is_refused_naming_the_field(change, problem: str) 
     snap = fleet_snapshot(1)
     change(snap)
     with pytest.raises(Exception, match=problem.replace("(", r"\(").replace("/", "/")):
-        _parse_snapshot(json.dumps(snap).encode(), "ingest")
+        parse_snapshot(json.dumps(snap).encode(), "ingest")
 
 
 def test_long_text_from_a_source_is_cut() -> None:
     snap = fleet_snapshot(1)
     snap["robots"][0]["task"] = "x" * 10_000
-    assert len(_parse_snapshot(json.dumps(snap).encode(), "ingest")["robots"][0]["task"]) == 300
+    assert len(parse_snapshot(json.dumps(snap).encode(), "ingest")["robots"][0]["task"]) == 300
 
 
 def test_off_loopback_the_console_needs_a_token() -> None:

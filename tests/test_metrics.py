@@ -14,7 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import protocol
 from pipeline.errors import ConfigError
-from pipeline.observability.http_server import parse_host_port, serve_collector_metrics, serve_ingest_metrics
+from pipeline.observability.http_server import (
+    parse_host_port,
+    serve_collector_metrics,
+    serve_ingest_metrics,
+)
 from pipeline.raw_store import RawEpisodeReader, raw_path
 from pipeline.streams import JOINT_STATE
 from tests.conftest import record_episode
@@ -82,7 +86,7 @@ def test_ingest_counts_match_what_collectors_sent_and_the_raw_files_hold(fleet) 
 
 
 def test_collector_metrics_show_its_spool_and_link(fleet) -> None:
-    ingest, collectors, urls = fleet
+    _, collectors, urls = fleet
     c = collectors[0]
     record_episode(c, 0.4)
     assert c.drain(30)

@@ -55,14 +55,14 @@ class ConsoleConfig:
     def __post_init__(self) -> None:
         host, _ = parse_host_port(self.bind, "--bind")
         if host not in LOOPBACK_HOSTS and len(self.token) < 16:
-            raise ConfigError("refinery console", "--token-file",
+            raise ConfigError("console options", "--token-file",
                               f"--bind {self.bind} is not loopback: give a token of at least 16 characters "
                               "(--token-file FILE or REFINERY_CONSOLE_TOKEN) so only people with it see the fleet")
         if not self.ingests and not self.collectors:
-            raise ConfigError("refinery console", "--ingest", "nothing to watch: give --ingest URL (and --collector URL)")
+            raise ConfigError("console options", "--ingest", "nothing to watch: give --ingest URL (and --collector URL)")
         for url in (*self.ingests, *self.collectors):
             if not url.startswith(("http://", "https://")):
-                raise ConfigError("refinery console", "--ingest/--collector",
+                raise ConfigError("console options", "--ingest/--collector",
                                   f"{url!r} is not an http:// URL of a --metrics endpoint, e.g. http://10.0.0.5:9108")
 
 
@@ -100,7 +100,7 @@ class Console:
                 body = await response.content.read(MAX_SNAPSHOT_BYTES + 1)
                 if len(body) > MAX_SNAPSHOT_BYTES:
                     raise ValueError(f"status larger than {MAX_SNAPSHOT_BYTES:,} bytes")
-                snapshot = _parse_snapshot(body, source.kind)
+                snapshot = parse_snapshot(body, source.kind)
         except Exception as err:  # noqa: BLE001 - one bad source is shown as such, never stops the console
             reason = "connection refused" if isinstance(err, ClientConnectorError) else str(err)
             source.error = f"{type(err).__name__}: {reason}"[:160] if reason else type(err).__name__
@@ -152,7 +152,7 @@ class Console:
         return web.json_response(self.view, headers={"Cache-Control": "no-store"})
 
 
-def _parse_snapshot(body: bytes, kind: str) -> dict[str, Any]:
+def parse_snapshot(body: bytes, kind: str) -> dict[str, Any]:
     """A source's ``/fleet.json``, checked field by field: it comes from the network."""
     import json
 
