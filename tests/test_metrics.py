@@ -81,8 +81,21 @@ def test_ingest_counts_match_what_collectors_sent_and_the_raw_files_hold(fleet) 
         assert value(samples, "refinery_ingest_duplicate_messages_total", **labels) == 0
     assert value(samples, "refinery_ingest_connected_collectors") == 2
     assert value(samples, "refinery_ingest_seal_duration_seconds_count") == 2
-    assert value(samples, "refinery_ingest_capture_to_durable_seconds_count") >= 2
+    durable = value(samples, "refinery_ingest_capture_to_durable_seconds_count")
+    assert durable >= 2
+    assert value(samples, "refinery_ingest_capture_to_durable_seconds_bucket", le="5.0") == durable  # loopback: fast
     assert value(samples, "refinery_ingest_data_disk_free_bytes") > 0
+
+
+def test_fleet_json_counts_todays_episodes_and_their_hours(fleet) -> None:
+    _, collectors, urls = fleet
+    record_episode(collectors[0], 0.6, task="fold the towel")
+    assert collectors[0].drain(30)
+    fleet_json = json.loads(urllib.request.urlopen(f"{urls[0]}/fleet.json", timeout=10).read())
+    row = next(r for r in fleet_json["robots"] if r["robot_id"] == "tiny-0")
+    assert row["today_episodes"] == 1
+    assert 0.4 < row["today_seconds"] < 1.5  # start to stop event, capture clock
+    assert (row["episode"], row["task"], row["operator"]) == ("", "fold the towel", "op-1")  # stopped: no episode
 
 
 def test_collector_metrics_show_its_spool_and_link(fleet) -> None:

@@ -61,6 +61,7 @@ class RobotCounters:
     _starts: dict[str, int] = field(default_factory=dict)  # episode -> capture ns of its start event
     _stops: dict[str, int] = field(default_factory=dict)  # episode -> capture ns of its stop event
     _pending_capture_ns: int = 0  # oldest capture time journaled since the last group commit
+    _pending: list[RobotCounters] | None = None  # where it signs up when it has something in a commit
 
     def received(self, size: int) -> None:
         # Silence is read from the session's own last_heard at scrape time: no clock read per message.
@@ -81,6 +82,8 @@ class RobotCounters:
             self._event(header, record.body)  # type: ignore[union-attr]
         if not self._pending_capture_ns:
             self._pending_capture_ns = header.capture_ns
+            if self._pending is not None:
+                self._pending.append(self)
 
     def _event(self, header: protocol.DataHeader, body: dict[str, Any]) -> None:
         kind = body.get("kind")
@@ -131,7 +134,8 @@ class IngestCounters:
         )
         self.robots: dict[str, RobotCounters] = {}
         self._lock = threading.Lock()  # robot creation only: readers copy self.robots
-        self._committing: list[tuple[RobotCounters, int]] = []
+        self._pending: list[RobotCounters] = []  # robots with messages since the last commit snapshot
+        self._committing: list[int] = []  # oldest capture time of each robot in the commit being fsynced
         self._sealing: dict[tuple[str, str], bool] = {}  # seals under way -> sealed as incomplete
 
     def robot(self, robot_id: str, model: str = "") -> RobotCounters:
@@ -140,7 +144,7 @@ class IngestCounters:
             with self._lock:
                 if len(self.robots) >= MAX_TRACKED_ROBOTS:
                     robot_id = OVERFLOW_ROBOT
-                counters = self.robots.setdefault(robot_id, RobotCounters(robot_id, model))
+                counters = self.robots.setdefault(robot_id, RobotCounters(robot_id, model, _pending=self._pending))
         if model and counters.model != model and counters.robot_id != OVERFLOW_ROBOT:
             counters.model = model
         return counters
@@ -148,16 +152,16 @@ class IngestCounters:
     def commit_started(self) -> None:
         """The ingest took its group-commit snapshot: what was journaled so far is being fsynced."""
         committing = []
-        for counters in list(self.robots.values()):
-            if counters._pending_capture_ns:
-                committing.append((counters, counters._pending_capture_ns))
-                counters._pending_capture_ns = 0
+        for counters in self._pending:
+            committing.append(counters._pending_capture_ns)
+            counters._pending_capture_ns = 0
+        self._pending.clear()
         self._committing = committing
 
     def commit_durable(self) -> None:
         """That snapshot's fsyncs succeeded."""
         now_ns = time.time_ns()
-        for _, capture_ns in self._committing:
+        for capture_ns in self._committing:
             self.capture_to_durable.observe(max(0.0, (now_ns - capture_ns) / 1e9))
         self._committing = []
 
@@ -165,7 +169,13 @@ class IngestCounters:
         """A seal was submitted to the ingest's seal thread; its duration is observed when it ends."""
         started = time.monotonic()
         self._sealing[key] = incomplete
-        future.add_done_callback(lambda _: self.seal_duration.observe(time.monotonic() - started))
+
+        def done(finished: Future[Any]) -> None:
+            self.seal_duration.observe(time.monotonic() - started)
+            if finished.exception() is not None:
+                self._sealing.pop(key, None)  # quarantined or kept for the next start: not sealed
+
+        future.add_done_callback(done)
 
     def episode_sealed(self, key: tuple[str, str]) -> None:
         """The ingest's loop saw that seal succeed (called on the loop's thread, like every count)."""
@@ -175,8 +185,8 @@ class IngestCounters:
     def snapshot(self) -> list[dict[str, Any]]:
         """Every robot's counters as plain data (copies, safe to read from another thread)."""
         rows = []
+        today = _utc_day()
         for c in list(self.robots.values()):
-            today = _utc_day()
             rows.append({
                 "robot_id": c.robot_id, "model": c.model, "messages": c.messages, "bytes": c.bytes,
                 "accepted": dict(c.accepted), "accepted_bytes": dict(c.accepted_bytes),
