@@ -70,3 +70,28 @@ class GrowingFleet:
 
     def __call__(self) -> dict[str, Any]:
         return fleet_snapshot(self.robots, started=self.started, **self.options)
+
+
+class CollectorOf:
+    """One robot's collector ``/fleet.json`` beside :func:`fleet_snapshot` (robot ``n``): a little spool and
+    lag; robot 12 cannot reach the ingest and spools, robot 30 is acknowledged slowly."""
+
+    def __init__(self, n: int) -> None:
+        model = MODELS[n % len(MODELS)]
+        self.n, self.model, self.robot_id = n, model, f"{model.split('_')[-1]}-{n:02d}"
+        self.started = time.time()
+
+    def __call__(self) -> dict[str, Any]:
+        n, age = self.n, time.time() - self.started
+        cut_off = n == 12
+        return {
+            "kind": "collector", "time": time.time(), "robot_id": self.robot_id, "model": self.model,
+            "ingest": "tcp://ingest:5555", "link": "down: ingest unreachable, spooling" if cut_off else "up",
+            "link_up": not cut_off, "episode": "" if n % 9 == 4 else f"{self.robot_id}-ep", "episode_s": 60.0 + age,
+            "rates": {"joint_state": 20.0, "head_left": 30.0, "head_right": 30.0}, "mb_per_s": 2.6,
+            "unacked": 4000 + int(900 * age) if cut_off else 3 + n % 7,
+            "spool_bytes": int(3e8 + 2.6e6 * age) if cut_off else 400_000 + 37_000 * n,
+            "spool_budget_bytes": 2_000_000_000, "ack_lag_s": 2.8 if n == 30 else 0.018 + n % 5 * 0.004,
+            "resent": 0, "paused": False, "episodes_done": 12, "handshakes": 1, "unsealed_episodes": 1,
+            "spooled": {"joint_state": 1000, "head_left": 1800}, "spooled_bytes": 10**8, "error": "",
+        }

@@ -29,8 +29,9 @@ from pipeline.observability.console.server import (
     start_console,
 )
 from pipeline.observability.http_server import serve_ingest_metrics
+from pipeline.observability.metrics import collector_snapshot as collector_snapshot_of
 from tests.processes import free_port
-from tests.synthetic_fleet import fleet_snapshot
+from tests.synthetic_fleet import CollectorOf, fleet_snapshot
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -129,6 +130,7 @@ def test_the_synthetic_fleet_has_the_fields_of_a_real_ingest(ingest, make_collec
     synthetic = fleet_snapshot(1)
     assert set(synthetic) == set(real) and set(synthetic["status"]) == set(real["status"])
     assert set(synthetic["robots"][0]) == set(real["robots"][0])
+    assert set(CollectorOf(0)()) == set(collector_snapshot_of(c))
     assert parse_snapshot(json.dumps(real).encode(), "ingest")["robots"][0]["robot_id"] == "tiny-0"
 
 

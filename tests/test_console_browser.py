@@ -6,6 +6,7 @@ Screenshots go to test-artifacts/ (gitignored) for a look after a run."""
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import signal
 import tempfile
@@ -21,14 +22,14 @@ from pipeline.observability.console.server import ConsoleConfig, start_console
 from pipeline.observability.http_server import MetricsServer
 from tests.conftest import TINY_ROBOT
 from tests.processes import IngestProcess, RefineryProcess, free_port
-from tests.synthetic_fleet import GrowingFleet
+from tests.synthetic_fleet import CollectorOf, GrowingFleet
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
                  if p and Path(p).exists()), None)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-LINK_DOWN_WITHIN_S = 8.0  # README: 3 s of silence, then the next console poll (1 s here) and page refresh (2 s)
+LINK_DOWN_WITHIN_S = 10.0  # README: 3 s of silence + the next console poll (1 s here) + page refresh (2 s) + a busy CI
 
 pytestmark = [
     pytest.mark.slow,
@@ -90,8 +91,8 @@ def test_console_shows_live_robots_and_a_killed_collector_turns_link_down(tmp_pa
         # Each robot's tile: link up, recording (its timer), its task and operator from the episode's start event.
         for robot_id in ("bt-0", "bt-1", "bt-2"):
             tile = page.locator(f'[data-robot="{robot_id}"][data-link="up"]')
-            expect(tile.locator(".rec")).to_have_count(1, timeout=20_000)
-            expect(tile).to_contain_text(f"stack blocks {robot_id}", timeout=20_000)
+            expect(tile.locator(".rec")).to_have_count(1, timeout=30_000)
+            expect(tile).to_contain_text(f"stack blocks {robot_id}", timeout=30_000)
             expect(tile.locator(".op")).to_have_text("op-7")
             expect(tile).not_to_contain_text(" 0 fps", timeout=10_000)  # frames arrive
         shot(page, "console-live.png")
@@ -117,7 +118,9 @@ def test_console_shows_live_robots_and_a_killed_collector_turns_link_down(tmp_pa
 def test_console_is_readable_with_64_robots_on_a_laptop_screen(browser_page) -> None:
     page = browser_page
     fleet = MetricsServer("127.0.0.1:0", CollectorRegistry(), GrowingFleet(64)).start()
-    console = start_console(ConsoleConfig(ingests=(fleet.url,), bind="127.0.0.1:0", poll_interval_s=0.5))
+    robots = [MetricsServer("127.0.0.1:0", CollectorRegistry(), CollectorOf(n)).start() for n in range(64)]
+    console = start_console(ConsoleConfig(ingests=(fleet.url,), collectors=tuple(r.url for r in robots),
+                                          bind="127.0.0.1:0", poll_interval_s=0.5))
     grades = "ABACBAABCDABBAFA"
     # What the console would have gathered over the last hour, and the grades a dataset would give.
     now = time.time()
@@ -134,10 +137,13 @@ def test_console_is_readable_with_64_robots_on_a_laptop_screen(browser_page) -> 
         # Every tile fits on one 1366x768 screen, without scrolling.
         bottom = page.locator("[data-robot]").evaluate_all("ts => Math.max(...ts.map(t => t.getBoundingClientRect().bottom))")
         assert bottom <= 768, f"the last tile ends at {bottom}px"
-        assert page.locator("[data-robot][data-link=down]").count() == 2
-        assert page.locator("#alerts .alert.critical").count() == 2
+        assert page.locator("[data-robot][data-link=down]").count() == 3  # two silent, one cut off (collector)
+        assert page.locator("#alerts .alert.critical").count() == 3
+        expect(page.locator('[data-robot="g1-30"]')).to_have_class(re.compile(r"\bwarning\b"))  # slow acks
+        expect(page.locator('[data-robot="g1-30"]')).to_contain_text("acknowledgement lag 2.8 s")
         assert page.locator('[data-robot="g1-00"] .grade').count() == 5
         print(f"screenshot: {path}")
     finally:
         console.stop()
-        fleet.stop()
+        for server in (fleet, *robots):
+            server.stop()

@@ -170,7 +170,7 @@ def _merge_collector(state: FleetState, robots: dict[str, dict[str, Any]], sourc
     row["ack_lag_s"] = snap["ack_lag_s"]
     row["spool_bytes"] = snap["spool_bytes"]
     row["unacked"] = snap["unacked"]
-    if not row["episode"] and snap["episode"]:  # a robot the ingests have not heard of
+    if row["link"] == "unknown" and snap["episode"]:  # a robot no ingest has heard of: the collector's word
         row["episode"], row["episode_s"] = snap["episode"], snap["episode_s"]
     if snap["link_up"]:
         if row["link"] == "unknown":
