@@ -464,7 +464,7 @@ def _serve_metrics(args: argparse.Namespace, target, kind: str):  # noqa: ANN001
 
     serve = http_server.serve_ingest_metrics if kind == "ingest" else http_server.serve_collector_metrics
     metrics = serve(target, args.metrics)
-    print(f"refinery {kind}: metrics on {metrics.url}/metrics", file=sys.stderr, flush=True)
+    print(f"refinery {args.command}: metrics on {metrics.url}/metrics", file=sys.stderr, flush=True)
     return metrics
 
 
