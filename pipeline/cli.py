@@ -254,51 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("export", help="export a dataset to a trainer's layout (Diffusion Policy replay buffer)",
-                       description="Write the accepted episodes as a Diffusion Policy replay buffer: Zarr format 2, "
-                                   "data/<name> concatenated over episodes, meta/episode_ends. Camera frames are "
-                                   "stored as the dataset's JPEG bytes (codec imagecodecs_jpeg) unless --resize "
-                                   "or --image-codec blosc. One robot model and one camera size per export.")
-    p.add_argument("dataset", type=Path, metavar="DATASET.zarr")
-    p.add_argument("out", type=Path, nargs="?", metavar="OUT.zarr",
-                   help="replay buffer to write: a folder, or a .zarr.zip file (with --zip or a name ending in .zip)")
-    p.add_argument("--out", dest="out_option", type=Path, metavar="OUT.zarr", help="the same as OUT.zarr")
-    p.add_argument("--format", choices=["diffusion-policy"], default="diffusion-policy", help="(default: %(default)s)")
-    p.add_argument("--key", action="append", default=[], metavar="DATASET_KEY=NAME",
-                   help="export this key under this name, e.g. state/position=agent_pos (repeat; default: every key, "
-                        "named robot_joint, robot_joint_vel, robot_joint_effort, action, timestamp, camera_0, ...)")
-    p.add_argument("--min-grade", choices=list("ABCDF"), help="only episodes graded this or better")
-    p.add_argument("--model", action="append", help="only episodes of this robot model (repeat)")
-    p.add_argument("--robot", action="append", help="only episodes of this robot id (repeat)")
-    p.add_argument("--task", action="append", help="only episodes of this task (repeat)")
-    p.add_argument("--resize", metavar="HxW", help="re-encode every frame at this size, e.g. 224x224")
-    p.add_argument("--image-codec", choices=["jpeg", "blosc"], default="jpeg",
-                   help="jpeg: frames as JPEG files (readers need imagecodecs); blosc: raw RGB (default: %(default)s)")
-    p.add_argument("--jpeg-quality", type=int, default=90, help="quality of re-encoded frames (default: %(default)s)")
-    p.add_argument("--zip", action="store_true", help="write a .zarr.zip archive")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser("import", help="bring existing recordings in as raw episodes",
-                       description="Convert recordings made by other tools into sealed raw episodes under "
-                                   "DATA_DIR/raw/<robot-id>/, then refine them with `refinery process DATA_DIR`.")
-    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
-    q = kinds.add_parser("aloha", help="ALOHA / ACT episode_*.hdf5 files",
-                         description="One raw episode per episode_*.hdf5 (qpos, qvel, effort, action, cameras; "
-                                     "raw RGB or ACT's compressed JPEG images). Re-running skips files already imported.")
-    q.add_argument("src", type=Path, metavar="SRC", help="folder of episode_*.hdf5 files, or one file")
-    q.add_argument("data_dir", type=Path, nargs="?", metavar="RAW_DIR",
-                   help="where raw episodes go (e.g. an ingest's data dir)")
-    q.add_argument("--data-dir", dest="data_dir_option", type=Path, metavar="RAW_DIR", help="the same as RAW_DIR")
-    q.add_argument("--robot-id", default="aloha-0", help="robot id recorded with the episodes (default: %(default)s)")
-    q.add_argument("--robot", default="aloha", help="robot config: a shipped model or a YAML path (default: %(default)s)")
-    q.add_argument("--rate", type=_positive_float, default=50.0, help="the files' step rate in Hz (default: %(default)s)")
-    q.add_argument("--task", default="", help="task instruction recorded with each episode")
-    q.add_argument("--operator", default="", help="operator id recorded with each episode")
-    q.add_argument("--keep-compressed", action="store_true",
-                   help="store compressed files' JPEGs as they are (default: re-encode them, because ACT encoded "
-                        "RGB arrays with OpenCV and their red and blue are swapped)")
-    q.set_defaults(func=_cmd_import_aloha)
+    _add_interop_parsers(sub)
 
     p = sub.add_parser("inspect", help="describe a dataset or a Diffusion Policy export",
                        description="Dataset card, keys with dtype/shape/chunking per robot model, every episode "
@@ -841,57 +797,54 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hxw(text: str | None, command: str) -> tuple[int, int] | None:
-    from pipeline.errors import ConfigError
+def _add_interop_parsers(sub: argparse._SubParsersAction) -> None:
+    from pipeline import interop
+    from pipeline.interop.selection import add_common_arguments
 
-    if not text:
-        return None
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError as err:
-        raise ConfigError(command, "--resize", f"{text!r} is not HxW, e.g. 224x224") from err
-    return height, width
+    exporters = interop.formats("export")
+    p = sub.add_parser("export", help="export a dataset to a trainer's layout ("
+                       + ", ".join(f.name for f in exporters) + ")",
+                       description="Write the accepted episodes of a dataset in a trainer's layout. Formats: "
+                                   + "; ".join(f"{f.name}: {f.summary}" for f in exporters) + ".")
+    add_common_arguments(p)
+    p.add_argument("--format", choices=[f.name for f in exporters], default=exporters[0].name,
+                   help="(default: %(default)s)")
+    owners: dict[str, str] = {}  # option dest -> the format it belongs to
+    for fmt in exporters:
+        group = p.add_argument_group(f"--format {fmt.name}", fmt.description)
+        before = {a.dest for a in p._actions}
+        fmt.add_arguments(group)  # type: ignore[arg-type]  (a group takes add_argument like a parser)
+        owners.update({a.dest: fmt.name for a in p._actions if a.dest not in before})
+    p.set_defaults(func=_cmd_export, export_option_owners=owners, export_defaults={
+        a.dest: a.default for a in p._actions if a.dest in owners})
+
+    importers = interop.formats("import")
+    p = sub.add_parser("import", help="bring existing recordings in as raw episodes",
+                       description="Convert recordings made by other tools into sealed raw episodes under "
+                                   "RAW_DIR/raw/<robot-id>/, then refine them with `refinery process RAW_DIR`.")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for fmt in importers:
+        q = kinds.add_parser(fmt.name, help=fmt.summary, description=fmt.description)
+        fmt.add_arguments(q)
+        q.set_defaults(func=_cmd_import, interop_format=fmt)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.console import ProgressBar
+    from pipeline import interop
     from pipeline.errors import ConfigError
-    from pipeline.export_dp import export_diffusion_policy
 
-    out = args.out or args.out_option
-    if out is None:
-        raise ConfigError("refinery export", "OUT.zarr", "say where to write the replay buffer")
-    keys: dict[str, str] | None = None
-    if args.key:
-        keys = {}
-        for item in args.key:
-            key, sep, name = item.partition("=")
-            if not (sep and key and name):
-                problem = f"{item!r} is not DATASET_KEY=NAME, e.g. state/position=agent_pos"
-                raise ConfigError("refinery export", "--key", problem)
-            keys[key] = name
-    summary = export_diffusion_policy(
-        args.dataset, out, keys=keys, min_grade=args.min_grade, models=args.model, robots=args.robot,
-        tasks=args.task, image_size=_hxw(args.resize, "refinery export"), image_codec=args.image_codec,
-        jpeg_quality=args.jpeg_quality, zip=args.zip, overwrite=args.overwrite, progress=ProgressBar("exporting"),
-    )
-    for line in summary.lines():
+    for dest, owner in args.export_option_owners.items():
+        if owner != args.format and getattr(args, dest) != args.export_defaults[dest]:
+            option = "--" + dest.replace("_", "-")
+            raise ConfigError("refinery export", option, f"is an option of --format {owner}, not of {args.format}")
+    for line in interop.find("export", args.format).run(args):
         print(line)
     return 0
 
 
-def _cmd_import_aloha(args: argparse.Namespace) -> int:
-    from pipeline.errors import ConfigError
-    from pipeline.import_aloha import import_aloha
-
-    data_dir = args.data_dir or args.data_dir_option
-    if data_dir is None:
-        raise ConfigError("refinery import aloha", "RAW_DIR", "say where the raw episodes go")
-    args.data_dir = data_dir
-    paths = import_aloha(args.src, data_dir, robot_id=args.robot_id, rate_hz=args.rate, task=args.task,
-                         config=args.robot, operator=args.operator, compressed_rgb=not args.keep_compressed)
-    print(f"{len(paths)} raw episodes in {args.data_dir / 'raw' / args.robot_id}")
-    print(f"refine them with: refinery process {args.data_dir} --out DATASET.zarr")
+def _cmd_import(args: argparse.Namespace) -> int:
+    for line in args.interop_format.run(args):
+        print(line)
     return 0
 
 

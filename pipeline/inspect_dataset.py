@@ -8,7 +8,7 @@ a killed job left), the array keys of each robot model (dtype, shape per
 step, chunking, codecs), the episodes (key, robot, model, task, seconds,
 grade, split, accepted or why not, kept of its raw episode, size), a grade
 histogram and the statistics. For a
-Diffusion Policy replay buffer written by :mod:`pipeline.export_dp` (folder
+Diffusion Policy replay buffer written by :mod:`pipeline.interop.dp_export` (folder
 or ``.zarr.zip``): its episodes and arrays.
 
 It stays quick on a dataset of a million episodes: the card and statistics

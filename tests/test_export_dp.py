@@ -22,9 +22,10 @@ import zarr
 from pipeline.dataset.index import DatasetIndex, EpisodeEntry
 from pipeline.dataset.jpeg_codec import decode_jpeg_chunk
 from pipeline.dataset.store import Dataset, DatasetLock, create_dataset, load_index
-from pipeline import export_dp
+from pipeline.cli import main as refinery
 from pipeline.errors import DatasetError, StoreError
-from pipeline.export_dp import default_key_names, export_diffusion_policy
+from pipeline.interop import dp_export as export_dp
+from pipeline.interop.dp_export import default_key_names, export_diffusion_policy
 from pipeline.process_job import JobOptions, run_process_job
 from pipeline.processing.config import ProcessConfig
 from pipeline.raw_builder import simulate_episode
@@ -430,3 +431,25 @@ def test_a_folder_that_is_not_a_dataset_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="refinery process"):
         export_diffusion_policy(tmp_path / "empty", tmp_path / "dp.zarr")
     assert not (tmp_path / "dp.zarr").exists()
+
+
+def test_the_command_line_exports_with_the_common_filters(dataset: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "dp.zarr"
+
+    code = refinery(["export", str(dataset), "--format", "diffusion-policy", str(out), "--model", TINY,
+                     "--key", "state/position=agent_pos", "--min-grade", "F"])
+
+    assert code == 0
+    assert data_names(out) == ["agent_pos"]
+    assert "agent_pos" in capsys.readouterr().out
+
+
+def test_a_bad_common_option_is_refused_by_name_before_writing(dataset: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code = refinery(["export", str(dataset), str(tmp_path / "dp.zarr"), "--format", "diffusion-policy",
+                     "--model", TINY, "--resize", "not-a-size"])
+
+    assert code == 2
+    assert "--resize" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

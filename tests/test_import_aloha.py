@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.dataset.store import Dataset, load_index
 from pipeline.errors import StoreError
-from pipeline.import_aloha import AlohaFormatError, aloha_files, import_aloha
+from pipeline.interop.aloha_import import AlohaFormatError, aloha_files, import_aloha
 from pipeline.process_job import JobOptions, read_raw_input, run_process_job
 from pipeline.raw_store import RawEpisodeReader, verify_episode
 from pipeline.robot_config import load_robot_config

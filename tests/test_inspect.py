@@ -13,7 +13,7 @@ import pytest
 from pipeline.dataset.index import DatasetIndex
 from pipeline.dataset.store import DatasetLock, load_index
 from pipeline.errors import StoreError
-from pipeline.export_dp import export_diffusion_policy
+from pipeline.interop.dp_export import export_diffusion_policy
 from pipeline.inspect_dataset import inspect_dataset
 from pipeline.process_job import JobOptions, run_process_job
 from pipeline.processing.config import ProcessConfig

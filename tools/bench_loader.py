@@ -118,7 +118,7 @@ def export_replay_buffer(
         image_numcodecs.register_codecs()
     description = "imagecodecs_jpeg, same JPEG bytes" if codec == "jpeg" else "raw uint8 + Blosc lz4"
     try:
-        from pipeline.export_dp import export_diffusion_policy
+        from pipeline.interop.dp_export import export_diffusion_policy
 
         summary = export_diffusion_policy(
             dataset, path, keys={key: key.replace("/", "_") for key in ds.keys}, image_codec=codec,

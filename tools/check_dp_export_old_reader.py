@@ -223,7 +223,7 @@ def make_exports(work: Path) -> list[tuple[Path, Path, str]]:
 
     from pipeline.dataset.jpeg_codec import decode_jpeg_chunk
     from pipeline.dataset.store import Dataset
-    from pipeline.export_dp import export_diffusion_policy
+    from pipeline.interop.dp_export import export_diffusion_policy
     from pipeline.process_job import JobOptions, run_process_job
     from pipeline.processing.config import ProcessConfig
     from pipeline.raw_builder import simulate_episode

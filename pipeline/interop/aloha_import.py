@@ -56,6 +56,7 @@ already imported (same robot id and file name) are skipped.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import re
@@ -71,6 +72,7 @@ from pipeline import protocol
 from pipeline.dataset.frame_shards import check_frame
 from pipeline.dataset.jpeg_codec import read_jpeg_header
 from pipeline.errors import DatasetError, ProtocolError, RefineryError, StoreError
+from pipeline.interop import Format, add_destination_arguments, destination
 from pipeline.journal import JOURNAL_SUFFIX
 from pipeline.raw_builder import RawEpisodeBuilder
 from pipeline.raw_store import raw_path
@@ -435,3 +437,35 @@ def _swap_channels(jpeg: bytes, quality: int) -> bytes:
         raise DatasetError("jpeg", f"{len(jpeg)} bytes do not decode as a JPEG")
     return _encode(rgb, quality)
 
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", type=Path, metavar="SRC", help="folder of episode_*.hdf5 files, or one file")
+    add_destination_arguments(p)
+    p.add_argument("--robot-id", default="aloha-0", help="robot id recorded with the episodes (default: %(default)s)")
+    p.add_argument("--robot", default="aloha", help="robot config: a shipped model or a YAML path (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=50.0, help="the files' step rate in Hz (default: %(default)s)")
+    p.add_argument("--task", default="", help="task instruction recorded with each episode")
+    p.add_argument("--operator", default="", help="operator id recorded with each episode")
+    p.add_argument("--keep-compressed", action="store_true",
+                   help="store compressed files' JPEGs as they are (default: re-encode them, because ACT encoded "
+                        "RGB arrays with OpenCV and their red and blue are swapped)")
+
+
+def _run(args: argparse.Namespace) -> list[str]:
+    data_dir = destination(args)
+    paths = import_aloha(args.src, data_dir, robot_id=args.robot_id, rate_hz=args.rate, task=args.task,
+                         config=args.robot, operator=args.operator, compressed_rgb=not args.keep_compressed)
+    return [f"{len(paths)} raw episodes in {data_dir / 'raw' / args.robot_id}",
+            f"refine them with: refinery process {data_dir} --out DATASET.zarr"]
+
+
+FORMAT = Format(
+    name="aloha",
+    direction="import",
+    summary="ALOHA / ACT episode_*.hdf5 files",
+    description="One raw episode per episode_*.hdf5 (qpos, qvel, effort, action, cameras; raw RGB or ACT's "
+                "compressed JPEG images). Re-running skips files already imported.",
+    add_arguments=_add_arguments,
+    run=_run,
+)

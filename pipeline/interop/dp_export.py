@@ -73,6 +73,7 @@ place when complete, so ``out`` is either absent or whole.
 
 from __future__ import annotations
 
+import argparse
 import builtins
 import json
 import os
@@ -101,6 +102,8 @@ from pipeline.dataset.index import (
 from pipeline.dataset.jpeg_codec import decode_jpeg_chunk, read_jpeg_header
 from pipeline.dataset.store import Dataset
 from pipeline.errors import DatasetError
+from pipeline.interop import Format
+from pipeline.interop.selection import output_path, selection_from_args
 
 EXPORT_FORMAT = "refinery-diffusion-policy-export"
 EXPORT_FORMAT_VERSION = 1
@@ -620,3 +623,35 @@ def _size_on_disk(path: Path) -> int:
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-codec", choices=list(IMAGE_CODECS), default="jpeg",
+                   help="jpeg: frames as JPEG files (readers need imagecodecs); blosc: raw RGB (default: %(default)s)")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="quality of re-encoded frames (default: %(default)s)")
+    p.add_argument("--zip", action="store_true", help="write a .zarr.zip archive (also when OUT ends in .zip)")
+
+
+def _run(args: argparse.Namespace) -> list[str]:
+    from pipeline.console import ProgressBar
+
+    chosen = selection_from_args(args)
+    summary = export_diffusion_policy(
+        args.dataset, output_path(args), keys=chosen.keys, min_grade=chosen.min_grade, models=chosen.models,
+        robots=chosen.robots, tasks=chosen.tasks, split=chosen.split, image_size=chosen.image_size,
+        image_codec=args.image_codec, jpeg_quality=args.jpeg_quality, zip=args.zip, overwrite=args.overwrite,
+        progress=ProgressBar("exporting"),
+    )
+    return summary.lines()
+
+
+FORMAT = Format(
+    name="diffusion-policy",
+    direction="export",
+    summary="Diffusion Policy replay buffer (Zarr format 2)",
+    description="data/<name> concatenated over episodes, meta/episode_ends; camera frames as the dataset's JPEG "
+                "bytes (codec imagecodecs_jpeg) unless --resize or --image-codec blosc. OUT is a .zarr folder or a "
+                ".zarr.zip file. One robot model and one camera size per export.",
+    add_arguments=_add_arguments,
+    run=_run,
+)
