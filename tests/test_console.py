@@ -5,6 +5,7 @@ network, and who may see it."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ProtocolError
 from pipeline.observability.console.fleet import (
     LINK_DOWN_AFTER_S,
     SPOOL_GROWING_S,
@@ -25,6 +26,7 @@ from pipeline.observability.console.fleet import (
 )
 from pipeline.observability.console.server import (
     ConsoleConfig,
+    FleetStatusError,
     parse_snapshot,
     start_console,
 )
@@ -145,7 +147,7 @@ def test_the_synthetic_fleet_has_the_fields_of_a_real_ingest(ingest, make_collec
 def test_a_hostile_fleet_json_is_refused_naming_the_field(change, problem: str) -> None:
     snap = fleet_snapshot(1)
     change(snap)
-    with pytest.raises(Exception, match=problem.replace("(", r"\(").replace("/", "/")):
+    with pytest.raises((FleetStatusError, ProtocolError), match=re.escape(problem)):
         parse_snapshot(json.dumps(snap).encode(), "ingest")
 
 
@@ -215,3 +217,8 @@ def test_a_bad_metrics_address_exits_2_with_one_line(tmp_path: Path) -> None:
     result = run_cli("ingest", "--plain", "--data-dir", str(tmp_path), "--metrics", "localhost:http")
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
     assert "--metrics" in result.stderr
+
+
+def test_a_fleet_json_that_is_not_json_is_refused() -> None:
+    with pytest.raises(FleetStatusError, match="not JSON"):
+        parse_snapshot(b"<html>", "ingest")

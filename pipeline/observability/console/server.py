@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import ClientConnectorError, ClientSession, ClientTimeout, web
 
-from pipeline.errors import BindError, ConfigError
+from pipeline.errors import BindError, ConfigError, RefineryError
 from pipeline.observability.console.fleet import FleetState, Source, build_view, latest_grades
 from pipeline.observability.http_server import LOOPBACK_HOSTS, parse_host_port
 
@@ -38,6 +38,12 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+
+class FleetStatusError(RefineryError):
+    """A source's /fleet.json cannot be used (not JSON, a field missing or of the wrong type, too large).
+
+    The console shows it as that source's alert and keeps polling it."""
 
 
 @dataclass(frozen=True)
@@ -96,10 +102,10 @@ class Console:
         try:
             async with http.get(f"{source.url}/fleet.json") as response:
                 if response.status != 200:
-                    raise ValueError(f"HTTP {response.status}")
+                    raise FleetStatusError(f"HTTP {response.status}")
                 body = await response.content.read(MAX_SNAPSHOT_BYTES + 1)
                 if len(body) > MAX_SNAPSHOT_BYTES:
-                    raise ValueError(f"status larger than {MAX_SNAPSHOT_BYTES:,} bytes")
+                    raise FleetStatusError(f"status larger than {MAX_SNAPSHOT_BYTES:,} bytes")
                 snapshot = parse_snapshot(body, source.kind)
         except Exception as err:  # noqa: BLE001 - one bad source is shown as such, never stops the console
             reason = "connection refused" if isinstance(err, ClientConnectorError) else str(err)
@@ -158,21 +164,24 @@ def parse_snapshot(body: bytes, kind: str) -> dict[str, Any]:
 
     from pipeline import protocol
 
-    snapshot = json.loads(body)
+    try:
+        snapshot = json.loads(body)
+    except ValueError as err:
+        raise FleetStatusError(f"not JSON: {err}") from err
     if not isinstance(snapshot, dict) or snapshot.get("kind") != kind:
-        raise ValueError(f"not the /fleet.json of a refinery {kind}")
+        raise FleetStatusError(f"not the /fleet.json of a refinery {kind}")
     if kind == "ingest":
         _check(snapshot, INGEST_FIELDS, "ingest")
         _check(snapshot["status"], INGEST_STATUS_FIELDS, "ingest status")
         _check(snapshot["disk"], dict.fromkeys(INGEST_DISK_FIELDS, (int, float)), "ingest disk")
         if len(snapshot["robots"]) > MAX_ROBOTS:
-            raise ValueError(f"more than {MAX_ROBOTS} robots")
+            raise FleetStatusError(f"more than {MAX_ROBOTS} robots")
         rows = snapshot["robots"]
     else:
         rows = [snapshot]
     for row in rows:
         if not isinstance(row, dict):
-            raise ValueError("a robot row is not an object")
+            raise FleetStatusError("a robot row is not an object")
         _check(row, INGEST_ROBOT_FIELDS if kind == "ingest" else COLLECTOR_FIELDS, f"robot {row.get('robot_id')!r}",
                counts=True)
         protocol.check_id(row["robot_id"], "robot_id")
@@ -180,7 +189,7 @@ def parse_snapshot(body: bytes, kind: str) -> dict[str, Any]:
             if isinstance(value, str):
                 row[name] = value[:MAX_TEXT]
             elif isinstance(value, dict) and len(value) > 256:
-                raise ValueError(f"robot {row['robot_id']}: field {name!r} has more than 256 entries")
+                raise FleetStatusError(f"robot {row['robot_id']}: field {name!r} has more than 256 entries")
     return snapshot
 
 
@@ -189,9 +198,9 @@ def _check(obj: dict[str, Any], fields: dict[str, Any], what: str, counts: bool 
     for name, kinds in fields.items():
         value = obj.get(name)
         if not isinstance(value, kinds) or isinstance(value, bool) and bool not in _as_tuple(kinds):
-            raise ValueError(f"{what}: field {name!r} is missing or not {_names(kinds)}")
+            raise FleetStatusError(f"{what}: field {name!r} is missing or not {_names(kinds)}")
         if counts and isinstance(value, dict) and not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in value.items()):
-            raise ValueError(f"{what}: field {name!r} must map names to numbers")
+            raise FleetStatusError(f"{what}: field {name!r} must map names to numbers")
 
 
 def _as_tuple(kinds: Any) -> tuple[type, ...]:
