@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import ClientConnectorError, ClientSession, ClientTimeout, web
 
+from pipeline import protocol
 from pipeline.errors import BindError, ConfigError, RefineryError
 from pipeline.observability.console.fleet import FleetState, Source, build_view, latest_grades
 from pipeline.observability.http_server import LOOPBACK_HOSTS, parse_host_port
@@ -103,10 +104,13 @@ class Console:
             async with http.get(f"{source.url}/fleet.json") as response:
                 if response.status != 200:
                     raise FleetStatusError(f"HTTP {response.status}")
-                body = await response.content.read(MAX_SNAPSHOT_BYTES + 1)
-                if len(body) > MAX_SNAPSHOT_BYTES:
-                    raise FleetStatusError(f"status larger than {MAX_SNAPSHOT_BYTES:,} bytes")
-                snapshot = parse_snapshot(body, source.kind)
+                chunks, size = [], 0
+                async for chunk in response.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    if size > MAX_SNAPSHOT_BYTES:
+                        raise FleetStatusError(f"status larger than {MAX_SNAPSHOT_BYTES:,} bytes")
+                    chunks.append(chunk)
+                snapshot = parse_snapshot(b"".join(chunks), source.kind)
         except Exception as err:  # noqa: BLE001 - one bad source is shown as such, never stops the console
             reason = "connection refused" if isinstance(err, ClientConnectorError) else str(err)
             source.error = f"{type(err).__name__}: {reason}"[:160] if reason else type(err).__name__
@@ -160,10 +164,6 @@ class Console:
 
 def parse_snapshot(body: bytes, kind: str) -> dict[str, Any]:
     """A source's ``/fleet.json``, checked field by field: it comes from the network."""
-    import json
-
-    from pipeline import protocol
-
     try:
         snapshot = json.loads(body)
     except ValueError as err:
@@ -308,7 +308,3 @@ class RunningConsole:
 def start_console(config: ConsoleConfig) -> RunningConsole:
     """Serve the console for ``config`` on a background thread; ``.url`` is its address."""
     return RunningConsole(Console(config)).start()
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(24)
