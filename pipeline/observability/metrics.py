@@ -176,7 +176,8 @@ def collector_snapshot(collector: Collector) -> dict[str, Any]:
         "paused": status.paused,
         "episodes_done": status.episodes_done,
         "handshakes": collector.handshakes,
-        "unsealed_episodes": len(collector.unsealed_episodes()),
+        # The spool's own short lock, never the collector's (the capture thread may hold that for long).
+        "unsealed_episodes": len(collector.spool.unsealed()),
         "spooled": spooled,
         "spooled_bytes": spooled_bytes,
         "error": status.error[:300],
