@@ -66,7 +66,7 @@ def refine(raw: RawEpisode, config: ProcessConfig) -> RefineResult:
         return result
     result.rate_hz = aligned.rate_hz
     cleaned: CleanResult = clean_aligned(aligned, config.clean)
-    result.decisions = raw_decisions + cleaned.decisions
+    result.decisions = raw_decisions + aligned.decisions + cleaned.decisions
     if cleaned.rejected or not cleaned.segments:
         result.rejected = True
         result.reasons += cleaned.reject_reasons or ["no usable segment"]

@@ -23,6 +23,8 @@ action_sample_completeness     0.5     >= 0.999 -> <= 0.9
 frame_completeness             1.0     >= 0.98 -> <= 0.8 (worst camera)
 frame_drop_rate                1.0     <= 0.01 -> >= 0.2 (worst camera, by time)
 sync_error_ms              *   2.0     <= 20 ms -> >= 60 ms (worst stream; see below)
+camera_delay_mismatch_ms       1.0     <= 1 frame period -> >= 200 ms (estimated - configured)
+camera_delay_confidence        0.5     informative: score 1 (the grade rules read the value)
 clock_rtt_ms                   0.5     <= 2 ms -> >= 50 ms
 clock_offset_stability_ms      0.5     <= 0.5 ms -> >= 10 ms
 timing_jitter_ms               1.0     <= 10 % -> >= 100 % of the joint period
@@ -100,6 +102,7 @@ import numpy as np
 
 from pipeline.errors import ProcessingError
 from pipeline.processing.episode import AlignedEpisode, CameraStream, NumericStream
+from pipeline.processing.latency import DelayEstimate, LatencySettings, estimate_camera_delay
 from pipeline.streams import ACTION, JOINT_STATE
 
 GRADES = ("A", "B", "C", "D", "F")
@@ -350,6 +353,7 @@ class _Context:
     window_ns: tuple[int, int] | None  # aligned window on the collector clock (estimate)
     _cameras: list[_CameraStats] | None = None
     _lag: tuple[int, float] | _NotMeasured | None = None
+    _delays: dict[str, dict[str, Any]] | None = None
 
     @property
     def steps(self) -> int:
@@ -371,6 +375,14 @@ class _Context:
         if isinstance(self._lag, _NotMeasured):
             raise _NotMeasured(str(self._lag))
         return self._lag
+
+    def camera_delays(self) -> dict[str, dict[str, Any]]:
+        """Per camera, the align stage's delay estimate (``report["latency"]``), or one made here."""
+        if self._delays is None:
+            self._delays = _camera_delays(self.ep)
+        if not self._delays:
+            raise _NotMeasured("no cameras, or no joint positions to compare their motion with")
+        return self._delays
 
     def require_position(self, min_steps: int = 2) -> np.ndarray:
         if self.position is None:
@@ -460,6 +472,33 @@ def _clock_offset_ns(ep: AlignedEpisode) -> float | None:
         # enough to place the window, which gets a margin anyway.
         return float(np.median((stream.arrival_ns - stream.capture_ns).astype(np.float64)))
     return None
+
+
+def _camera_delays(ep: AlignedEpisode) -> dict[str, dict[str, Any]]:
+    """The align stage's per-camera delay estimates, or (an episode aligned elsewhere) estimates made here
+    on the raw streams, with frames placed by their configured latency."""
+    reported = ep.report.get("latency")
+    if isinstance(reported, dict) and reported:
+        return reported
+    raw = ep.raw
+    if not raw.cameras or raw.joint_state is None or "position" not in raw.joint_state.fields:
+        return {}
+    offset = _clock_offset_ns(ep) or 0.0
+    joint_t = ep.stream_time_ns.get(JOINT_STATE)
+    if joint_t is None or joint_t.shape != raw.joint_state.capture_ns.shape:
+        joint_t = raw.joint_state.capture_ns + int(round(offset))
+    position = np.asarray(raw.joint_state.fields["position"], dtype=np.float64).reshape(len(raw.joint_state), -1)
+    out: dict[str, dict[str, Any]] = {}
+    for name, cam in raw.cameras.items():
+        frame_t = ep.stream_time_ns.get(name)
+        if frame_t is None or frame_t.shape != cam.capture_ns.shape:
+            frame_t = cam.capture_ns + int(round(offset - cam.latency_ms * 1e6))
+        estimate: DelayEstimate = estimate_camera_delay(cam.jpeg, frame_t, joint_t, position, fps=cam.fps,
+                                                        window_s=4.0, max_frames=120,
+                                                        settings=LatencySettings())
+        out[name] = {**estimate.as_dict(), "configured_ms": float(cam.latency_ms),
+                     "applied_ms": float(cam.latency_ms), "frame_period_ms": 1e3 / cam.fps if cam.fps > 0 else 0.0}
+    return out
 
 
 def _collector_window(ep: AlignedEpisode) -> tuple[int, int] | None:
@@ -767,6 +806,39 @@ def _sync_error(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
     fps = [cam.fps for cam in ctx.ep.raw.cameras.values() if cam.fps > 0]
     good = max([ctx.config.sync_good_ms] + [500.0 / f for f in fps])
     return value, ramp(value, good, good + ctx.config.sync_bad_ms - ctx.config.sync_good_ms)
+
+
+@_indicator("camera_delay_mismatch_ms", "ms", 1.0, description="""
+    Camera delay estimated from the recording (image motion against joint motion, cross-correlated
+    over lags; pipeline/processing/latency.py) minus the delay the frames were aligned with, for
+    the camera farthest off among those with a confident estimate (signed: > 0, the images lag
+    more than assumed). 0 when no camera has a confident estimate (still robot, no image motion,
+    no clear peak; the notes say which). Score 1 at <= one frame period, 0 at >= 200 ms: the
+    frames show another moment than the joint state they are paired with.""")
+def _delay_mismatch(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
+    delays = ctx.camera_delays()
+    worst, worst_period = 0.0, 0.0
+    for name, d in delays.items():
+        if d.get("delay_ms") is None:
+            ctx.notes.append(f"camera {name}: delay unknown ({d.get('why', '')})")
+            continue
+        residual = float(d["configured_ms"]) + float(d["delay_ms"]) - float(d["applied_ms"])
+        ctx.notes.append(
+            f"camera {name}: estimated delay {float(d['configured_ms']) + float(d['delay_ms']):.0f} ms "
+            f"(configured {float(d['configured_ms']):g} ms, aligned with {float(d['applied_ms']):.0f} ms, "
+            f"confidence {float(d['confidence']):.2f})")
+        if abs(residual) > abs(worst):
+            worst, worst_period = residual, float(d.get("frame_period_ms", 0.0))
+    good = max(worst_period, 1.0)
+    return worst, ramp(abs(worst), good, max(200.0, good + 1.0))
+
+
+@_indicator("camera_delay_confidence", "fraction", 0.5, description="""
+    Lowest confidence of the cameras' delay estimates (0: unknown, 1: a strong, clear correlation
+    peak; see camera_delay_mismatch_ms). Informative: score 1 whatever the value, since a still
+    robot gives no evidence without being at fault; grade rules may read the value.""")
+def _delay_confidence(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
+    return min(float(d.get("confidence", 0.0)) for d in ctx.camera_delays().values()), 1.0
 
 
 @_indicator("clock_rtt_ms", "ms", 0.5, description="""
