@@ -190,6 +190,8 @@ def jpeg_size(jpeg: bytes) -> tuple[int, int] | None:
     return None
 
 
+_EDGE_FRAMES = 2  # how far boxes are carried beyond the first or last frame a face was detected in
+
 _REDUCED = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
             (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
 
@@ -260,8 +262,16 @@ class FaceBlurrer:
             ProcessingError: the frame is not a decodable JPEG or cannot be encoded.
         """
         boxes = self.detect(jpeg)
+        return self.blur_boxes(jpeg, boxes, quality), len(boxes)
+
+    def blur_boxes(self, jpeg: bytes, boxes: Sequence[Box], quality: int = 90) -> bytes:
+        """The frame with every box (full-resolution pixels) obscured, re-encoded; the same bytes without boxes.
+
+        Raises:
+            ProcessingError: the frame is not a decodable JPEG or cannot be encoded.
+        """
         if not boxes:
-            return jpeg, 0
+            return jpeg
         image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise ProcessingError("face blurring", f"a {len(jpeg)}-byte frame is not a decodable JPEG")
@@ -270,7 +280,89 @@ class FaceBlurrer:
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
         if not ok:
             raise ProcessingError("face blurring", "OpenCV could not re-encode a blurred frame as JPEG")
-        return encoded.tobytes(), len(boxes)
+        return encoded.tobytes()
+
+    def blur_frames(self, frames: Sequence[bytes], quality: int = 90, *, every: int = 1,
+                    grow_per_frame: float = 0.1) -> tuple[list[bytes], list[int]]:
+        """Blur faces in consecutive frames of one camera, running the detector on few of them.
+
+        Offline, both directions are known, so:
+
+        1. detect on every ``every``-th frame and on the last (key frames);
+        2. between two key frames of which either found a face, detect on
+           every frame: a face entering or leaving is found where it is;
+        3. (``every`` > 1) a frame without a detection of its own between
+           two frames with faces at most ``every`` frames apart (the
+           detector missed it), or at most two frames beyond the first or
+           last of a run of faces, takes their boxes, each grown by
+           ``grow_per_frame`` of its size per frame of distance (the face
+           may have moved);
+        4. frames with boxes are decoded, blurred and re-encoded; the others
+           stay the very same bytes objects, never decoded beyond step 1.
+
+        A face that appears and leaves again between two key frames without
+        faces (shorter than ``every`` frames, 0.2 s at 30 fps with 6) is
+        not seen: the price of not running the detector on every frame.
+
+        Returns:
+            The frames, and per frame the number of boxes blurred.
+
+        Raises:
+            ProcessingError: a frame the detector or the blur needs cannot be
+                decoded; ``problem`` starts with ``frame <index>``.
+        """
+        n = len(frames)
+        every = max(1, int(every))
+        found: dict[int, list[Box]] = {}
+
+        def detect(i: int) -> list[Box]:
+            if i not in found:
+                try:
+                    found[i] = self.detect(frames[i])
+                except ProcessingError as err:
+                    raise ProcessingError(err.where, f"frame {i}: {err.problem}") from err
+            return found[i]
+
+        keys = sorted(set(range(0, n, every)) | ({n - 1} if n else set()))
+        for i in keys:
+            detect(i)
+        for a, b in zip(keys, keys[1:], strict=False):
+            if found[a] or found[b]:
+                for i in range(a + 1, b):
+                    detect(i)
+        with_faces = sorted(i for i, boxes in found.items() if boxes)
+        out: list[bytes] = list(frames)
+        counts = [0] * n
+        for i in range(n):
+            boxes = list(found.get(i, []))
+            if not boxes and with_faces and every > 1:
+                boxes = self._carried(i, with_faces, found, every, grow_per_frame, frames[i])
+            if boxes:
+                try:
+                    out[i] = self.blur_boxes(frames[i], boxes, quality)
+                except ProcessingError as err:
+                    raise ProcessingError(err.where, f"frame {i}: {err.problem}") from err
+                counts[i] = len(boxes)
+        return out, counts
+
+    def _carried(self, i: int, with_faces: list[int], found: dict[int, list[Box]], every: int, grow: float,
+                 jpeg: bytes) -> list[Box]:
+        """Boxes of the nearest frames with faces before and after ``i`` (within ``every``), grown with distance."""
+        at = int(np.searchsorted(with_faces, i))
+        sources = [with_faces[j] for j in (at - 1, at) if 0 <= j < len(with_faces) and abs(with_faces[j] - i) <= every]
+        if len(sources) == 1 and abs(sources[0] - i) > _EDGE_FRAMES:
+            return []  # beyond the end of a run of faces: the face has left (or not yet come)
+        size = jpeg_size(jpeg)
+        boxes = []
+        for j in sources:
+            for x, y, w, h in found[j]:
+                gx, gy = int(np.ceil(w * grow * abs(i - j))), int(np.ceil(h * grow * abs(i - j)))
+                x0, y0, x1, y1 = x - gx, y - gy, x + w + gx, y + h + gy
+                if size is not None:
+                    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(size[0], x1), min(size[1], y1)
+                if x1 > x0 and y1 > y0:
+                    boxes.append((x0, y0, x1 - x0, y1 - y0))
+        return boxes
 
     def _obscure(self, region: np.ndarray) -> np.ndarray:
         h, w = region.shape[:2]
@@ -289,7 +381,8 @@ class DeidReport:
     """What :func:`deidentify_camera` did to one camera stream.
 
     Attributes:
-        frames_scanned: frames the detector looked at (all of them).
+        frames_scanned: frames of the stream (the detector ran on the key
+            frames and around faces; see :meth:`FaceBlurrer.blur_frames`).
         frames_changed: frames re-encoded with blurred faces.
         faces_found: face boxes blurred, over all frames.
         changed_indices: indices of the changed frames, ascending.
@@ -310,7 +403,7 @@ class DeidReport:
 
 
 def deidentify_camera(stream: CameraStream, blurrer: FaceBlurrer, *, quality: int = 90,
-                      name: str = "camera") -> tuple[CameraStream, DeidReport]:
+                      name: str = "camera", detect_every: int = 1) -> tuple[CameraStream, DeidReport]:
     """Blur faces in every frame of one camera stream.
 
     Args:
@@ -318,6 +411,8 @@ def deidentify_camera(stream: CameraStream, blurrer: FaceBlurrer, *, quality: in
         blurrer: the face blurrer to use.
         quality: JPEG quality of re-encoded frames.
         name: the camera's name, for error messages.
+        detect_every: run the detector on every n-th frame and around the
+            faces it finds (:meth:`FaceBlurrer.blur_frames`); 1 = every frame.
 
     Returns:
         A new stream (timestamp arrays copied) whose unchanged frames are the
@@ -326,18 +421,13 @@ def deidentify_camera(stream: CameraStream, blurrer: FaceBlurrer, *, quality: in
     Raises:
         ProcessingError: naming the camera and frame that cannot be decoded.
     """
-    frames: list[bytes] = []
-    changed: list[int] = []
-    faces = 0
-    for index, jpeg in enumerate(stream.jpeg):
-        try:
-            out, found = blurrer.blur_faces(jpeg, quality)
-        except ProcessingError as err:
-            raise ProcessingError(f"camera {name} frame {index}", err.problem) from err
-        frames.append(out)
-        if found:
-            changed.append(index)
-            faces += found
+    try:
+        frames, counts = blurrer.blur_frames(stream.jpeg, quality, every=detect_every)
+    except ProcessingError as err:
+        frame, _, problem = err.problem.partition(": ")
+        raise ProcessingError(f"camera {name} {frame}", problem) from err
+    changed = [i for i, c in enumerate(counts) if c]
+    faces = sum(counts)
     new_stream = CameraStream(
         capture_ns=stream.capture_ns.copy(),
         source_index=stream.source_index.copy(),

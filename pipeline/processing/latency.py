@@ -366,10 +366,17 @@ def estimate_camera_delay(
     if stop - start < 2:
         return DelayEstimate(None, 0.0, why=(
             f"no frames with joint samples {settings.max_lag_ms:g} ms either side (episode too short)"))
+    t = np.asarray(frame_t_ns, dtype=np.int64)
+    jt = np.asarray(joint_t_ns, dtype=np.int64)
+    near = (jt >= t[start]) & (jt <= t[stop - 1])
+    seen = np.asarray(position, dtype=np.float64)[near]
+    if seen.size and not (np.nanmax(seen, axis=0) - np.nanmin(seen, axis=0) > settings.still_rad).any():
+        return DelayEstimate(None, 0.0, why=(  # found before decoding anything
+            f"the robot is still (no joint moves more than {settings.still_rad:g} rad over the frames used)"))
     # Consecutive frames: pairs spread thinly over a longer span gave noisier peaks than a
     # contiguous stretch with the same number of decodes.
     middle = (start + stop) // 2
     start, stop = max(start, middle - max_frames // 2), min(stop, middle - max_frames // 2 + max_frames)
     energy = motion_energy([decode_small_gray(jpeg[k], min_width) for k in range(start, stop)])
-    t = np.asarray(frame_t_ns, dtype=np.int64)[start:stop]
+    t = t[start:stop]
     return estimate_delay(t[:-1], t[1:], energy, joint_t_ns, position, frame_period_ms=1e3 / fps, settings=settings)

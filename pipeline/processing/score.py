@@ -102,7 +102,6 @@ import numpy as np
 
 from pipeline.errors import ProcessingError
 from pipeline.processing.episode import AlignedEpisode, CameraStream, NumericStream
-from pipeline.processing.latency import DelayEstimate, LatencySettings, estimate_camera_delay
 from pipeline.streams import ACTION, JOINT_STATE
 
 GRADES = ("A", "B", "C", "D", "F")
@@ -353,7 +352,6 @@ class _Context:
     window_ns: tuple[int, int] | None  # aligned window on the collector clock (estimate)
     _cameras: list[_CameraStats] | None = None
     _lag: tuple[int, float] | _NotMeasured | None = None
-    _delays: dict[str, dict[str, Any]] | None = None
 
     @property
     def steps(self) -> int:
@@ -377,12 +375,12 @@ class _Context:
         return self._lag
 
     def camera_delays(self) -> dict[str, dict[str, Any]]:
-        """Per camera, the align stage's delay estimate (``report["latency"]``), or one made here."""
-        if self._delays is None:
-            self._delays = _camera_delays(self.ep)
-        if not self._delays:
-            raise _NotMeasured("no cameras, or no joint positions to compare their motion with")
-        return self._delays
+        """Per camera, the align stage's delay estimate (``report["latency"]``; estimating here would
+        decode frames again, beyond this stage's budget)."""
+        delays = self.ep.report.get("latency")
+        if not isinstance(delays, dict) or not delays:
+            raise _NotMeasured("the align stage made no camera delay estimate (no cameras, or latency_window_s 0)")
+        return delays
 
     def require_position(self, min_steps: int = 2) -> np.ndarray:
         if self.position is None:
@@ -472,33 +470,6 @@ def _clock_offset_ns(ep: AlignedEpisode) -> float | None:
         # enough to place the window, which gets a margin anyway.
         return float(np.median((stream.arrival_ns - stream.capture_ns).astype(np.float64)))
     return None
-
-
-def _camera_delays(ep: AlignedEpisode) -> dict[str, dict[str, Any]]:
-    """The align stage's per-camera delay estimates, or (an episode aligned elsewhere) estimates made here
-    on the raw streams, with frames placed by their configured latency."""
-    reported = ep.report.get("latency")
-    if isinstance(reported, dict) and reported:
-        return reported
-    raw = ep.raw
-    if not raw.cameras or raw.joint_state is None or "position" not in raw.joint_state.fields:
-        return {}
-    offset = _clock_offset_ns(ep) or 0.0
-    joint_t = ep.stream_time_ns.get(JOINT_STATE)
-    if joint_t is None or joint_t.shape != raw.joint_state.capture_ns.shape:
-        joint_t = raw.joint_state.capture_ns + int(round(offset))
-    position = np.asarray(raw.joint_state.fields["position"], dtype=np.float64).reshape(len(raw.joint_state), -1)
-    out: dict[str, dict[str, Any]] = {}
-    for name, cam in raw.cameras.items():
-        frame_t = ep.stream_time_ns.get(name)
-        if frame_t is None or frame_t.shape != cam.capture_ns.shape:
-            frame_t = cam.capture_ns + int(round(offset - cam.latency_ms * 1e6))
-        estimate: DelayEstimate = estimate_camera_delay(cam.jpeg, frame_t, joint_t, position, fps=cam.fps,
-                                                        window_s=4.0, max_frames=120,
-                                                        settings=LatencySettings())
-        out[name] = {**estimate.as_dict(), "configured_ms": float(cam.latency_ms),
-                     "applied_ms": float(cam.latency_ms), "frame_period_ms": 1e3 / cam.fps if cam.fps > 0 else 0.0}
-    return out
 
 
 def _collector_window(ep: AlignedEpisode) -> tuple[int, int] | None:
@@ -835,7 +806,7 @@ def _delay_mismatch(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
 
 @_indicator("camera_delay_confidence", "fraction", 0.5, description="""
     Lowest confidence of the cameras' delay estimates (0: unknown, 1: a strong, clear correlation
-    peak; see camera_delay_mismatch_ms). Informative: score 1 whatever the value, since a still
+    peak; see camera_delay_mismatch_ms). Informative: Score 1 whatever the value, since a still
     robot gives no evidence without being at fault; grade rules may read the value.""")
 def _delay_confidence(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
     return min(float(d.get("confidence", 0.0)) for d in ctx.camera_delays().values()), 1.0
