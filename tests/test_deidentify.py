@@ -379,7 +379,7 @@ def test_face_free_frames_between_key_frames_are_not_even_decoded() -> None:
     detector = CountingDetector()
     frames = dark_centre_frames(30, range(0))
     out, counts = FaceBlurrer(detector).blur_frames(frames, every=6)
-    assert detector.calls == 6  # frames 0, 6, 12, 18, 24 and the last
+    assert detector.calls == 1  # frame 0, searched whole; the key frames 6, 12, 18, 24, 29 did not change
     assert all(a is b for a, b in zip(out, frames, strict=True)) and counts == [0] * 30
 
 
@@ -398,3 +398,37 @@ def test_a_frame_the_detector_misses_takes_its_neighbours_boxes() -> None:
     assert all(counts), counts
     assert counts[1] == 2  # the boxes of frames 0 and 2, each grown by 10 % a frame
     assert out[1] != frames[1]
+
+
+@needs_haar
+def test_the_job_stores_blurred_frames_and_counts_them() -> None:
+    import dataclasses
+
+    from pipeline.processing.config import DeidentifyConfig, ProcessConfig
+    from pipeline.processing.refine_task import refine
+    from tests.synthetic import CameraDef, make_episode, make_robot_config
+
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = cv2.resize(cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR), (200, 200))
+    raw = make_episode(make_robot_config(cameras=(CameraDef("head", 320, 240),)), duration_s=2.0).raw
+    cam = raw.cameras["head"]
+    frames = []
+    for k in range(len(cam)):
+        image = scene(320, 240)
+        cv2.circle(image, (10 + 3 * k, 230), 4, (0, 200, 0), -1)  # something moves: no frozen frames
+        if k >= 40:  # a person steps into view
+            image[20:220, 60:260] = photo
+        frames.append(encode(image))
+    raw.cameras["head"] = dataclasses.replace(cam, jpeg=frames)
+    config = ProcessConfig(deidentify=DeidentifyConfig(blur_faces=True))
+    result = refine(raw, config)
+    (episode,) = result.episodes
+    stored = episode.arrays.frames["head"]
+    with_face = [k for k, jpeg in enumerate(stored) if jpeg not in frames[:40]]
+    assert result.deid["frames_with_faces_blurred"]["head"] >= 18
+    for jpeg in stored:
+        assert jpeg in frames[:40] or jpeg not in frames  # a frame with the face is never stored as recorded
+    assert with_face
+    (face,) = FaceBlurrer(margin=0.0).detect(frames[-1])
+    for k in with_face:  # the face's detail is gone: what is left is a smooth blur
+        assert laplacian_var(stored[k], face) < 0.1 * laplacian_var(frames[-1], face), k

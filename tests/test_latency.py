@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from itertools import pairwise
 
 import cv2
 import numpy as np
@@ -20,7 +21,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.processing.align import AlignConfig, align
-from pipeline.processing.episode import CameraStream, RawEpisode
+from pipeline.processing.episode import RawEpisode
 from pipeline.processing.latency import DelayEstimate, estimate_delay
 from tests.synthetic import NS, CameraDef, encode, make_episode, make_robot_config
 
@@ -46,7 +47,7 @@ def teleop_motion(t_s: np.ndarray, seed: int, dof: int) -> np.ndarray:
             t += rng.uniform(0.4, 1.2)
             q = rng.uniform(-0.8, 0.8)
             knots.append((t, q))
-        for (t0, q0), (t1, q1) in zip(knots, knots[1:], strict=False):
+        for (t0, q0), (t1, q1) in pairwise(knots):
             m = (t_s >= t0) & (t_s < t1)
             u = (t_s[m] - t0) / (t1 - t0)
             out[m, j] = q0 + (q1 - q0) * (10 * u**3 - 15 * u**4 + 6 * u**5)
@@ -84,7 +85,7 @@ def photo_episode(*, stamp_offset_ms: float = 0.0, scene_delay_ms: float = 0.0, 
     return raw, scene_ns
 
 
-def _kinds(aligned, kind: str) -> list:  # noqa: ANN001
+def _kinds(aligned, kind: str) -> list:
     return [d for d in aligned.decisions if d.kind == kind]
 
 
@@ -136,7 +137,7 @@ def test_estimate_mode_pairs_each_step_with_the_frame_of_that_moment() -> None:
     configured = align(raw)
     estimated = align(raw, AlignConfig(latency="estimate"))
 
-    def pairing_error_ms(aligned) -> float:  # noqa: ANN001
+    def pairing_error_ms(aligned) -> float:
         frames = aligned.frames["head"]
         ok = frames >= 0
         return float(np.mean(np.abs(scene_ns[frames[ok]] - aligned.t_ns[ok])) / 1e6)
@@ -186,7 +187,7 @@ def test_score_reports_the_mismatch_and_the_confidence() -> None:
     assert score_episode(align(fine)).indicator("camera_delay_mismatch_ms").score == 1.0
 
 
-def test_latency_mode_is_validated_and_reaches_the_job_config(tmp_path) -> None:  # noqa: ANN001
+def test_latency_mode_is_validated_and_reaches_the_job_config(tmp_path) -> None:
     with pytest.raises(ConfigError, match="latency"):
         AlignConfig.from_mapping({"latency": "guess"})
     out = subprocess.run(

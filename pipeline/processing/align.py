@@ -24,8 +24,17 @@ from typing import Any, Literal
 import numpy as np
 
 from pipeline.errors import ConfigError, ProcessingError
-from pipeline.processing.episode import AlignedEpisode, ClockSamples, NumericStream, RawEpisode
-from pipeline.processing.latency import DelayEstimate, LatencySettings, estimate_camera_delay
+from pipeline.processing.episode import (
+    AlignedEpisode,
+    ClockSamples,
+    NumericStream,
+    RawEpisode,
+)
+from pipeline.processing.latency import (
+    DelayEstimate,
+    LatencySettings,
+    estimate_camera_delay,
+)
 from pipeline.streams import ACTION, JOINT_STATE
 
 __all__ = ["AlignConfig", "ClockFit", "align", "fit_clock", "nearest_index", "wrap_to_pi"]
@@ -559,7 +568,7 @@ def _camera_delays(raw: RawEpisode, times: dict[str, np.ndarray], config: AlignC
         if use:
             assert estimate.delay_ms is not None
             applied += estimate.delay_ms
-            times[name] = times[name] - int(round(estimate.delay_ms * 1e6))
+            times[name] = times[name] - round(estimate.delay_ms * 1e6)
         report[name] = {**estimate.as_dict(), "configured_ms": float(cam.latency_ms), "applied_ms": applied,
                         "frame_period_ms": period_ms}
         if estimate.delay_ms is not None and abs(estimate.delay_ms) > period_ms:

@@ -66,7 +66,7 @@ class DeidentifyConfig:
 
     blur_faces: bool = False
     pseudonymize_operators: bool = False
-    detect_every: int = 6
+    detect_every: int = 10
     detect_width: int = 320
 
     def __post_init__(self) -> None:

@@ -160,7 +160,7 @@ def busiest_window(frame_t_ns: np.ndarray, joint_t_ns: np.ndarray, position: np.
     span_s = (ft[hi - 1] - ft[lo]) / 1e9
     count = hi - lo
     per_frame_s = span_s / max(1, count - 1)
-    want = count if per_frame_s <= 0 else min(count, int(round(window_s / per_frame_s)) + 1)
+    want = count if per_frame_s <= 0 else min(count, round(window_s / per_frame_s) + 1)
     if want >= count:
         return lo, hi
     base = int(jt[0])
@@ -262,7 +262,7 @@ def _smoothed(t_ns: np.ndarray, q: np.ndarray, width_ms: float) -> np.ndarray:
     if t.shape[0] < 3 or width_ms <= 0:
         return q
     step = max(float(np.median(np.diff(t))), 1e-3)
-    half = int(round(width_ms / step / 2))
+    half = round(width_ms / step / 2)
     if half < 1:
         return q
     grid = np.arange(t[0], t[-1] + step / 2, step)
