@@ -59,7 +59,7 @@ Overall score and grade
 ``overall = sum(weight_i * score_i) / sum(weight_i)`` over the indicators,
 the weighted arithmetic mean. The letter comes from ``overall``:
 A >= 0.9, B >= 0.8, C >= 0.65, D >= 0.5, F below. Two caps follow, because
-a mean of 30 indicators hides one ruinous defect (a camera frozen half the
+a mean of 32 indicators hides one ruinous defect (a camera frozen half the
 episode moves the mean by 1/27, under 0.04):
 
 * the grade is at most two letters better than the letter of the worst
