@@ -8,22 +8,23 @@ measured on the stamps themselves. The images can: when the robot moves, the
 picture changes, and it changes most when the joints move fastest. As UMI
 calibrates its cameras' latency, this module cross-correlates
 
-* image motion energy: the mean absolute difference of consecutive small
+* image motion: the mean absolute optical flow between consecutive small
   grayscale frames (:func:`motion_energy`), one value per frame interval, with
 * joint motion over the same interval, ``|q_j(t_{k+1} - L) - q_j(t_k - L)|``
   per joint (positions smoothed over one frame period, so encoder noise is not
   motion), and their sum,
 
-over candidate lags ``L``. The lag with the highest correlation (the best
-joint or the sum, whichever explains the image best: a camera sees some
-joints, not all) is the *residual delay*: how much earlier the scene happened
+over candidate lags ``L``. The lag at which joint motion explains image
+motion best (one joint, a non-negative mix of two, or the sum of all: a
+camera sees some joints, not all) is the *residual delay*: how much earlier the scene happened
 than the frame times say. ``delay_ms > 0`` means the camera's true latency is
 the configured one plus ``delay_ms`` (or its stamps are that much late).
 
 The answer is "unknown" (``delay_ms`` None), never a guessed number, when
 the robot is still, the image does not change, too few frame pairs are
 usable, the best correlation is weak, the peak is at the edge of the search
-range, or another lag explains the image almost as well (periodic motion).
+range, another lag explains the image almost as well (slow or periodic
+motion), or the two halves of the frames, each on its own, peak elsewhere.
 ``confidence`` in [0, 1] says how clear the peak is: it grows with the peak
 correlation above ``min_correlation`` and with the peak's prominence over
 the best other local maximum (or the search edge).
@@ -122,7 +123,7 @@ def decode_small_gray(jpeg: bytes, min_width: int = 64) -> np.ndarray | None:
 
 
 def motion_energy(frames: Sequence[np.ndarray | None]) -> np.ndarray:
-    """Mean optical-flow magnitude (pixels) between each consecutive pair (``len(frames) - 1`` values).
+    """Mean absolute optical flow (pixels, x and y) between each consecutive pair (``len(frames) - 1`` values).
 
     Dense Farneback flow on the small frames measures how far the picture
     moved, whatever its texture (a plain grey difference also grows with the
