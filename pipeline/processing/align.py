@@ -205,8 +205,8 @@ class AlignConfig:
         latency_window_s: seconds of recording per camera the estimate looks
             at, where the joints move most (0: no estimate, no
             ``camera_latency_mismatch`` check).
-        latency_frames: most frames per camera the estimate decodes (a
-            longer window takes every second or third frame).
+        latency_frames: most frames per camera the estimate decodes (of a
+            longer window, its middle).
         latency_max_lag_ms: delays searched, ± this much around the configured latency.
         latency_min_confidence: an estimate less confident than this is "unknown".
         stamp_tolerance_ms: a frame stamped (on the ingest clock) more than
