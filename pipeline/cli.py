@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="DATASET.zarr", help="the Zarr dataset (created if missing)")
     p.add_argument("--config", type=Path, help="YAML overriding pipeline/processing/defaults.yaml (printed by --show-config)")
     p.add_argument("--rate", type=_positive_float, help="rate in Hz of the output timeline (default: the fastest camera's fps, so no frame is stored twice)")
+    p.add_argument("--align-latency", choices=("config", "estimate"),
+                   help="camera delay to align frames by: the robot config's latency_ms (config, the default) or the "
+                        "delay estimated from image motion against joint motion where it is confident (estimate)")
     p.add_argument("--resize", metavar="HxW", help="store camera frames at this size (re-encodes them), e.g. 224x224")
     p.add_argument("--blur-faces", action="store_true", help="blur faces in camera frames")
     p.add_argument("--pseudonymize", action="store_true",
@@ -712,6 +715,8 @@ def _cmd_process(args: argparse.Namespace) -> int:
     config = load_process_config(args.config)
     if args.rate:
         config = config.replace(align=_replace(config.align, rate_hz=args.rate))
+    if args.align_latency:
+        config = config.replace(align=_replace(config.align, latency=args.align_latency))
     if args.resize:
         config = config.replace(output=_replace(config.output, resize=_hxw(args.resize, "refinery process")))
     if args.blur_faces or args.pseudonymize:

@@ -190,6 +190,10 @@ def clean_episode(seconds: float = 6.0, rate_hz: float = 50.0, seed: int = 0, ca
         action=motion.position(t_rel + ACTION_LEAD_S),
         frames=frames,
         alignment_error_ms={"joint_state": 0.2, "action": 0.5, **{name: 4.0 for name in cameras}},
+        # The align stage's camera delay estimates, as it reports cameras whose configured latency is right.
+        report={"latency": {name: {"delay_ms": 2.0, "confidence": 0.9, "correlation": 0.95, "prominence": 0.3,
+                                   "pairs": 119, "why": "", "configured_ms": 30.0, "applied_ms": 30.0,
+                                   "frame_period_ms": 1e3 / 30.0} for name in cameras}},
     )
 
 

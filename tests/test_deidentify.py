@@ -316,3 +316,119 @@ def test_jpeg_size_of_garbage_is_none() -> None:
     assert jpeg_size(b"") is None
     assert jpeg_size(b"\xff\xd8\xff") is None
     assert jpeg_size(Path(__file__).read_bytes()) is None
+
+
+# --- following faces between detections (FaceBlurrer.blur_frames) -------------------------------
+
+
+def astronaut_frames(count: int, enter: int = 0, step_px: int = 6) -> list[bytes]:
+    """640x480 frames of a face-free scene; from frame ``enter`` on, a real photograph of a face
+    (scikit-image's astronaut) moves across it ``step_px`` pixels a frame."""
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = cv2.resize(cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR), (280, 280))
+    frames = []
+    for k in range(count):
+        image = scene(640, 480)
+        if k >= enter:
+            x = 40 + step_px * (k - enter)
+            image[100:380, x:x + 280] = photo
+        frames.append(encode(image))
+    return frames
+
+
+@needs_haar
+def test_no_real_face_survives_when_detecting_on_every_sixth_frame() -> None:
+    frames = astronaut_frames(20)
+    out, counts = FaceBlurrer().blur_frames(frames, every=6)
+    (face,) = FaceBlurrer(margin=0.0).detect(frames[0])  # the cascade's own box: the face, moving 6 px a frame
+    eyes = HaarFaceDetector(haar_cascade_path("haarcascade_eye.xml"), min_size=8)
+    for k, jpeg in enumerate(out):
+        assert counts[k] >= 1, k
+        x, y, w, h = face[0] + 6 * k, *face[1:]
+        assert len(eyes(decode_gray(frames[k])[y:y + h, x:x + w])) >= 1  # the eyes are there to find
+        assert eyes(decode_gray(jpeg)[y:y + h, x:x + w]) == [], f"eyes survived in frame {k}"
+        assert laplacian_var(jpeg, (x, y, w, h)) < 0.1 * laplacian_var(frames[k], (x, y, w, h)), k
+
+
+class CountingDetector:
+    """Finds a "face" where the frame's grey level at (cx, cy) is dark; counts its calls."""
+
+    def __init__(self, miss: tuple[int, ...] = ()) -> None:
+        self.calls = 0
+        self.miss = miss
+
+    def __call__(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
+        self.calls += 1
+        h, w = gray.shape
+        if self.calls - 1 in self.miss:
+            return []
+        return [(w // 2 - 10, h // 2 - 10, 20, 20)] if gray[h // 2, w // 2] < 60 else []
+
+
+def dark_centre_frames(count: int, dark: range) -> list[bytes]:
+    frames = []
+    for k in range(count):
+        image = scene(320, 240)
+        if k in dark:
+            cv2.circle(image, (160, 120), 30, (10, 10, 10), -1)
+        frames.append(encode(image))
+    return frames
+
+
+def test_face_free_frames_between_key_frames_are_not_even_decoded() -> None:
+    detector = CountingDetector()
+    frames = dark_centre_frames(30, range(0))
+    out, counts = FaceBlurrer(detector).blur_frames(frames, every=6)
+    assert detector.calls == 1  # frame 0, searched whole; the key frames 6, 12, 18, 24, 29 did not change
+    assert all(a is b for a, b in zip(out, frames, strict=True)) and counts == [0] * 30
+
+
+def test_a_face_entering_between_key_frames_is_found_where_it_enters() -> None:
+    frames = dark_centre_frames(30, range(10, 30))
+    out, counts = FaceBlurrer(CountingDetector()).blur_frames(frames, every=6)
+    # Found where it enters; the boxes are carried two frames before it, in case the detector missed it there.
+    assert [k for k, c in enumerate(counts) if c] == list(range(8, 30))
+    assert all(out[k] is frames[k] for k in range(8))
+
+
+def test_a_frame_the_detector_misses_takes_its_neighbours_boxes() -> None:
+    frames = dark_centre_frames(13, range(13))
+    detector = CountingDetector(miss=(3,))  # calls: key frames 0, 6, 12, then frames 1..5: frame 1 is missed
+    out, counts = FaceBlurrer(detector, margin=0.0).blur_frames(frames, every=6)
+    assert all(counts), counts
+    assert counts[1] == 2  # the boxes of frames 0 and 2, each grown by 10 % a frame
+    assert out[1] != frames[1]
+
+
+@needs_haar
+def test_the_job_stores_blurred_frames_and_counts_them() -> None:
+    import dataclasses
+
+    from pipeline.processing.config import DeidentifyConfig, ProcessConfig
+    from pipeline.processing.refine_task import refine
+    from tests.synthetic import CameraDef, make_episode, make_robot_config
+
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = cv2.resize(cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR), (200, 200))
+    raw = make_episode(make_robot_config(cameras=(CameraDef("head", 320, 240),)), duration_s=2.0).raw
+    cam = raw.cameras["head"]
+    frames = []
+    for k in range(len(cam)):
+        image = scene(320, 240)
+        cv2.circle(image, (10 + 3 * k, 230), 4, (0, 200, 0), -1)  # something moves: no frozen frames
+        if k >= 40:  # a person steps into view
+            image[20:220, 60:260] = photo
+        frames.append(encode(image))
+    raw.cameras["head"] = dataclasses.replace(cam, jpeg=frames)
+    config = ProcessConfig(deidentify=DeidentifyConfig(blur_faces=True))
+    result = refine(raw, config)
+    (episode,) = result.episodes
+    stored = episode.arrays.frames["head"]
+    with_face = [k for k, jpeg in enumerate(stored) if jpeg not in frames[:40]]
+    assert result.deid["frames_with_faces_blurred"]["head"] >= 18
+    for jpeg in stored:
+        assert jpeg in frames[:40] or jpeg not in frames  # a frame with the face is never stored as recorded
+    assert with_face
+    (face,) = FaceBlurrer(margin=0.0).detect(frames[-1])
+    for k in with_face:  # the face's detail is gone: what is left is a smooth blur
+        assert laplacian_var(stored[k], face) < 0.1 * laplacian_var(frames[-1], face), k

@@ -34,6 +34,15 @@ runs on each in turn (alternating order per round), on a Ray started before
 the clock. Frames/s are counted on the recorded camera frames (and, beside
 them, on the frames the job wrote, which trimming of idle heads and tails can
 make fewer).
+
+    python tools/bench_process.py --blur-ratio [--episodes 8] [--seconds 10] [--rounds 2]
+                                  [--detect-every 10] [--width W --height H] [--cameras N]
+
+runs the job's work (the Ray task's body: every stage and the segment
+writer, in this process) on one corpus with and without ``--blur-faces``
+(rounds alternating the order) and prints the ratio of their times (issue
+14: goal <= 3). ``--latency-cost`` does the same with and without the camera
+delay estimate.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ import h5py
 import numpy as np
 
 if TYPE_CHECKING:
+    from pipeline.processing.config import ProcessConfig
     from pipeline.robot_config import RobotConfig
 
 
@@ -143,7 +153,63 @@ def compare_lengths(args: argparse.Namespace, work: Path) -> int:
     return 0
 
 
-def stages_only(raw_dir: Path, dataset: Path) -> float:
+def blur_ratio(args: argparse.Namespace, work: Path) -> int:
+    """The job's work with and without --blur-faces on the same corpus, rounds alternating; prints the time ratio.
+
+    Measured on the Ray task's body in this process (every stage and the segment writer, as
+    :func:`stages_only`): Ray's own overhead, the same with and without, would only dilute the ratio.
+    """
+    from pipeline.processing.config import DeidentifyConfig, ProcessConfig
+
+    config = bench_robot(args.robot, args.width, args.height, args.cameras)
+    raw_dir, frames, mb = cached_corpus(work, "blur", config, args.episodes, args.seconds)
+    plain = ProcessConfig()
+    blurring = plain.replace(deidentify=DeidentifyConfig(blur_faces=True, detect_every=args.detect_every))
+    print(f"corpus: {args.episodes} x {args.seconds:g} s of {config.model}, {frames:,} frames, {mb:,.0f} MB raw; "
+          f"{args.rounds} round(s) in this process, detector on every {args.detect_every}th frame")
+    for path in raw_dir.rglob("*.h5"):  # page cache warm, so the first run is not the cold one
+        path.read_bytes()
+    seconds: dict[str, list[float]] = {"without": [], "with --blur-faces": []}
+    for round_ in range(args.rounds):
+        order = list(seconds) if round_ % 2 == 0 else list(reversed(seconds))
+        for name in order:
+            elapsed = stages_only(raw_dir, work / "stages-blur.zarr", blurring if name != "without" else plain)
+            seconds[name].append(elapsed)
+            print(f"  round {round_ + 1}, {name}: {elapsed:.1f} s, {frames / elapsed:,.0f} frames/s", flush=True)
+    without, with_blur = (statistics.median(v) for v in seconds.values())
+    ratio = with_blur / without
+    print(f"\n| job | s (median of {args.rounds}) | frames/s |\n|---|---:|---:|")
+    print(f"| without --blur-faces | {without:.1f} | {frames / without:,.0f} |")
+    print(f"| with --blur-faces | {with_blur:.1f} | {frames / with_blur:,.0f} |")
+    print(f"\n--blur-faces costs {ratio:.2f}x the job's time without it (goal <= 3: {'met' if ratio <= 3 else 'NOT met'})")
+    return 0
+
+
+def latency_cost(args: argparse.Namespace, work: Path) -> int:
+    """The stages with and without the camera delay estimate, in this process; prints the time ratio."""
+    import dataclasses
+
+    from pipeline.processing.config import ProcessConfig
+
+    config = bench_robot(args.robot, args.width, args.height, args.cameras)
+    raw_dir, frames, _ = cached_corpus(work, "blur", config, args.episodes, args.seconds)
+    plain = ProcessConfig()
+    off = plain.replace(align=dataclasses.replace(plain.align, latency_window_s=0.0))
+    seconds: dict[str, list[float]] = {"without the estimate": [], "with the estimate (default)": []}
+    for round_ in range(args.rounds):
+        order = list(seconds) if round_ % 2 == 0 else list(reversed(seconds))
+        for name in order:
+            elapsed = stages_only(raw_dir, work / "stages-latency.zarr", plain if "default" in name else off)
+            seconds[name].append(elapsed)
+            print(f"  round {round_ + 1}, {name}: {elapsed:.1f} s, {frames / elapsed:,.0f} frames/s", flush=True)
+    without, with_estimate = (statistics.median(v) for v in seconds.values())
+    print(f"\ncamera delay estimate (align.latency_window_s {plain.align.latency_window_s:g}, "
+          f"{plain.align.latency_frames} frames per camera): the stages take {with_estimate / without:.2f}x "
+          f"their time without it ({frames / with_estimate:,.0f} against {frames / without:,.0f} frames/s)")
+    return 0
+
+
+def stages_only(raw_dir: Path, dataset: Path, config: ProcessConfig | None = None) -> float:
     """Seconds of the processing task's body over every raw file of ``raw_dir`` into one segment, in this process."""
     from pipeline.dataset.store import create_dataset
     from pipeline.process_job import read_raw_input
@@ -155,7 +221,7 @@ def stages_only(raw_dir: Path, dataset: Path) -> float:
     inputs = [read_raw_input(p) for p in sorted(raw_dir.rglob("*.h5"))]  # as the driver plans them, before the clock
     start = time.perf_counter()
     process_raw_batch([(str(r.path), r.episode_id, r.checksum) for r in inputs], str(dataset),
-                      ProcessConfig().to_dict(), "seg-stages")
+                      (config or ProcessConfig()).to_dict(), "seg-stages")
     elapsed = time.perf_counter() - start
     shutil.rmtree(dataset, ignore_errors=True)
     return elapsed
@@ -206,16 +272,17 @@ def copy_files(paths: list[Path], out: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_job(raw_dir: Path, dataset: Path, workers: int) -> tuple[float, int]:
+def run_job(raw_dir: Path, dataset: Path, workers: int, config: ProcessConfig | None = None) -> tuple[float, int]:
     import ray
 
     from pipeline.process_job import JobOptions, run_process_job
+    from pipeline.processing.config import ProcessConfig
 
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
              object_store_memory=256 * 1024 * 1024, configure_logging=False)
     try:
         start = time.perf_counter()
-        summary = run_process_job(JobOptions(raw_dir=raw_dir, dataset=dataset))
+        summary = run_process_job(JobOptions(raw_dir=raw_dir, dataset=dataset, config=config or ProcessConfig()))
         elapsed = time.perf_counter() - start
     finally:
         ray.shutdown()
@@ -241,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     lengths.add_argument("--cameras", type=int, help="use the robot's first N cameras (default: all)")
     lengths.add_argument("--workers", type=int, default=2, help="Ray workers of the job (default: %(default)s)")
     lengths.add_argument("--rounds", type=int, default=2, help="runs of each corpus, order alternating (default: %(default)s)")
+    blur = parser.add_argument_group("--blur-ratio: the job with and without --blur-faces on the same corpus")
+    blur.add_argument("--blur-ratio", action="store_true", help="run this comparison instead")
+    blur.add_argument("--detect-every", type=int, default=10,
+                      help="face detector on every n-th frame (deidentify.detect_every; default: %(default)s)")
+    parser.add_argument("--latency-cost", action="store_true",
+                        help="the stages with and without the camera delay estimate, in this process (prints the ratio)")
     args = parser.parse_args(argv)
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="refinery-bench-process-"))
@@ -249,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"$ python tools/bench_process.py {' '.join(argv if argv is not None else sys.argv[1:])}")
         if args.compare_lengths:
             return compare_lengths(args, work)
+        if args.blur_ratio:
+            return blur_ratio(args, work)
+        if args.latency_cost:
+            return latency_cost(args, work)
         raw_dir = work / "raw"
         t = time.perf_counter()
         frames = make_corpus(raw_dir, args.robot, args.episodes, args.seconds)

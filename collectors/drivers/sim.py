@@ -236,7 +236,8 @@ class SimHumanoid(Driver):
             jpeg = self.frame_jpeg(camera, k)
         # Like a real camera's, a frame reaches the collector its known latency after
         # exposure and is stamped then; align subtracts the latency again.
-        return FrameReading(camera, self._stamp(stream.offset_ns(k) + stream.delay_ns), k, jpeg)
+        shift_ns = round(self.faults.camera_stamp_offset_ms * 1e6)
+        return FrameReading(camera, self._stamp(stream.offset_ns(k) + stream.delay_ns + shift_ns), k, jpeg)
 
     # -- Driver ------------------------------------------------------------------
 
@@ -331,7 +332,7 @@ class SimHumanoid(Driver):
 
     def _render(self, camera: str, k: int) -> bytes:
         renderer = self._renderers[camera]
-        position = self._motion.position(k / renderer.camera.fps)
+        position = self._motion.position(k / renderer.camera.fps - self.faults.camera_scene_delay_ms / 1e3)
         return encode_jpeg(renderer.render(position, k), self.jpeg_quality)
 
     def _black_jpeg(self, camera: str) -> bytes:

@@ -30,8 +30,8 @@ _PROBABILITIES = (
     "duplicate_timestamp_prob",
     "backwards_timestamp_prob",
 )
-_NON_NEGATIVE = ("spike_size_rad", "timestamp_jitter_us")
-_SIGNED = ("clock_offset_ms", "clock_drift_ppm")
+_NON_NEGATIVE = ("spike_size_rad", "timestamp_jitter_us", "camera_scene_delay_ms")
+_SIGNED = ("clock_offset_ms", "clock_drift_ppm", "camera_stamp_offset_ms")
 _WINDOWS = ("stall",)
 _CAMERA_WINDOWS = ("frozen_camera", "black_frames")
 
@@ -60,6 +60,11 @@ class SimFaults:
             previous sample's stamp.
         backwards_timestamp_prob: chance a joint-state sample is stamped one
             period before the previous sample's stamp.
+        camera_stamp_offset_ms: every camera frame's stamp is this much later
+            (negative: earlier) than the camera's known latency says, against
+            correct joint stamps: a wrong latency setting or a camera clock off.
+        camera_scene_delay_ms: every camera shows the scene this much later
+            than its (correct) stamps say: a camera buffering frames.
         seed: varies the random faults without changing the motion.
     """
 
@@ -75,6 +80,8 @@ class SimFaults:
     timestamp_jitter_us: float = 0.0
     duplicate_timestamp_prob: float = 0.0
     backwards_timestamp_prob: float = 0.0
+    camera_stamp_offset_ms: float = 0.0
+    camera_scene_delay_ms: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -24,7 +24,17 @@ from typing import Any, Literal
 import numpy as np
 
 from pipeline.errors import ConfigError, ProcessingError
-from pipeline.processing.episode import AlignedEpisode, ClockSamples, NumericStream, RawEpisode
+from pipeline.processing.episode import (
+    AlignedEpisode,
+    ClockSamples,
+    NumericStream,
+    RawEpisode,
+)
+from pipeline.processing.latency import (
+    DelayEstimate,
+    LatencySettings,
+    estimate_camera_delay,
+)
 from pipeline.streams import ACTION, JOINT_STATE
 
 __all__ = ["AlignConfig", "ClockFit", "align", "fit_clock", "nearest_index", "wrap_to_pi"]
@@ -187,6 +197,21 @@ class AlignConfig:
             as ``held_steps``) and frames outside a camera's coverage are -1.
         clock_window_s, rtt_slack_us, min_drift_span_s: passed to
             :func:`fit_clock`.
+        latency: ``"config"``: subtract each camera's configured
+            ``latency_ms``; ``"estimate"``: subtract the delay estimated from
+            the recording (image motion against joint motion,
+            :mod:`pipeline.processing.latency`) where the estimate is
+            confident, the configured latency elsewhere (a decision says so).
+        latency_window_s: seconds of recording per camera the estimate looks
+            at, where the joints move most (0: no estimate, no
+            ``camera_latency_mismatch`` check).
+        latency_frames: most frames per camera the estimate decodes (of a
+            longer window, its middle).
+        latency_max_lag_ms: delays searched, ± this much around the configured latency.
+        latency_min_confidence: an estimate less confident than this is "unknown".
+        stamp_tolerance_ms: a frame stamped (on the ingest clock) more than
+            this plus half the best clock round trip after it arrived is a
+            ``capture_after_arrival`` fault.
     """
 
     rate_hz: float | None = None
@@ -195,6 +220,12 @@ class AlignConfig:
     clock_window_s: float = 2.0
     rtt_slack_us: float = 200.0
     min_drift_span_s: float = 1.0
+    latency: Literal["config", "estimate"] = "config"
+    latency_window_s: float = 4.0
+    latency_frames: int = 120
+    latency_max_lag_ms: float = 500.0
+    latency_min_confidence: float = 0.5
+    stamp_tolerance_ms: float = 5.0
 
     def __post_init__(self) -> None:
         source = "<align config>"
@@ -204,7 +235,7 @@ class AlignConfig:
                 continue
             if not _finite_number(value) or value <= 0:
                 raise ConfigError(source, name, f"must be a number > 0, got {value!r}")
-        for name in ("rtt_slack_us", "min_drift_span_s"):
+        for name in ("rtt_slack_us", "min_drift_span_s", "latency_window_s", "stamp_tolerance_ms"):
             value = getattr(self, name)
             if not _finite_number(value) or value < 0:
                 raise ConfigError(source, name, f"must be a number >= 0, got {value!r}")
@@ -213,6 +244,16 @@ class AlignConfig:
             raise ConfigError(source, "frame_tolerance_ms", f"must be null or a number >= 0, got {tol!r}")
         if self.span not in ("common", "joint_state"):
             raise ConfigError(source, "span", f"must be 'common' or 'joint_state', got {self.span!r}")
+        if self.latency not in ("config", "estimate"):
+            raise ConfigError(source, "latency", f"must be 'config' or 'estimate', got {self.latency!r}")
+        lag = self.latency_max_lag_ms
+        if not _finite_number(lag) or lag <= 0 or lag > 5000:
+            raise ConfigError(source, "latency_max_lag_ms", f"must be a number in (0, 5000], got {lag!r}")
+        if isinstance(self.latency_frames, bool) or not isinstance(self.latency_frames, int) or self.latency_frames < 8:
+            raise ConfigError(source, "latency_frames", f"must be an integer >= 8, got {self.latency_frames!r}")
+        conf = self.latency_min_confidence
+        if not _finite_number(conf) or not 0 <= conf <= 1:
+            raise ConfigError(source, "latency_min_confidence", f"must be a number in [0, 1], got {conf!r}")
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, Any], source: str = "<align config>") -> AlignConfig:
@@ -250,6 +291,17 @@ def align(raw: RawEpisode, config: AlignConfig | None = None) -> AlignedEpisode:
     sample (how far interpolation had to reach); ``"clock"``: the clock fit's
     RMS residual. ``report["clock"]`` holds :meth:`ClockFit.as_dict`.
 
+    Camera delays: per camera, the delay estimated from the recording
+    (:mod:`pipeline.processing.latency`) is in ``report["latency"][camera]``
+    (``delay_ms`` None when unknown, ``configured_ms``, ``applied_ms``); with
+    ``config.latency == "estimate"`` a confident estimate replaces the
+    configured latency. ``AlignedEpisode.decisions`` records (stage
+    ``align``) a ``camera_latency_mismatch`` where a confident estimate is
+    more than one frame period off the configured latency, a
+    ``camera_latency_kept`` where ``estimate`` was asked and no estimate was
+    confident, and a ``capture_after_arrival`` where frames are stamped after
+    the ingest received them (impossible: the camera's stamps are off).
+
     Raises:
         ProcessingError: no joint-state stream; a stream with fewer than two
             samples, stamps not strictly increasing, or non-finite values (run
@@ -277,6 +329,12 @@ def align(raw: RawEpisode, config: AlignConfig | None = None) -> AlignedEpisode:
         _check_stream(where, name, cam.capture_ns, {})
         latency_ns = int(round(cam.latency_ms * 1e6))
         times[name] = fit.to_ingest(np.asarray(cam.capture_ns, dtype=np.int64) - latency_ns)
+
+    decisions: list[Any] = _stamps_after_arrival(raw, fit, config)
+    latency_report: dict[str, Any] = {}
+    if raw.cameras and config.latency_window_s > 0:
+        latency_report, latency_decisions = _camera_delays(raw, times, config)
+        decisions += latency_decisions
 
     spanned = times if config.span == "common" else {JOINT_STATE: times[JOINT_STATE]}
     start = max(int(t[0]) for t in spanned.values())
@@ -322,6 +380,8 @@ def align(raw: RawEpisode, config: AlignConfig | None = None) -> AlignedEpisode:
         "steps": steps,
         "rate_hz": rate_hz,
         "streams": stream_report,
+        "latency_mode": config.latency,
+        "latency": latency_report,
     }
     return AlignedEpisode(
         raw=raw,
@@ -333,6 +393,7 @@ def align(raw: RawEpisode, config: AlignConfig | None = None) -> AlignedEpisode:
         alignment_error_ms=errors,
         report=report,
         stream_time_ns=times,
+        decisions=decisions,
     )
 
 
@@ -441,3 +502,90 @@ def _nearest_frames(t_src: np.ndarray, t_dst: np.ndarray, tol_ms: float) -> tupl
     report = {**stats, "samples": int(t_src.shape[0]), "matched_steps": int(matched.sum()), "tolerance_ms": tol_ms}
     return frames, stats["mean_ms"], report
 
+
+
+def _decision(**fields_: Any) -> Any:
+    # clean.py imports this module (nearest_index, wrap_to_pi), so its Decision is imported when needed.
+    from pipeline.processing.clean import Decision
+
+    return Decision(stage="align", **fields_)
+
+
+def _stamps_after_arrival(raw: RawEpisode, fit: ClockFit, config: AlignConfig) -> list[Any]:
+    """A ``capture_after_arrival`` decision per camera with frames stamped after the ingest received them.
+
+    A frame is stamped when it reaches the collector, before it is sent, so
+    on the ingest clock its stamp can never be later than its arrival. Only
+    with a synced clock: without one the mapping is a guess.
+    """
+    if not fit.synced:
+        return []
+    decisions = []
+    tolerance_ns = config.stamp_tolerance_ms * 1e6 + fit.rtt_min_ns / 2 + 3 * fit.residual_ns
+    for name, cam in raw.cameras.items():
+        capture = np.asarray(cam.capture_ns, dtype=np.int64)
+        arrival = np.asarray(cam.arrival_ns, dtype=np.int64)
+        if capture.shape != arrival.shape or capture.size == 0:
+            continue
+        late_ns = (fit.to_ingest(capture) - arrival).astype(np.float64)
+        bad = np.flatnonzero(late_ns > tolerance_ns)
+        if bad.size == 0:
+            continue
+        decisions.append(_decision(
+            kind="capture_after_arrival", stream=name, start=int(bad[0]), end=int(bad[-1]) + 1, action="flag",
+            reason=(f"camera {name}: {bad.size} of {capture.size} frames are stamped after the ingest received them "
+                    f"(by up to {late_ns[bad].max() / 1e6:.0f} ms, median {np.median(late_ns[bad]) / 1e6:.0f} ms, "
+                    f"clock uncertainty {tolerance_ns / 1e6:.1f} ms): impossible, so the camera's stamps are "
+                    "offset and its frames may be paired with the wrong joint states"),
+        ))
+    return decisions
+
+
+def _camera_delays(raw: RawEpisode, times: dict[str, np.ndarray], config: AlignConfig
+                   ) -> tuple[dict[str, Any], list[Any]]:
+    """Estimate every camera's delay; with ``latency="estimate"`` shift ``times`` by the confident ones."""
+    assert raw.joint_state is not None
+    position = raw.joint_state.fields.get(_CONTINUOUS_FIELD)
+    report: dict[str, Any] = {}
+    decisions: list[Any] = []
+    settings = LatencySettings(max_lag_ms=config.latency_max_lag_ms, min_confidence=config.latency_min_confidence)
+    if position is not None:
+        position = np.asarray(position, dtype=np.float64).reshape(len(raw.joint_state), -1)
+        continuous = np.array([j.continuous for j in raw.config.joints], dtype=bool)
+        if continuous.shape[0] == position.shape[1] and continuous.any():
+            position = position.copy()
+            position[:, continuous] = np.unwrap(position[:, continuous], axis=0)
+    for name, cam in raw.cameras.items():
+        if position is None:
+            estimate = DelayEstimate(None, 0.0, why="no joint positions")
+        else:
+            estimate = estimate_camera_delay(cam.jpeg, times[name], times[JOINT_STATE], position, fps=cam.fps,
+                                             window_s=config.latency_window_s, max_frames=config.latency_frames,
+                                             settings=settings)
+        period_ms = 1e3 / cam.fps if cam.fps > 0 else 0.0
+        applied = float(cam.latency_ms)
+        use = config.latency == "estimate" and estimate.delay_ms is not None
+        if use:
+            assert estimate.delay_ms is not None
+            applied += estimate.delay_ms
+            times[name] = times[name] - round(estimate.delay_ms * 1e6)
+        report[name] = {**estimate.as_dict(), "configured_ms": float(cam.latency_ms), "applied_ms": applied,
+                        "frame_period_ms": period_ms}
+        if estimate.delay_ms is not None and abs(estimate.delay_ms) > period_ms:
+            total = cam.latency_ms + estimate.delay_ms
+            then = ("frames re-aligned by the estimate" if use else
+                    "run with --align-latency estimate to align by the estimate, or fix latency_ms in the robot config")
+            decisions.append(_decision(
+                kind="camera_latency_mismatch", stream=name, start=0, end=len(cam), action="realign" if use else "flag",
+                reason=(f"camera {name}: its images lag the joints by {total:.0f} ms (estimated from image motion "
+                        f"against joint motion, confidence {estimate.confidence:.2f}), the configured latency is "
+                        f"{cam.latency_ms:g} ms: {estimate.delay_ms:+.0f} ms off, more than one frame period "
+                        f"({period_ms:.0f} ms); {then}"),
+            ))
+        elif config.latency == "estimate" and estimate.delay_ms is None:
+            decisions.append(_decision(
+                kind="camera_latency_kept", stream=name, start=0, end=len(cam), action="keep",
+                reason=(f"camera {name}: delay unknown ({estimate.why}); aligned with the configured latency "
+                        f"{cam.latency_ms:g} ms"),
+            ))
+    return report, decisions

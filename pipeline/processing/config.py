@@ -53,6 +53,12 @@ class DeidentifyConfig:
 
     Attributes:
         blur_faces: blur faces in camera frames (OpenCV's Haar cascade).
+        detect_every: run the face detector on every n-th frame of a camera,
+            and on every frame between two of those where either found a
+            face; frames near faces without a detection of their own take the
+            neighbours' boxes, grown with distance (FaceBlurrer.blur_frames).
+            1 = every frame.
+        detect_width: width of the grayscale image the detector runs on.
         pseudonymize_operators: replace operator ids by keyed pseudonyms; the
             key comes from the environment variable REFINERY_PSEUDONYM_KEY
             (never from the dataset or this file).
@@ -60,6 +66,14 @@ class DeidentifyConfig:
 
     blur_faces: bool = False
     pseudonymize_operators: bool = False
+    detect_every: int = 10
+    detect_width: int = 320
+
+    def __post_init__(self) -> None:
+        for name, low in (("detect_every", 1), ("detect_width", 48)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError("<process config>", f"deidentify.{name}", f"must be an integer >= {low}, got {value!r}")
 
     def key(self) -> bytes:
         value = os.environ.get(PSEUDONYM_KEY_ENV, "")

@@ -102,6 +102,8 @@ class AlignedEpisode:
     # stream -> int64 (n,): each raw sample's time on the ingest clock (camera frames:
     # exposure time, latency removed), as align mapped it; clean finds raw gaps with it.
     stream_time_ns: dict[str, np.ndarray] = field(default_factory=dict)
+    # What align itself found (clean.Decision, stage "align"): camera delay mismatches, impossible stamps.
+    decisions: list[Any] = field(default_factory=list)
 
 
 def _numeric(reader: RawEpisodeReader, stream: str) -> NumericStream | None:

@@ -20,11 +20,11 @@ import numpy as np
 from pipeline.dataset.frame_shards import check_frame, conform_frame
 from pipeline.dataset.index import EpisodeEntry
 from pipeline.dataset.segment import EpisodeArrays, SegmentWriter
-from pipeline.errors import DatasetError, RawChecksumMismatch, RefineryError
+from pipeline.errors import DatasetError, ProcessingError, RawChecksumMismatch, RefineryError
 from pipeline.processing.align import align
 from pipeline.processing.clean import CleanResult, Decision, clean_aligned, clean_raw
 from pipeline.processing.config import ProcessConfig
-from pipeline.processing.deidentify import FaceBlurrer, pseudonymize
+from pipeline.processing.deidentify import FaceBlurrer, HaarFaceDetector, pseudonymize
 from pipeline.processing.episode import AlignedEpisode, RawEpisode, load_raw_episode
 from pipeline.processing.score import QualityReport, score_episode
 
@@ -66,26 +66,55 @@ def refine(raw: RawEpisode, config: ProcessConfig) -> RefineResult:
         return result
     result.rate_hz = aligned.rate_hz
     cleaned: CleanResult = clean_aligned(aligned, config.clean)
-    result.decisions = raw_decisions + cleaned.decisions
+    result.decisions = raw_decisions + aligned.decisions + cleaned.decisions
     if cleaned.rejected or not cleaned.segments:
         result.rejected = True
         result.reasons += cleaned.reject_reasons or ["no usable segment"]
         result.quality = score_episode(aligned, result.decisions, config.score)
         return result
-    blurrer = FaceBlurrer() if config.deidentify.blur_faces else None
-    changed: dict[str, int] = {}
+    blurred: dict[str, dict[int, bytes]] = {}
+    if config.deidentify.blur_faces:
+        blurred, changed = _blur_used_frames(cleaned.segments, config)
+        result.deid = {"frames_with_faces_blurred": changed}
     for n, segment in enumerate(cleaned.segments):
         quality = score_episode(segment, result.decisions, config.score)
         key = raw.episode_id if len(cleaned.segments) == 1 else f"{raw.episode_id}.s{n}"
-        arrays, unique = _segment_arrays(segment, config, blurrer, changed)
+        arrays, unique = _segment_arrays(segment, config, blurred)
         result.episodes.append(RefinedEpisode(key, n, arrays, quality, unique))
-    if blurrer is not None:
-        result.deid = {"frames_with_faces_blurred": changed}
     return result
 
 
+def _blur_used_frames(segments: list[AlignedEpisode], config: ProcessConfig
+                      ) -> tuple[dict[str, dict[int, bytes]], dict[str, int]]:
+    """Per camera, the frames the segments use with faces blurred (frame index -> bytes), and how many changed.
+
+    The used frames of a camera go to the blurrer in order, as one run of
+    consecutive frames, so it can detect on a few and follow faces between
+    them (FaceBlurrer.blur_frames).
+    """
+    deid = config.deidentify
+    blurrer = FaceBlurrer(HaarFaceDetector(), detect_width=deid.detect_width)
+    out: dict[str, dict[int, bytes]] = {}
+    changed: dict[str, int] = {}
+    raw = segments[0].raw
+    for camera, stream in raw.cameras.items():
+        used = sorted({int(i) for seg in segments for i in np.unique(seg.frames.get(camera, np.empty(0, np.int64)))
+                       if i >= 0})
+        if not used:
+            continue
+        try:
+            frames, counts = blurrer.blur_frames([stream.jpeg[i] for i in used], config.output.jpeg_quality,
+                                                 every=deid.detect_every)
+        except ProcessingError as err:
+            raise ProcessingError(f"robot {raw.robot_id} episode {raw.episode_id} camera {camera}",
+                                  err.problem) from err
+        out[camera] = dict(zip(used, frames, strict=True))
+        changed[camera] = sum(1 for c in counts if c)
+    return out, changed
+
+
 def _segment_arrays(
-    seg: AlignedEpisode, config: ProcessConfig, blurrer: FaceBlurrer | None, changed: dict[str, int]
+    seg: AlignedEpisode, config: ProcessConfig, blurred: dict[str, dict[int, bytes]]
 ) -> tuple[EpisodeArrays, int]:
     numeric = {f"state/{name}": values for name, values in seg.state.items()}
     if seg.action is not None:
@@ -101,12 +130,7 @@ def _segment_arrays(
         height, width = config.output.resize or (stream.height, stream.width)
         out: dict[int, bytes] = {}
         for i in np.unique(index):
-            jpeg = stream.jpeg[int(i)]
-            if blurrer is not None:
-                blurred, faces = blurrer.blur_faces(jpeg, config.output.jpeg_quality)
-                if faces:
-                    changed[camera] = changed.get(camera, 0) + 1
-                jpeg = blurred
+            jpeg = blurred.get(camera, {}).get(int(i), stream.jpeg[int(i)])
             try:
                 check_frame(jpeg, height, width)  # stored as received: no decode, no re-encode
             except DatasetError:

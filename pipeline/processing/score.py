@@ -23,6 +23,8 @@ action_sample_completeness     0.5     >= 0.999 -> <= 0.9
 frame_completeness             1.0     >= 0.98 -> <= 0.8 (worst camera)
 frame_drop_rate                1.0     <= 0.01 -> >= 0.2 (worst camera, by time)
 sync_error_ms              *   2.0     <= 20 ms -> >= 60 ms (worst stream; see below)
+camera_delay_mismatch_ms       1.0     <= 1 frame period -> >= 200 ms (estimated - configured)
+camera_delay_confidence        0.5     informative: score 1 (the grade rules read the value)
 clock_rtt_ms                   0.5     <= 2 ms -> >= 50 ms
 clock_offset_stability_ms      0.5     <= 0.5 ms -> >= 10 ms
 timing_jitter_ms               1.0     <= 10 % -> >= 100 % of the joint period
@@ -57,7 +59,7 @@ Overall score and grade
 ``overall = sum(weight_i * score_i) / sum(weight_i)`` over the indicators,
 the weighted arithmetic mean. The letter comes from ``overall``:
 A >= 0.9, B >= 0.8, C >= 0.65, D >= 0.5, F below. Two caps follow, because
-a mean of 30 indicators hides one ruinous defect (a camera frozen half the
+a mean of 32 indicators hides one ruinous defect (a camera frozen half the
 episode moves the mean by 1/27, under 0.04):
 
 * the grade is at most two letters better than the letter of the worst
@@ -371,6 +373,14 @@ class _Context:
         if isinstance(self._lag, _NotMeasured):
             raise _NotMeasured(str(self._lag))
         return self._lag
+
+    def camera_delays(self) -> dict[str, dict[str, Any]]:
+        """Per camera, the align stage's delay estimate (``report["latency"]``; estimating here would
+        decode frames again, beyond this stage's budget)."""
+        delays = self.ep.report.get("latency")
+        if not isinstance(delays, dict) or not delays:
+            raise _NotMeasured("the align stage made no camera delay estimate (no cameras, or latency_window_s 0)")
+        return delays
 
     def require_position(self, min_steps: int = 2) -> np.ndarray:
         if self.position is None:
@@ -776,6 +786,39 @@ def _sync_error(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
     fps = [cam.fps for cam in ctx.ep.raw.cameras.values() if cam.fps > 0]
     good = max([ctx.config.sync_good_ms] + [500.0 / f for f in fps])
     return value, ramp(value, good, good + ctx.config.sync_bad_ms - ctx.config.sync_good_ms)
+
+
+@_indicator("camera_delay_mismatch_ms", "ms", 1.0, description="""
+    Camera delay estimated from the recording (image motion against joint motion, cross-correlated
+    over lags; pipeline/processing/latency.py) minus the delay the frames were aligned with, for
+    the camera farthest off among those with a confident estimate (signed: > 0, the images lag
+    more than assumed). 0 when no camera has a confident estimate (still robot, no image motion,
+    no clear peak; the notes say which). Score 1 at <= one frame period, 0 at >= 200 ms: the
+    frames show another moment than the joint state they are paired with.""")
+def _delay_mismatch(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
+    delays = ctx.camera_delays()
+    worst, worst_period = 0.0, 0.0
+    for name, d in delays.items():
+        if d.get("delay_ms") is None:
+            ctx.notes.append(f"camera {name}: delay unknown ({d.get('why', '')})")
+            continue
+        residual = float(d["configured_ms"]) + float(d["delay_ms"]) - float(d["applied_ms"])
+        ctx.notes.append(
+            f"camera {name}: estimated delay {float(d['configured_ms']) + float(d['delay_ms']):.0f} ms "
+            f"(configured {float(d['configured_ms']):g} ms, aligned with {float(d['applied_ms']):.0f} ms, "
+            f"confidence {float(d['confidence']):.2f})")
+        if abs(residual) > abs(worst):
+            worst, worst_period = residual, float(d.get("frame_period_ms", 0.0))
+    good = max(worst_period, 1.0)
+    return worst, ramp(abs(worst), good, max(200.0, good + 1.0))
+
+
+@_indicator("camera_delay_confidence", "fraction", 0.5, description="""
+    Lowest confidence of the cameras' delay estimates (0: unknown, 1: a strong, clear correlation
+    peak; see camera_delay_mismatch_ms). Informative: Score 1 whatever the value, since a still
+    robot gives no evidence without being at fault; grade rules may read the value.""")
+def _delay_confidence(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
+    return min(float(d.get("confidence", 0.0)) for d in ctx.camera_delays().values()), 1.0
 
 
 @_indicator("clock_rtt_ms", "ms", 0.5, description="""
