@@ -105,7 +105,7 @@ def test_a_clean_episode_passes_unchanged(syn):
     np.testing.assert_array_equal(segment.action, ep.action)
     for camera, frames in ep.frames.items():
         np.testing.assert_array_equal(segment.frames[camera], frames)
-    assert segment.report["clean"] == {"segment": 0, "segments": 1, "start_step": 0, "end_step": len(ep.t_ns)}
+    assert segment.report["clean"] == {"segment": 0, "segments": 1, "start_step": 0, "end_step": len(ep.t_ns), "steps": len(ep.t_ns)}
 
 
 # -- clean_raw: stamps and values --------------------------------------------------------------
