@@ -280,7 +280,8 @@ def test_a_position_jump_faster_than_the_velocity_limit_splits_the_episode(syn):
     def jump(js):
         js.fields["position"][js.capture_ns - EPOCH_NS >= 2 * NS, 0] += 0.6  # 0.6 rad in one raw sample
 
-    _, ep, result = run(with_joint_state(syn, jump))
+    # Without a command stream: a reading that stays 0.6 rad off would also be a tracking error.
+    _, ep, result = run(replace(with_joint_state(syn, jump), action=None))
     assert {(d.kind, d.action) for d in result.decisions} == {("velocity_limit", "split")}
     assert len(result.segments) == 2
     for segment in result.segments:
@@ -312,10 +313,12 @@ def test_fast_smooth_motion_is_not_a_spike_but_a_spike_on_it_is(syn):
     seconds = (ep.t_ns - ep.t_ns[0]).astype(np.float64) / NS
     position = ep.state["position"].copy()
     position[:, 4] = 0.7 * np.sin(2 * np.pi * 2.2 * seconds)
-    smooth = clean_aligned(replace(ep, state={**ep.state, "position": position}))
+    action = ep.action.copy()
+    action[:, 4] = position[:, 4]  # the command moved so too: no tracking error
+    smooth = clean_aligned(replace(ep, state={**ep.state, "position": position}, action=action))
     assert smooth.decisions == []
     position[90, 4] += 0.5
-    spiked = clean_aligned(replace(ep, state={**ep.state, "position": position}))
+    spiked = clean_aligned(replace(ep, state={**ep.state, "position": position}, action=action))
     assert [(d.kind, d.start) for d in spiked.decisions] == [("spike", 90)]
 
 

@@ -168,21 +168,34 @@ class CleanConfig:
         tracking_smooth_s: moving-average window of the error.
         tracking_max_lag_s: longest command-to-motion lag searched.
         image_scan_s: one frame this often is decoded (downscaled) for the
-            exposure and blur rules: 0.125 s gives four looks at a 0.5 s stretch.
-        image_scan_min_width: downscaled decodes keep at least this many pixels across.
+            exposure and blur rules: every 0.25 s gives at least two looks at a
+            0.5 s stretch. A decode costs ~0.7 ms for a 640x480 frame whatever
+            the reduction (entropy decoding dominates), so this is the cost
+            knob: 0.1 ms per frame at 30 fps.
+        image_scan_min_width: downscaled decodes keep at least this many pixels
+            across (160: blur of a few pixels at 640 wide stays visible).
         image_min_samples: a stretch needs this many consecutive bad samples.
-        exposure_delta: a frame is over/under-exposed when its mean luma is this
-            far (0..255) from the camera's typical (median) frame in the episode,
-            or ``exposure_mad`` robust deviations, whichever is larger: a scene
-            that varies a lot widens its own band.
-        exposure_mad: see ``exposure_delta``.
+        exposure_ratio: a frame is over/under-exposed when its mean luma is this
+            many times brighter or darker than the camera's typical (median)
+            frame in the episode, or ``exposure_mad`` robust deviations of log
+            luma away, whichever is wider: a scene that varies a lot widens its
+            own band. Panning over a real scene moves the mean by +-25 %.
+        exposure_mad: see ``exposure_ratio``.
         exposure_clip_excess: or when this fraction more of its pixels is
             clipped white than in the typical frame.
         washed_out_luma / dark_luma: a camera whose typical frame is brighter /
-            darker than this is over/under-exposed as a whole.
-        blur_ratio: a frame is blurred when its Laplacian variance is below this
+            darker than this (or has ``exposure_clip_excess`` of its pixels
+            clipped white) is over/under-exposed as a whole: a well-exposed
+            scene's mean luma sits near 110-130 (18 % grey).
+        lifted_black_luma: a camera whose typical frame is this bright, has no
+            shadows (under 0.2 % of pixels at luma <= 40) and 5 % of its pixels
+            clipped white is washed out too: glare lifts the blacks.
+        blur_ratio: a frame is blurred when its detail (Laplacian variance over
+            mean luma squared, so exposure does not read as blur) is below this
             fraction of the camera's sharp reference, the 90th percentile over
             the episode (so blur over up to nine tenths of it is still seen).
+            Panning over a real scene moves the detail by up to 3x; a blur of
+            0.8 px sigma at 128 px wide takes it to a tenth.
         idle_margin_s: rest kept before the first and after the last motion, so
             a policy learns to start from and come to rest.
         min_duration_s: shorter segments are dropped; a segment under a second
@@ -214,15 +227,16 @@ class CleanConfig:
     tracking_min_s: float = 0.5
     tracking_smooth_s: float = 0.25
     tracking_max_lag_s: float = 0.5
-    image_scan_s: float = 0.125
+    image_scan_s: float = 0.25
     image_scan_min_width: int = 160
-    image_min_samples: int = 3
-    exposure_delta: float = 40.0
-    exposure_mad: float = 6.0
-    exposure_clip_excess: float = 0.25
-    washed_out_luma: float = 215.0
+    image_min_samples: int = 2
+    exposure_ratio: float = 1.5
+    exposure_mad: float = 5.0
+    exposure_clip_excess: float = 0.2
+    washed_out_luma: float = 195.0
+    lifted_black_luma: float = 160.0
     dark_luma: float = 35.0
-    blur_ratio: float = 0.3
+    blur_ratio: float = 0.25
     idle_margin_s: float = 0.25
     min_duration_s: float = 1.0
     reject_outcomes: tuple[str, ...] = ("discarded",)
@@ -704,6 +718,7 @@ def _stale_joint_stream(work: _Work, robot: RobotConfig, config: CleanConfig) ->
     if x is None or action is None or action.shape != x.shape or work.steps < 2:
         return
     continuous = _continuous(robot, x.shape[1])
+    commanding = _motion_speed(action, continuous, work.ep.rate_hz, config) >= 1
     with np.errstate(invalid="ignore"):
         held = (np.diff(x, axis=0) == 0).all(axis=1) & work.keep[1:] & work.keep[:-1]
     min_steps = config.stale_min_s * work.ep.rate_hz
@@ -715,7 +730,7 @@ def _stale_joint_stream(work: _Work, robot: RobotConfig, config: CleanConfig) ->
         moved = float(np.nanmax(span)) if span.size else 0.0
         # Moving through most of the run: a command that starts moving just before a still
         # robot does (the controller's lag) is no stale stream.
-        busy = float(np.mean(_motion_speed(command, continuous, work.ep.rate_hz, config) >= 1))
+        busy = float(np.mean(commanding[a : b + 1]))
         if not (moved >= config.stale_action_rad and busy >= 0.5):
             continue
         work.cut(
@@ -765,7 +780,8 @@ def _tracking_stretches(work: _Work, robot: RobotConfig, config: CleanConfig) ->
     if ok.sum() < 4:
         return
     err = np.where(ok[:, None], err, np.nan)
-    excess = err - np.nanmedian(err, axis=0)
+    # The joint's usual error: a low quantile, so a fault covering half the episode does not hide in it.
+    excess = err - np.nanpercentile(err, 25, axis=0)
     excess = np.where(np.isfinite(excess), excess, 0.0)
     smooth = _moving_average(excess, max(1, int(round(config.tracking_smooth_s * rate))))
     off = (smooth > config.tracking_excess_rad) & ok[:, None]
@@ -778,7 +794,7 @@ def _tracking_stretches(work: _Work, robot: RobotConfig, config: CleanConfig) ->
         peak = float(np.max(excess[a:b][:, joints]))
         work.decisions.append(Decision(
             kind="tracking_error", stream=ACTION, start=a, end=min(work.steps, b + lag), action="flag",
-            severity=_severity(peak, 0.25, 0.45), value=round(peak, 4),
+            severity=_severity(peak, 0.3, 0.5), value=round(peak, 4),
             reason=f"follower {'joint' if joints.size == 1 else 'joints'} {', '.join(names[j] for j in joints)} "
                    f"off the command for {work.ms(b - a) / 1000:.2f} s: |action - position| up to {worst:.3f} rad, "
                    f"{peak:.3f} rad above the joint's usual error (tracking_excess_rad="
@@ -823,16 +839,22 @@ def _exposure_stretches(work: _Work, name: str, scan: FrameScan, stride: int, co
     mean = np.where(ok, scan.mean, np.nan)
     typical = float(np.nanmedian(mean))
     typical_clip = float(np.median(scan.clipped_high[ok]))
-    spread = _MAD_TO_SIGMA * float(np.nanmedian(np.abs(mean - typical)))
-    band = max(config.exposure_delta, config.exposure_mad * spread)
+    # Exposure multiplies the light: compare on a log scale, so a dark scene's band is as wide as a bright one's.
+    log_mean = np.log(np.maximum(mean, 1.0))
+    centre = float(np.nanmedian(log_mean))
+    spread = _MAD_TO_SIGMA * float(np.nanmedian(np.abs(log_mean - centre)))
+    band = max(math.log(config.exposure_ratio), config.exposure_mad * spread)
     with np.errstate(invalid="ignore"):
-        over = ok & ((mean > typical + band) | (scan.clipped_high > typical_clip + config.exposure_clip_excess))
-        under = ok & (mean < typical - band)
+        over = ok & ((log_mean > centre + band) | (scan.clipped_high > typical_clip + config.exposure_clip_excess))
+        under = ok & (log_mean < centre - band)
     bad = over | under
     whole = None
-    if typical >= config.washed_out_luma or typical_clip >= config.exposure_clip_excess:
-        whole = ("overexposed", "washed out", f"typical frame luma {typical:.0f} >= washed_out_luma="
-                 f"{config.washed_out_luma:g} or {typical_clip:.0%} of its pixels clipped white", typical)
+    typical_dark = float(np.median(scan.dark[ok]))
+    lifted = typical >= config.lifted_black_luma and typical_dark < 0.002 and typical_clip >= 0.05
+    if typical >= config.washed_out_luma or typical_clip >= config.exposure_clip_excess or lifted:
+        whole = ("overexposed", "washed out", f"typical frame luma {typical:.0f} (washed_out_luma="
+                 f"{config.washed_out_luma:g}), {typical_clip:.0%} of its pixels clipped white, "
+                 f"{typical_dark:.1%} in shadow", typical)
     elif typical <= config.dark_luma:
         whole = ("underexposed", "too dark", f"typical frame luma {typical:.0f} <= dark_luma={config.dark_luma:g}",
                  typical)
@@ -847,13 +869,13 @@ def _exposure_stretches(work: _Work, name: str, scan: FrameScan, stride: int, co
     for kind, mask, word in (("overexposed", over, "brighter"), ("underexposed", under, "darker")):
         for a, b, start, end in _sample_runs(work, scan, mask, stride, config):
             luma = float(np.nanmedian(mean[a:b]))
-            delta = abs(luma - typical)
             clip = float(np.median(scan.clipped_high[a:b]))
+            off = abs(math.log(max(luma, 1.0) / max(typical, 1.0))) + max(0.0, clip - typical_clip)
             work.decisions.append(Decision(
                 kind=kind, stream=name, start=start, end=end, action="flag",
-                severity=_severity(max(delta, 250 * (clip - typical_clip)), 70.0, 100.0), value=round(luma, 1),
+                severity=_severity(off, math.log(2.0), math.log(3.0)), value=round(luma, 1),
                 reason=f"camera {name}: {work.ms(end - start) / 1000:.2f} s of frames {word} than the episode's "
-                       f"typical frame: luma {luma:.0f} against {typical:.0f} (band +-{band:.0f}), "
+                       f"typical frame: luma {luma:.0f} against {typical:.0f} (band x/{math.exp(band):.2f}), "
                        f"{clip:.0%} of pixels clipped white against {typical_clip:.0%}",
             ))
     return bad
@@ -865,18 +887,20 @@ def _blur_stretches(work: _Work, name: str, scan: FrameScan, stride: int, expose
     ok = scan.decoded & ~exposed
     if ok.sum() < 4:
         return
-    reference = float(np.percentile(scan.sharpness[ok], 90))
+    # Detail relative to brightness squared: a gain (auto-exposure, a darker view) scales both alike.
+    detail = scan.sharpness / np.maximum(np.nan_to_num(scan.mean), 1.0) ** 2
+    reference = float(np.percentile(detail[ok], 90))
     if reference <= 0:
         return
-    ratio = scan.sharpness / reference
+    ratio = detail / reference
     blurred = ok & (ratio < config.blur_ratio)
     for a, b, start, end in _sample_runs(work, scan, blurred, stride, config):
         value = float(np.median(ratio[a:b][blurred[a:b]]))
         work.decisions.append(Decision(
             kind="blur", stream=name, start=start, end=end, action="flag",
-            severity=_severity(value, 0.2, 0.1), value=round(value, 3),
+            severity=_severity(value, 0.08, 0.03), value=round(value, 3),
             reason=f"camera {name}: {work.ms(end - start) / 1000:.2f} s of blurred frames: detail (Laplacian "
-                   f"variance) {value:.0%} of the episode's sharp frames ({reference:.0f}; blur_ratio="
+                   f"variance / luma^2) {value:.0%} of the episode's sharp frames ({reference:.3f}; blur_ratio="
                    f"{config.blur_ratio:g})",
         ))
 

@@ -16,6 +16,7 @@ import numpy as np
 __all__ = ["FrameScan", "decode_flag", "scan_frames"]
 
 _CLIP_LOW, _CLIP_HIGH = 4, 251  # 8-bit luma at the ends of the range: no detail left
+_DARK = 40  # shadows: a normally exposed view has some
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class FrameScan:
         mean: mean luma (0..255); NaN where the frame did not decode.
         clipped_high: fraction of pixels at or above 251.
         clipped_low: fraction of pixels at or below 4.
+        dark: fraction of pixels at or below 40 (a washed-out frame has none: its blacks are lifted).
         sharpness: variance of the Laplacian (blur lowers it).
     """
 
@@ -34,6 +36,7 @@ class FrameScan:
     mean: np.ndarray
     clipped_high: np.ndarray
     clipped_low: np.ndarray
+    dark: np.ndarray
     sharpness: np.ndarray
 
     @property
@@ -61,21 +64,23 @@ def scan_frames(jpeg: list[bytes], frame_at_step: np.ndarray, steps: np.ndarray,
     mean = np.full(n, np.nan)
     high = np.zeros(n)
     low = np.zeros(n)
+    dark = np.zeros(n)
     sharp = np.zeros(n)
-    seen: dict[int, tuple[float, float, float, float]] = {}
+    seen: dict[int, tuple[float, float, float, float, float]] = {}
     for k, step in enumerate(steps.tolist()):
         i = int(frame_at_step[step])
         if i not in seen:
             gray = cv2.imdecode(np.frombuffer(jpeg[i], np.uint8), flag)
             if gray is None or gray.size == 0:
-                seen[i] = (np.nan, 0.0, 0.0, 0.0)
+                seen[i] = (np.nan, 0.0, 0.0, 0.0, 0.0)
             else:
                 pixels = float(gray.size)
                 seen[i] = (
                     float(gray.mean()),
                     float(np.count_nonzero(gray >= _CLIP_HIGH)) / pixels,
                     float(np.count_nonzero(gray <= _CLIP_LOW)) / pixels,
+                    float(np.count_nonzero(gray <= _DARK)) / pixels,
                     float(cv2.Laplacian(gray, cv2.CV_32F).var()),
                 )
-        mean[k], high[k], low[k], sharp[k] = seen[i]
-    return FrameScan(steps=steps, mean=mean, clipped_high=high, clipped_low=low, sharpness=sharp)
+        mean[k], high[k], low[k], dark[k], sharp[k] = seen[i]
+    return FrameScan(steps=steps, mean=mean, clipped_high=high, clipped_low=low, dark=dark, sharpness=sharp)
