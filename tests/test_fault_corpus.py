@@ -90,12 +90,16 @@ def run_case(fault: str, level: str, seed: int, work: str) -> Outcome:
         return out
     hits = [d for d in decisions if _covers(d, where, cls.kinds)]
     out.found = bool(hits)
-    if "A" in out.grades:
-        flagged = [d for d in hits if d["action"] not in REPAIR_ACTIONS]
+    for episode in (e for e in result.episodes if e.quality.grade == "A"):
+        a, b = episode.steps
+        flagged = [d for d in hits if d["action"] not in REPAIR_ACTIONS
+                   and (d["stage"] != "clean" or (d["start"] < b and d["end"] > a))]
         if not hits:
             out.a_unexplained = "graded A and the fault was not found"
         elif flagged:
             out.a_unexplained = f"graded A with {flagged[0]['kind']} left in ({flagged[0]['action']})"
+        elif any(d["action"] not in REPAIR_ACTIONS for d in hits):
+            out.a_allowed_because = "found and flagged in another part of the split recording; this part is clean"
         else:
             actions = "/".join(sorted({d["action"] for d in hits}))
             out.a_allowed_because = (

@@ -182,9 +182,10 @@ class CleanConfig:
             own band. Panning over a real scene moves the mean by +-25 %.
         exposure_mad: see ``exposure_ratio``.
         exposure_clip_excess: or when this fraction more of its pixels is
-            clipped white than in the typical frame.
+            clipped white than in the typical frame (0.1: a washed-out stretch
+            of a contrasty scene clips before its mean moves much).
         washed_out_luma / dark_luma: a camera whose typical frame is brighter /
-            darker than this (or has ``exposure_clip_excess`` of its pixels
+            darker than this (or has ``washed_out_clip`` of its pixels
             clipped white) is over/under-exposed as a whole: a well-exposed
             scene's mean luma sits near 110-130 (18 % grey).
         lifted_black_luma: a camera whose typical frame is this bright, has no
@@ -230,9 +231,10 @@ class CleanConfig:
     image_scan_s: float = 0.25
     image_scan_min_width: int = 160
     image_min_samples: int = 2
-    exposure_ratio: float = 1.5
-    exposure_mad: float = 5.0
-    exposure_clip_excess: float = 0.2
+    exposure_ratio: float = 1.35
+    exposure_mad: float = 4.0
+    exposure_clip_excess: float = 0.1
+    washed_out_clip: float = 0.2
     washed_out_luma: float = 195.0
     lifted_black_luma: float = 160.0
     dark_luma: float = 35.0
@@ -851,7 +853,7 @@ def _exposure_stretches(work: _Work, name: str, scan: FrameScan, stride: int, co
     whole = None
     typical_dark = float(np.median(scan.dark[ok]))
     lifted = typical >= config.lifted_black_luma and typical_dark < 0.002 and typical_clip >= 0.05
-    if typical >= config.washed_out_luma or typical_clip >= config.exposure_clip_excess or lifted:
+    if typical >= config.washed_out_luma or typical_clip >= config.washed_out_clip or lifted:
         whole = ("overexposed", "washed out", f"typical frame luma {typical:.0f} (washed_out_luma="
                  f"{config.washed_out_luma:g}), {typical_clip:.0%} of its pixels clipped white, "
                  f"{typical_dark:.1%} in shadow", typical)

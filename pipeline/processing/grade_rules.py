@@ -179,3 +179,12 @@ def _where(stage: str, start: int, end: int) -> str:
     if stage != "clean":
         return f"{stage} stage"
     return f"steps {start}..{end}"
+
+
+def costs_text(quality: Mapping[str, Any], limit: int = 3) -> str:
+    """What cost an episode its grade, shortest form: ``tracking_error C, repaired or cut B``; ``-`` for none."""
+    costs = [c for c in quality.get("grade_costs", []) if isinstance(c, Mapping)]
+    if not costs:
+        return "-"
+    text = ", ".join(f"{c.get('name', '?')} {c.get('grade', '?')}" for c in costs[:limit])
+    return text + (f" (+{len(costs) - limit})" if len(costs) > limit else "")
