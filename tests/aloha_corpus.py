@@ -10,7 +10,7 @@ Built independently of the simulator the pipeline was tuned on:
   ``chelsea``) that pan with the follower's joints, with sensor noise, seen
   ``latency_ms`` before their stamp as the robot config says;
 - each episode is written as ACT's ``record_episodes.py`` writes one
-  (compressed JPEG rows) and brought in by :func:`pipeline.import_aloha.import_aloha`.
+  (compressed JPEG rows) and brought in by :func:`pipeline.interop.aloha_import.import_aloha`.
 
 Faults: content faults (motion, images) are made in the ALOHA arrays before
 the file is written; stamp and stream faults rewrite the imported raw file
@@ -29,7 +29,7 @@ import cv2
 import h5py
 import numpy as np
 
-from pipeline.import_aloha import import_aloha
+from pipeline.interop.aloha_import import import_aloha
 from pipeline.processing.episode import CameraStream, NumericStream, RawEpisode, load_raw_episode
 from pipeline.raw_builder import RawEpisodeBuilder
 from pipeline.robot_config import RobotConfig, load_robot_config
