@@ -179,7 +179,8 @@ class CleanConfig:
             many times brighter or darker than the camera's typical (median)
             frame in the episode, or ``exposure_mad`` robust deviations of log
             luma away, whichever is wider: a scene that varies a lot widens its
-            own band. Panning over a real scene moves the mean by +-25 %.
+            own band. Panning over a real scene moved the mean by up to 1.37x
+            in the corpus (tests/aloha_corpus.py).
         exposure_mad: see ``exposure_ratio``.
         exposure_clip_excess: or when this fraction more of its pixels is
             clipped white than in the typical frame (0.1: a washed-out stretch
@@ -231,7 +232,7 @@ class CleanConfig:
     image_scan_s: float = 0.25
     image_scan_min_width: int = 160
     image_min_samples: int = 2
-    exposure_ratio: float = 1.35
+    exposure_ratio: float = 1.5
     exposure_mad: float = 4.0
     exposure_clip_excess: float = 0.1
     washed_out_clip: float = 0.2
