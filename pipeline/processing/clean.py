@@ -25,16 +25,28 @@ spike                 single-step outlier vs. neighbours' median  interpolate
 position_limit        outside [min - tol, max + tol]              interpolate if short, else split/trim
 velocity_limit        velocity field or position differences      interpolate (field) if short;
                       above velocity_max * (1 + tol)              split at a position jump
+stale_joint_stream    every joint repeats its reading for         split/trim
+                      stale_min_s while the command moves
+tracking_error        a joint off the command by                  flag (the grade pays)
+                      tracking_excess_rad for tracking_min_s
 frozen_frames         identical JPEG bytes > frozen_max_s         split/trim (fill if short)
 black_frames          mean brightness < black_max_brightness      fill if short, else split/trim
 frame_gap             step without a frame within tolerance       fill if short, else split/trim
-idle_head/idle_tail   joint speed < idle_speed_rad_s at the ends  trim, keeping idle_margin_s
+overexposed /         frames exposure_ratio brighter/darker than  flag
+underexposed          the camera's typical frame; a camera
+                      washed out or dark as a whole
+blur                  frames with under blur_ratio of the         flag
+                      camera's sharp frames' detail
+idle_head/idle_tail   smoothed joint speed < idle_speed_rad_s     trim, keeping idle_margin_s
+                      (and its noise) at the ends
 idle                  a segment where nothing moves               drop
 too_short             segment < min_duration_s                    drop; reject if none is left
 ====================  ==========================================  ==============================
 
-"interpolate": the values in the run are replaced by the straight line between
-the good steps on either side. "fill": a step's frame becomes the nearest good
+"flag": the data stays as it is; the decision carries a severity (mild,
+moderate, severe) and the measured value, and caps the grade
+(:mod:`pipeline.processing.grade_rules`). "interpolate": the values in the run
+are replaced by the straight line between the good steps on either side. "fill": a step's frame becomes the nearest good
 frame in time. "split": the steps are removed and the episode continues as a
 new segment after them. "trim": the same at the head or tail. "drop": the
 samples (raw) or the segment (aligned) are discarded.
@@ -158,12 +170,17 @@ class CleanConfig:
             its last reading): a real follower never holds every encoder count
             while its leader moves. 0.3 s is 15 steps at 50 Hz.
         stale_action_rad: the command moves when some joint's action spans
-            this much during the run (0.05 rad: far above a resting leader's noise).
+            this much during the run (0.05 rad: far above a resting leader's
+            noise) and moves (by the idle rule) through at least half of it: a
+            command that starts just before a resting robot does is the
+            controller's lag, not a stale stream.
         tracking_excess_rad: the follower diverges from the command on a joint
             when ``|action - position|`` (position shifted by the episode's
-            command-to-motion lag) exceeds the joint's own median error by this
-            much (0.1 rad, ~6 deg), smoothed over ``tracking_smooth_s``. The
-            median removes a joint's steady offset (gravity sag, calibration).
+            command-to-motion lag) exceeds the joint's usual error (its 25th
+            percentile: a fault covering half the episode does not hide in it)
+            by this much (0.1 rad, ~6 deg), smoothed over ``tracking_smooth_s``.
+            The usual error removes a joint's steady offset (gravity sag,
+            calibration).
         tracking_min_s: for at least this long (a brief overshoot is control, not a fault).
         tracking_smooth_s: moving-average window of the error.
         tracking_max_lag_s: longest command-to-motion lag searched.
@@ -763,7 +780,7 @@ def _tracking_stretches(work: _Work, robot: RobotConfig, config: CleanConfig) ->
 
     Per joint (grippers and continuous joints aside: a gripper's command and
     reading are on different scales on most arms), the error is ``|action[t]
-    - position[t + lag]|`` minus the joint's median error, smoothed over
+    - position[t + lag]|`` minus the joint's usual error, smoothed over
     ``tracking_smooth_s``; a stretch is where some joint's error stays above
     ``tracking_excess_rad`` for ``tracking_min_s``.
     """
