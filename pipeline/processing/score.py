@@ -69,6 +69,13 @@ episode moves the mean by 1/27, under 0.04):
 A trainer who keeps "B or better" therefore never gets an episode with a
 major indicator in F, whatever the others say.
 
+Two more caps come from the cleaning decisions (:mod:`pipeline.processing.grade_rules`,
+where all the rules are data, and the README's grade table): a defect the
+clean or align stage found and left in the data caps the grade by its kind
+and severity, and the share of the recording repaired or cut caps it above
+2 %. Every rule that lowered the grade is kept as a
+:class:`~pipeline.processing.grade_rules.GradeCost` in ``QualityReport.costs``.
+
 Costs
 -----
 The numeric indicators are vectorised over the episode. The image
@@ -1148,7 +1155,9 @@ def score_episode(
 
     Args:
         ep: the aligned (and cleaned) episode, with its raw episode.
-        decisions: the clean stage's decisions for this episode; only counted.
+        decisions: the clean (and align) stage's decisions for the whole recording;
+            counted, and those that concern this episode's steps
+            (``ep.report["clean"]``) cap its grade by the grade rules.
         config: thresholds and sampling knobs.
 
     Returns:
