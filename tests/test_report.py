@@ -23,6 +23,7 @@ from pipeline.errors import DatasetError
 from pipeline.process_job import JobOptions, run_process_job
 from pipeline.raw_builder import simulate_episode
 from pipeline.report import (
+    _anchor,
     body_part_groups,
     decision_table,
     kept_text,
@@ -274,10 +275,10 @@ def test_the_appraisal_shows_each_part_with_its_inputs(dataset: Path, page: str)
 
 
 def test_each_detailed_episode_says_what_cost_it_its_grade(dataset: Path, page: str) -> None:
-    shown = [e for e in load_index(dataset) if e.accepted and e.key and f"<details id='{e.key}'" in page]
+    shown = [e for e in load_index(dataset) if e.accepted and e.key and f"<details id='{_anchor(e.key)}'" in page]
     assert shown
     for entry in shown:
-        part = " ".join(visible_text(section(page, entry.key)).split())
+        part = " ".join(visible_text(section(page, _anchor(entry.key))).split())
         assert "What cost it its grade" in part
         costs = entry.quality.get("grade_costs", [])
         if entry.grade == "A":
