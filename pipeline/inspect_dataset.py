@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.console import format_table
+from pipeline.dataset.appraisal import appraise
 from pipeline.dataset.index import (
     DATA_DIR,
     GRADES,
@@ -45,7 +46,6 @@ from pipeline.dataset.index import (
     STAGING_DIR,
     dataset_card,
 )
-from pipeline.dataset.appraisal import appraise
 from pipeline.dataset.store import Dataset
 from pipeline.dataset_overview import (
     Overview,

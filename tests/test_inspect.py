@@ -13,8 +13,8 @@ import pytest
 from pipeline.dataset.index import DatasetIndex
 from pipeline.dataset.store import DatasetLock, load_index
 from pipeline.errors import StoreError
-from pipeline.interop.dp_export import export_diffusion_policy
 from pipeline.inspect_dataset import inspect_dataset
+from pipeline.interop.dp_export import export_diffusion_policy
 from pipeline.process_job import JobOptions, run_process_job
 from pipeline.processing.config import ProcessConfig
 from pipeline.processing.grade_rules import costs_text
