@@ -7,15 +7,18 @@ Summary (its size does not grow with the dataset)
     cleaning and the share kept, in total and as a distribution over raw
     episodes; cleaning decisions per kind (how many, how many raw episodes,
     how much time they touched); rejections by reason; grades; every quality
-    indicator's distribution over all accepted episodes; and bounded tables
-    of the worst-scoring, the most cut and the rejected episodes (``worst``
-    rows each, plus counts of the rest).
+    indicator's distribution over all accepted episodes; the dataset's
+    appraisal (:mod:`pipeline.dataset.appraisal`: one score with its parts
+    and their inputs, beside another dataset's with ``compare``); and bounded
+    tables of the worst-scoring (with what cost each its grade), the most cut
+    and the rejected episodes (``worst`` rows each, plus counts of the rest).
 
 Detail (only for a selected subset)
     Per episode: raw vs kept duration, every joint position plotted against
-    time (small multiples by body part), a contact sheet per camera, the
-    indicators and the cleaning decisions per kind with the full list one
-    click away. ``episodes`` picks them (dataset keys or raw episode ids);
+    time (small multiples by body part), a contact sheet per camera, what
+    cost it its grade (the grade rules that capped it, with what they
+    measured), the indicators and the cleaning decisions per kind with the
+    full list one click away. ``episodes`` picks them (dataset keys or raw episode ids);
     by default the ``worst`` lowest-scoring accepted episodes and the first
     ``worst`` rejected raw episodes.
 
