@@ -3,8 +3,9 @@
 An episode's grade is the worst of:
 
 1. the letter of its overall score (the weighted mean of the indicators);
-2. the indicator caps (:data:`INDICATOR_CAPS`): one ruinous indicator is not
-   averaged away;
+2. the indicator caps (:data:`INDICATOR_CAPS`, :data:`INDICATOR_SCORE_CAPS`):
+   one ruinous indicator is not averaged away, and an alignment that is not
+   trusted (``sync_error_ms``) caps the grade by itself;
 3. the decision caps (:data:`DECISION_CAPS`): a defect the clean or align
    stage found and *left in the data* (action ``flag``, or a correction that
    rests on an estimate) caps the grade by its kind and severity, wherever the
@@ -102,6 +103,40 @@ REPAIR_SHARE_CAPS: tuple[tuple[float, str], ...] = ((0.30, "D"), (0.10, "C"), (0
 REPAIR_ACTIONS = frozenset({"interpolate", "fill", "split", "trim", "drop"})
 NEUTRAL_KINDS = frozenset({"idle_head", "idle_tail", "idle", "too_short", "outcome"})
 """Decision kinds that cost no grade: trimming rest, and dropping leftovers too short to use."""
+
+@dataclass(frozen=True)
+class IndicatorCap:
+    """An indicator whose score below ``below`` caps the grade at ``grade``, whatever the mean says."""
+
+    name: str
+    below: float
+    grade: str
+    why: str
+
+
+INDICATOR_SCORE_CAPS: tuple[IndicatorCap, ...] = (
+    IndicatorCap("sync_error_ms", 0.5, "C", "alignment confidence: frames and joints disagree in time by well over "
+                 "what nearest-frame picking explains"),
+    IndicatorCap("sync_error_ms", 1.0, "B", "alignment confidence: frames and joints disagree in time by more "
+                 "than nearest-frame picking explains"),
+)
+"""Indicator -> grade cap by its score, worst first; the README's grade table lists the same."""
+
+
+def indicator_costs(scores: Mapping[str, tuple[float, float, str]]) -> list[GradeCost]:
+    """Caps from :data:`INDICATOR_SCORE_CAPS`; ``scores`` maps a measured indicator to (score, value, unit)."""
+    costs = []
+    for rule in INDICATOR_SCORE_CAPS:
+        measured = scores.get(rule.name)
+        if measured is None or measured[0] >= rule.below - 1e-9:
+            continue
+        if any(c.name == rule.name for c in costs):
+            continue  # a worse cap of the same indicator came first
+        score, value, unit = measured
+        costs.append(GradeCost("indicator", rule.name, rule.grade,
+                               f"scores {score:.2f} (value {value:g} {unit}), under {rule.below:g}: {rule.why}"))
+    return costs
+
 
 INDICATOR_CAPS = (
     ("major indicator", "a major indicator (weight >= 1) at letter X caps the grade two letters better than X "

@@ -107,7 +107,7 @@ import numpy as np
 
 from pipeline.errors import ProcessingError
 from pipeline.processing.episode import AlignedEpisode, CameraStream, NumericStream
-from pipeline.processing.grade_rules import GradeCost, decision_costs, worst
+from pipeline.processing.grade_rules import GradeCost, decision_costs, indicator_costs, worst
 from pipeline.streams import ACTION, JOINT_STATE
 
 GRADES = ("A", "B", "C", "D", "F")
@@ -1233,6 +1233,9 @@ def _grade(indicators: Sequence[Indicator]) -> tuple[str, float, list[GradeCost]
                                f"major indicator scores {lowest.score:.2f} (letter {letter(lowest.score)}), "
                                f"value {lowest.value:g} {lowest.unit}"))
         grade = max(grade, cap)
+    for cost in indicator_costs({ind.name: (ind.score, ind.value, ind.unit) for ind in weighted}):
+        costs.append(cost)
+        grade = max(grade, GRADES.index(cost.grade))
     failed = [ind.name for ind in weighted if ind.critical and ind.score <= 0]
     if failed:
         costs.append(GradeCost("indicator", ", ".join(failed), "D", "critical indicator(s) at score 0"))
