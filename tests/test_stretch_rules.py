@@ -15,7 +15,7 @@ import pytest
 from pipeline.processing.align import align
 from pipeline.processing.clean import CleanResult, Decision, clean_aligned, clean_raw
 from pipeline.processing.episode import RawEpisode
-from pipeline.processing.grade_rules import DECISION_CAPS, decision_costs
+from pipeline.processing.grade_rules import DECISION_CAPS, decision_costs, indicator_costs
 from pipeline.processing.score import QualityReport, score_episode
 from tests import aloha_corpus as corpus
 
@@ -155,3 +155,10 @@ def test_grade_costs_survive_the_quality_report_round_trip(work: Path) -> None:
     quality = score_episode(result.segments[0], [*decisions, Decision(**_flag("blur", "mild"))])
     assert quality.grade == "B" and quality.costs[0].name == "blur"
     assert QualityReport.from_dict(quality.to_dict()) == quality
+
+
+@pytest.mark.parametrize(("score", "caps"), [(1.0, []), (0.8, ["B"]), (0.3, ["C"])])
+def test_an_alignment_that_is_not_trusted_caps_the_grade(score: float, caps: list[str]) -> None:
+    costs = indicator_costs({"sync_error_ms": (score, 40.0, "ms")})
+    assert [c.grade for c in costs] == caps
+    assert all(c.name == "sync_error_ms" and "alignment confidence" in c.detail for c in costs)
