@@ -15,7 +15,7 @@ import pytest
 from pipeline.processing.align import align
 from pipeline.processing.clean import CleanResult, Decision, clean_aligned, clean_raw
 from pipeline.processing.episode import RawEpisode
-from pipeline.processing.grade_rules import DECISION_CAPS, decision_costs, indicator_costs
+from pipeline.processing.grade_rules import DECISION_CAPS, INDICATOR_SCORE_CAPS, decision_costs, indicator_costs
 from pipeline.processing.score import QualityReport, score_episode
 from tests import aloha_corpus as corpus
 
@@ -162,3 +162,17 @@ def test_an_alignment_that_is_not_trusted_caps_the_grade(score: float, caps: lis
     costs = indicator_costs({"sync_error_ms": (score, 40.0, "ms")})
     assert [c.grade for c in costs] == caps
     assert all(c.name == "sync_error_ms" and "alignment confidence" in c.detail for c in costs)
+
+
+def test_the_readme_grade_table_lists_every_rule_in_the_code() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("#### Grades: what takes an episode below A"):readme.index("#### A value, explained")]
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    for cap in DECISION_CAPS:
+        [row] = [line for name, line in rows.items() if f"`{cap.kind}`" in name]
+        cells = [c.strip() for c in row.split("|")[2:6]]
+        assert [cell.split()[0].rstrip(",") for cell in cells[:3]] == ["mild", "moderate", "severe"]
+        assert (cap.mild, cap.moderate, cap.severe) == ("B", "C", "D")
+    for cap in INDICATOR_SCORE_CAPS:
+        [row] = [line for name, line in rows.items() if f"`{cap.name}`" in name]
+        assert f"score < {cap.below:g}" in row.split("|")["ABCDF".index(cap.grade) + 1]
