@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worst", metavar="N", type=_positive_int, default=20,
                    help="rows of the lowest-scoring / most cut / rejected tables, and episodes detailed by default "
                         "(default: %(default)s)")
+    p.add_argument("--compare", type=Path, metavar="OTHER.zarr",
+                   help="show another dataset's appraisal beside this one's, part by part (same scales)")
     p.set_defaults(func=_cmd_report)
 
     _add_interop_parsers(sub)
@@ -797,8 +799,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from pipeline.report import write_report
 
     out = args.out or args.dataset.resolve().parent / f"{args.dataset.resolve().stem}-report.html"
-    write_report(args.dataset, out, episodes=args.episodes, worst=args.worst)
+    write_report(args.dataset, out, episodes=args.episodes, worst=args.worst, compare=args.compare)
     print(f"quality report: {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    from pipeline.dataset.appraisal import appraise, comparison_lines
+    from pipeline.dataset.store import Dataset
+
+    mine = appraise(Dataset(args.dataset).state())
+    if args.compare is None:
+        print("\n".join(mine.lines()))
+    else:
+        other = appraise(Dataset(args.compare).state())
+        print("\n".join(comparison_lines(mine, other, args.dataset.name, args.compare.name)))
     return 0
 
 

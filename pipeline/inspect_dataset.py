@@ -5,8 +5,10 @@ cleaning kept (raw duration recorded, duration kept and the share, decisions
 per kind with the time they touched, the most cut raw episodes), where the
 bytes are (data segments with their files and sizes, index files, anything
 a killed job left), the array keys of each robot model (dtype, shape per
-step, chunking, codecs), the episodes (key, robot, model, task, seconds,
-grade, split, accepted or why not, kept of its raw episode, size), a grade
+step, chunking, codecs), the dataset's appraisal (:mod:`pipeline.dataset.appraisal`),
+the episodes (key, robot, model, task, seconds, grade, what cost it its grade
+(:mod:`pipeline.processing.grade_rules`), split, accepted or why not, kept of
+its raw episode, size), a grade
 histogram and the statistics. For a
 Diffusion Policy replay buffer written by :mod:`pipeline.interop.dp_export` (folder
 or ``.zarr.zip``): its episodes and arrays.
@@ -36,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.console import format_table
+from pipeline.dataset.appraisal import appraise
 from pipeline.dataset.index import (
     DATA_DIR,
     GRADES,
@@ -52,6 +55,7 @@ from pipeline.dataset_overview import (
 )
 from pipeline.errors import StoreError
 from pipeline.human_units import kept_text, seconds_text
+from pipeline.processing.grade_rules import costs_text
 
 DEFAULT_MAX_EPISODES = 50
 """Episodes listed row by row; the rest are summed up."""
@@ -65,7 +69,7 @@ _SUM_COLUMNS = ["key", "model", "length", "rate_hz", "accepted", "data_segment",
                 "segment"]
 # Columns of the rows listed one by one.
 _LIST_COLUMNS = ["key", "raw_episode_id", "robot_id", "model", "task", "length", "rate_hz", "grade", "accepted",
-                 "reasons", "split", "data_segment"]
+                 "reasons", "split", "data_segment", "quality_json"]
 
 
 @dataclass
@@ -137,6 +141,7 @@ def inspect_dataset(
         out.append(f"  {_n(len(staging), 'staging folder')} ({_mb(sum(staging.values()))}): half-written segments "
                    "of killed workers; the next `refinery process` removes them")
     out += ["", "Card", *_card_lines(card)]
+    out += ["", "Appraisal", *appraise(state).lines()]
     raws = per_raw_episode(rows)
     out += ["", *_cleaning_lines(dataset_overview(dataset, rows, indicators=False), raws)]
     out += ["", *_segment_lines(segments, rows.filter(with_data), max_segments)]
@@ -391,10 +396,13 @@ def _episode_lines(
         size = "-"
         if e.key and segment is not None and segment.steps:
             size = "~" + _mb(segment.bytes * e.length / segment.steps)
-        grade = (e.grade or "-") if e.accepted and e.key else "-"  # a rejected episode has no grade worth reading
-        table.append([e.key or f"({e.raw_episode_id})", e.robot_id, e.model, e.task or "-", seconds, grade,
+        graded = e.accepted and e.key
+        grade = (e.grade or "-") if graded else "-"  # a rejected episode has no grade worth reading
+        cost = costs_text(e.quality, 2) if graded else "-"
+        table.append([e.key or f"({e.raw_episode_id})", e.robot_id, e.model, e.task or "-", seconds, grade, cost,
                       (e.split or "-") if e.key else "-", status, kept, size])
-    headers = ["episode", "robot", "model", "task", "seconds", "grade", "split", "accepted", "raw kept", "size"]
+    headers = ["episode", "robot", "model", "task", "seconds", "grade", "grade cost", "split", "accepted", "raw kept",
+               "size"]
     lines = [head, _indent(format_table(headers, table))]
     if len(rows) > len(shown):
         lines.append(f"  (the first {len(shown)} of {len(rows)} index rows; size is the episode's share of its "

@@ -7,15 +7,18 @@ Summary (its size does not grow with the dataset)
     cleaning and the share kept, in total and as a distribution over raw
     episodes; cleaning decisions per kind (how many, how many raw episodes,
     how much time they touched); rejections by reason; grades; every quality
-    indicator's distribution over all accepted episodes; and bounded tables
-    of the worst-scoring, the most cut and the rejected episodes (``worst``
-    rows each, plus counts of the rest).
+    indicator's distribution over all accepted episodes; the dataset's
+    appraisal (:mod:`pipeline.dataset.appraisal`: one score with its parts
+    and their inputs, beside another dataset's with ``compare``); and bounded
+    tables of the worst-scoring (with what cost each its grade), the most cut
+    and the rejected episodes (``worst`` rows each, plus counts of the rest).
 
 Detail (only for a selected subset)
     Per episode: raw vs kept duration, every joint position plotted against
-    time (small multiples by body part), a contact sheet per camera, the
-    indicators and the cleaning decisions per kind with the full list one
-    click away. ``episodes`` picks them (dataset keys or raw episode ids);
+    time (small multiples by body part), a contact sheet per camera, what
+    cost it its grade (the grade rules that capped it, with what they
+    measured), the indicators and the cleaning decisions per kind with the
+    full list one click away. ``episodes`` picks them (dataset keys or raw episode ids);
     by default the ``worst`` lowest-scoring accepted episodes and the first
     ``worst`` rejected raw episodes.
 
@@ -37,6 +40,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.dataset.appraisal import appraise, comparison_lines
 from pipeline.dataset.index import GRADES, KEY_COUNT_COLUMNS, EpisodeEntry
 from pipeline.dataset.store import Dataset
 from pipeline.dataset_overview import (
@@ -51,6 +55,7 @@ from pipeline.dataset_overview import (
 )
 from pipeline.errors import DatasetError
 from pipeline.human_units import kept_text, percent_text, seconds_text, value_text
+from pipeline.processing.grade_rules import costs_text
 from pipeline.report_plots import (
     bar,
     body_part_groups,
@@ -130,7 +135,8 @@ details details{border-color:#eee}summary{cursor:pointer;font-weight:600}
 
 
 def write_report(
-    dataset: Path, out: Path, *, episodes: Sequence[str] | None = None, worst: int = DEFAULT_WORST
+    dataset: Path, out: Path, *, episodes: Sequence[str] | None = None, worst: int = DEFAULT_WORST,
+    compare: Path | None = None,
 ) -> Path:
     """Write the report of ``dataset`` to ``out`` (an .html file).
 
@@ -143,6 +149,7 @@ def write_report(
             raw episodes.
         worst: Rows of each summary table (worst-scoring, most cut, rejected)
             and episodes detailed by default.
+        compare: Another Refinery dataset whose appraisal is shown beside this one's.
 
     Returns:
         ``out``.
@@ -172,7 +179,7 @@ def write_report(
              f"<style>{_CSS}</style></head><body>"),
              f"<h1>Quality report: {_e(dataset.name)}</h1>",
              f"<p class='muted small'>{_e(dataset.resolve())} · written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>",
-             _lead(view), _card(source.card(), view)]
+             _lead(view), _card(source.card(), view), _appraisal_section(source, dataset, compare)]
     parts.append(_cleaning_section(view))
     parts.append(_grades_section(view))
     parts.append(_indicator_section(view))
@@ -267,6 +274,31 @@ def _card(card: dict[str, Any], view: Overview) -> str:
     rows.append(("Updated", _e(card.get("updated", "?"))))
     body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f"<h2>Dataset card</h2><table class='facts'>{body}</table>"
+
+
+def _appraisal_section(source: Dataset, dataset: Path, compare: Path | None) -> str:
+    """The dataset's value, part by part with its inputs; beside another dataset's when asked."""
+    mine = appraise(source.state())
+    rows = []
+    for part in mine.parts:
+        rows.append(f"<tr><th>{_e(part.name)}</th><td class='n'>{100 * part.score:.1f}</td>"
+                    f"<td class='n'>x {part.weight:.2f}</td><td></td></tr>")
+        for sub in part.parts:
+            inputs = ", ".join(f"{k} {v}" for k, v in sub.inputs.items())
+            rows.append(f"<tr><td>&nbsp;&nbsp;{_e(sub.name)}</td><td class='n'>{100 * sub.score:.1f}</td>"
+                        f"<td class='n'>x {sub.weight:.2f}</td><td class='small'>{_e(inputs)}</td></tr>")
+    costs = ", ".join(f"{_e(name)} ({n:,})" for name, n in mine.costs[:10]) or "nothing: every accepted episode is A"
+    out = [f"<h2>Appraisal: {mine.score:.1f} / 100</h2>",
+           "<p class='muted small'>Quality, coverage and freshness on fixed scales (README, <i>A value, "
+           f"explained</i>), so two datasets compare; no money. Asked {_e(mine.asked)}.</p>",
+           "<table><tr><th>part</th><th class='n'>score</th><th class='n'>weight</th><th>inputs</th></tr>"
+           f"{''.join(rows)}</table>",
+           f"<p><b>What cost accepted episodes their grade:</b> {costs}</p>"]
+    if compare is not None:
+        other = appraise(Dataset(compare).state())
+        lines = comparison_lines(mine, other, dataset.name, Path(compare).name)
+        out.append(f"<h3>Compared with {_e(Path(compare).name)}</h3><pre>{_e(chr(10).join(lines))}</pre>")
+    return "".join(out)
 
 
 def _cleaning_section(view: Overview) -> str:
@@ -384,13 +416,30 @@ def _worst_table(lowest: pa.Table, total: int, raw_of: dict[str, tuple[float, fl
         rows.append(
             f"<tr><td class='key'>{_name_link(r['key'], r['entry_id'] in detailed)}</td><td>{_e(r['robot_id'])}</td>"
             f"<td>{_e(_shorten(r['task'], 40))}</td><td>{_grade(r['grade'])}</td><td class='n'>{r['overall']:.2f}</td>"
+            f"<td class='small'>{_e(_cost_of(details.get(r['entry_id'])))}</td>"
             f"<td class='n'>{own:.1f} s</td><td>{_e(kept_text(kept_s, raw_s))}</td>"
             f"<td class='small'>{_kinds_short(_decisions_kinds(details.get(r['entry_id']), r['rate_hz']))}</td></tr>")
     more = (f"<p class='muted small'>The {lowest.num_rows} lowest-scoring of {total:,} accepted episodes"
             f"{'' if total <= worst else '; the others are in the distributions above'}.</p>")
     return (out[0] + "<table><tr><th>episode</th><th>robot</th><th>task</th><th>grade</th><th class='n'>score</th>"
-            "<th class='n'>length</th><th>of its raw episode</th><th>cleaning decisions (raw episode)</th></tr>"
+            "<th>what cost it its grade</th><th class='n'>length</th><th>of its raw episode</th><th>cleaning decisions (raw episode)</th></tr>"
             f"{''.join(rows)}</table>{more}")
+
+
+def _cost_of(detail: EpisodeEntry | None) -> str:
+    return costs_text(detail.quality) if detail is not None else ""
+
+
+def _grade_costs(quality: dict[str, Any]) -> str:
+    """Every rule that took the episode below A (README: grade rules), worst first."""
+    costs = quality.get("grade_costs", [])
+    if not costs:
+        if quality.get("grade") == "A":
+            return "<p>Nothing: no rule takes it below A.</p>"
+        return "<p class='muted'>Not recorded (graded before grade costs were kept).</p>"
+    rows = "".join(f"<tr><td>{_grade(str(c.get('grade', '?')))}</td><td>{_e(c.get('rule', ''))}</td>"
+                   f"<td>{_e(c.get('name', ''))}</td><td class='small'>{_e(c.get('detail', ''))}</td></tr>" for c in costs)
+    return ("<table><tr><th>caps at</th><th>rule</th><th>what</th><th>measured</th></tr>" + rows + "</table>")
 
 
 def _most_cut_table(raws: pa.Table, rows: pa.Table, worst: int, detailed: set[int],
@@ -548,6 +597,7 @@ def _episode_section(source: Dataset, entry: EpisodeEntry, detail: EpisodeEntry,
         body.append("<h4>Contact sheet</h4>")
         for camera in sorted(entry.cameras):
             body.append(f"<div class='sheet'><b>{_e(camera)}</b><br>{contact_sheet(source, entry, camera)}</div>")
+    body.append("<h4>What cost it its grade</h4>" + _grade_costs(detail.quality))
     body.append("<h4>Cleaning decisions (the whole raw episode)</h4>" + _decisions_block(detail, entry.rate_hz))
     body.append("<h4>Quality indicators</h4>" + _indicator_table(detail.quality))
     body.append("</details>")

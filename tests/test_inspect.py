@@ -13,10 +13,11 @@ import pytest
 from pipeline.dataset.index import DatasetIndex
 from pipeline.dataset.store import DatasetLock, load_index
 from pipeline.errors import StoreError
-from pipeline.interop.dp_export import export_diffusion_policy
 from pipeline.inspect_dataset import inspect_dataset
+from pipeline.interop.dp_export import export_diffusion_policy
 from pipeline.process_job import JobOptions, run_process_job
 from pipeline.processing.config import ProcessConfig
+from pipeline.processing.grade_rules import costs_text
 from pipeline.raw_builder import simulate_episode
 from pipeline.report import kept_text
 from pipeline.robot_config import load_robot_config
@@ -236,3 +237,18 @@ def test_a_raw_folder_or_anything_else_is_refused_with_what_to_use(dataset: Path
         inspect_dataset(dataset.parent / "raw")
     with pytest.raises(StoreError, match="refinery process"):
         inspect_dataset(tmp_path)
+
+
+def test_each_graded_episode_shows_what_cost_it_its_grade(dataset: Path, text: str) -> None:
+    assert "grade cost" in text
+    for entry in (e for e in load_index(dataset) if e.accepted and e.key):
+        line = next(line for line in text.splitlines() if line.startswith(f"  {entry.key} "))
+        assert costs_text(entry.quality, 2) in line
+
+
+def test_the_appraisal_is_shown_with_its_parts(dataset: Path, text: str) -> None:
+    lines = section(text, "Appraisal")
+    assert lines[1].startswith("value ") and "/ 100" in lines[1]
+    names = [line.split()[0] for line in lines[2:] if line.startswith("  ") and not line.startswith("    ")]
+    assert names[:3] == ["quality", "coverage", "freshness"]
+    assert any("operators" in line and "effective" in line for line in lines)

@@ -7,6 +7,8 @@ import html
 import json
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,12 +16,14 @@ from pathlib import Path
 import pytest
 
 from collectors.drivers.sim_faults import SimFaults
+from pipeline.dataset.appraisal import appraise
 from pipeline.dataset.index import DatasetIndex, EpisodeEntry
-from pipeline.dataset.store import DatasetLock, load_index
+from pipeline.dataset.store import Dataset, DatasetLock, load_index
 from pipeline.errors import DatasetError
 from pipeline.process_job import JobOptions, run_process_job
 from pipeline.raw_builder import simulate_episode
 from pipeline.report import (
+    _anchor,
     body_part_groups,
     decision_table,
     kept_text,
@@ -257,3 +261,44 @@ def test_an_entry_row_without_decisions_or_quality_still_reports(tmp_path: Path,
     text = visible_text(write_report(copy, tmp_path / "r.html").read_text())
 
     assert "unreadable: truncated file" in text and "no recorded raw duration" in text
+
+
+def test_the_appraisal_shows_each_part_with_its_inputs(dataset: Path, page: str) -> None:
+    mine = appraise(Dataset(dataset).state())
+    text = " ".join(visible_text(page).split())
+
+    assert f"Appraisal: {mine.score:.1f} / 100" in text
+    for part in mine.parts:
+        for sub in part.parts:
+            assert f"{sub.name} {100 * sub.score:.1f} x {sub.weight:.2f}" in text
+    assert "hours " in text and "full at 1000 h" in text and "half-life 90 days" in text
+
+
+def test_each_detailed_episode_says_what_cost_it_its_grade(dataset: Path, page: str) -> None:
+    shown = [e for e in load_index(dataset) if e.accepted and e.key and f"<details id='{_anchor(e.key)}'" in page]
+    assert shown
+    for entry in shown:
+        part = " ".join(visible_text(section(page, _anchor(entry.key))).split())
+        assert "What cost it its grade" in part
+        costs = entry.quality.get("grade_costs", [])
+        if entry.grade == "A":
+            assert "Nothing: no rule takes it below A" in part
+        for cost in costs:
+            assert f"{cost['grade']} {cost['rule']} {cost['name']}" in part
+
+
+def test_report_compare_prints_two_appraisals_part_by_part(dataset: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.zarr"
+    shutil.copytree(dataset, other)
+    run = subprocess.run([sys.executable, "-m", "pipeline.cli", "report", str(dataset), "--out", str(tmp_path / "r.html"),
+                          "--compare", str(other)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    mine = appraise(Dataset(dataset).state())
+    value = next(line for line in run.stdout.splitlines() if line.startswith("value"))
+    assert value.split()[1:] == [f"{mine.score:.1f}", f"{mine.score:.1f}"]
+    assert any(line.split()[:1] == ["coverage"] for line in run.stdout.splitlines())
+    assert "Compared with other.zarr" in (tmp_path / "r.html").read_text()
+    missing = subprocess.run([sys.executable, "-m", "pipeline.cli", "report", str(dataset), "--out",
+                              str(tmp_path / "r2.html"), "--compare", str(tmp_path / "nothing.zarr")],
+                             capture_output=True, text=True)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr and len(missing.stderr.splitlines()) == 1

@@ -51,6 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.dataset import appraisal
 from pipeline.dataset.stats import KeyStats
 from pipeline.errors import DatasetError, StoreError
 
@@ -365,6 +366,7 @@ def empty_state() -> dict[str, Any]:
         },
         "jobs": [],
         "updated": "",
+        "appraisal": appraisal.empty(),
     }
 
 
@@ -405,6 +407,7 @@ def _count_included(state: dict[str, Any], e: EpisodeEntry, sign: int) -> None:
     counts["accepted_seconds"] += sign * (e.length / e.rate_hz if e.rate_hz else 0.0)
     _bump(counts["grades"], e.grade, sign)
     _bump(counts["splits"], e.split or "train", sign)
+    appraisal.count(state, e, sign)
     if e.task:
         _count_task(counts, e.task, sign)
     if sign > 0:
@@ -440,6 +443,7 @@ def dataset_card(state: dict[str, Any]) -> dict[str, Any]:
         "splits": dict(sorted(counts["splits"].items())),
         "rejection_reasons": dict(Counter(counts["rejection_reasons"]).most_common()),
         "last_job": jobs[-1] if jobs else {},
+        "appraisal": appraisal.appraise(state).to_dict(),
     }
 
 

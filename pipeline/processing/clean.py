@@ -26,18 +26,30 @@ spike                 single-step outlier vs. neighbours' median  interpolate
 position_limit        outside [min - tol, max + tol]              interpolate if short, else split/trim
 velocity_limit        velocity field or position differences      interpolate (field) if short;
                       above velocity_max * (1 + tol)              split at a position jump
+stale_joint_stream    every joint repeats its reading for         split/trim
+                      stale_min_s while the command moves
+tracking_error        a joint off the command by                  flag (the grade pays)
+                      tracking_excess_rad for tracking_min_s
 frozen_frames         identical JPEG bytes > frozen_max_s         split/trim (fill if short)
 black_frames          mean brightness < black_max_brightness      fill if short, else split/trim
 frame_gap             step without a frame within tolerance       fill if short, else split/trim
-idle_head/idle_tail   joint speed < idle_speed_rad_s at the ends  trim, keeping idle_margin_s
+overexposed /         frames exposure_ratio brighter/darker than  flag
+underexposed          the camera's typical frame; a camera
+                      washed out or dark as a whole
+blur                  frames with under blur_ratio of the         flag
+                      camera's sharp frames' detail
+idle_head/idle_tail   smoothed joint speed < idle_speed_rad_s     trim, keeping idle_margin_s
+                      (and its noise) at the ends
 idle                  a segment where nothing moves               drop
 too_short             segment < min_duration_s                    drop; reject if none is left
 limits_unknown        the robot config marks a joint's position   skip (the limit rule does not
                       or velocity limit unknown (``null``)        apply to that joint)
 ====================  ==========================================  ==============================
 
-"interpolate": the values in the run are replaced by the straight line between
-the good steps on either side. "fill": a step's frame becomes the nearest good
+"flag": the data stays as it is; the decision carries a severity (mild,
+moderate, severe) and the measured value, and caps the grade
+(:mod:`pipeline.processing.grade_rules`). "interpolate": the values in the run
+are replaced by the straight line between the good steps on either side. "fill": a step's frame becomes the nearest good
 frame in time. "split": the steps are removed and the episode continues as a
 new segment after them. "trim": the same at the head or tail. "drop": the
 samples (raw) or the segment (aligned) are discarded.
@@ -55,6 +67,7 @@ import numpy as np
 from pipeline.errors import ConfigError, ProcessingError
 from pipeline.processing.align import nearest_index, wrap_to_pi
 from pipeline.processing.episode import AlignedEpisode, CameraStream, NumericStream, RawEpisode
+from pipeline.processing.frame_scan import FrameScan, scan_frames
 from pipeline.robot_config import RobotConfig
 from pipeline.streams import ACTION, JOINT_STATE
 
@@ -83,9 +96,16 @@ class Decision:
     end: int
     action: str
     reason: str
+    severity: str = ""  # "mild" | "moderate" | "severe" for a defect left in the data ("flag"); "" otherwise
+    value: float | None = None  # the measured value the reason states (rad, luma, ratio, s)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.severity:
+            del out["severity"]
+        if self.value is None:
+            del out["value"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -138,9 +158,66 @@ class CleanConfig:
             this many frames; 3 frames (100 ms at 30 fps) bound what can be
             missed to glitches the rules would only have filled.
         idle_speed_rad_s: the robot is idle while every joint moves slower than
-            this; 0.05 rad/s is ~3 deg/s, above the ~0.07 rad/s single-step
-            noise of a 1 mrad encoder only after smoothing (``idle_smooth_s``).
-        idle_smooth_s: moving-average window of the joint speed.
+            this; 0.05 rad/s is ~3 deg/s. One encoder tick (1.5 mrad on a
+            4096-count encoder) between two 50 Hz steps reads as 0.077 rad/s,
+            so speed is taken from smoothed positions, never from single steps.
+        idle_smooth_s: positions are averaged over this window, and speed is
+            their change over the same window (0.2 s: one tick of noise then
+            reads as ~0.005 rad/s).
+        idle_noise_factor: and a joint moves only when its smoothed speed is also
+            this many times its own noise level (the robust scale of its second
+            differences, carried through the smoothing): a noisier encoder
+            raises its own threshold.
+        stale_min_s: every joint's position repeating exactly for this long
+            while the command moves is a stale joint stream (a driver re-sending
+            its last reading): a real follower never holds every encoder count
+            while its leader moves. 0.3 s is 15 steps at 50 Hz.
+        stale_action_rad: the command moves when some joint's action spans
+            this much during the run (0.05 rad: far above a resting leader's
+            noise) and moves (by the idle rule) through at least half of it: a
+            command that starts just before a resting robot does is the
+            controller's lag, not a stale stream.
+        tracking_excess_rad: the follower diverges from the command on a joint
+            when ``|action - position|`` (position shifted by the episode's
+            command-to-motion lag) exceeds the joint's usual error (its 25th
+            percentile: a fault covering half the episode does not hide in it)
+            by this much (0.1 rad, ~6 deg), smoothed over ``tracking_smooth_s``.
+            The usual error removes a joint's steady offset (gravity sag,
+            calibration).
+        tracking_min_s: for at least this long (a brief overshoot is control, not a fault).
+        tracking_smooth_s: moving-average window of the error.
+        tracking_max_lag_s: longest command-to-motion lag searched.
+        image_scan_s: one frame this often is decoded (downscaled) for the
+            exposure and blur rules: every 0.25 s gives at least two looks at a
+            0.5 s stretch. A decode costs ~0.7 ms for a 640x480 frame whatever
+            the reduction (entropy decoding dominates), so this is the cost
+            knob: 0.1 ms per frame at 30 fps.
+        image_scan_min_width: downscaled decodes keep at least this many pixels
+            across (160: blur of a few pixels at 640 wide stays visible).
+        image_min_samples: a stretch needs this many consecutive bad samples.
+        exposure_ratio: a frame is over/under-exposed when its mean luma is this
+            many times brighter or darker than the camera's typical (median)
+            frame in the episode, or ``exposure_mad`` robust deviations of log
+            luma away, whichever is wider: a scene that varies a lot widens its
+            own band. Panning over a real scene moved the mean by up to 1.37x
+            in the corpus (tests/aloha_corpus.py).
+        exposure_mad: see ``exposure_ratio``.
+        exposure_clip_excess: or when this fraction more of its pixels is
+            clipped white than in the typical frame (0.1: a washed-out stretch
+            of a contrasty scene clips before its mean moves much).
+        washed_out_luma / dark_luma: a camera whose typical frame is brighter /
+            darker than this (or has ``washed_out_clip`` of its pixels
+            clipped white) is over/under-exposed as a whole: a well-exposed
+            scene's mean luma sits near 110-130 (18 % grey).
+        lifted_black_luma: a camera whose typical frame is this bright, has no
+            shadows (under 0.2 % of pixels at luma <= 40) and 5 % of its pixels
+            clipped white is washed out too: glare lifts the blacks.
+        blur_ratio: a frame is blurred when its detail (Laplacian variance over
+            mean luma squared, so exposure does not read as blur) is below this
+            fraction of the camera's sharp reference, the 90th percentile over
+            the episode (so blur over up to nine tenths of it is still seen).
+            Panning over a real scene moves the detail by up to 3x; a blur of
+            0.8 px sigma at 128 px wide takes it to a tenth.
         idle_margin_s: rest kept before the first and after the last motion, so
             a policy learns to start from and come to rest.
         min_duration_s: shorter segments are dropped; a segment under a second
@@ -164,7 +241,25 @@ class CleanConfig:
     black_sample_s: float = 1.0
     black_probe_stride: int = 3
     idle_speed_rad_s: float = 0.05
-    idle_smooth_s: float = 0.1
+    idle_smooth_s: float = 0.2
+    idle_noise_factor: float = 5.0
+    stale_min_s: float = 0.3
+    stale_action_rad: float = 0.05
+    tracking_excess_rad: float = 0.1
+    tracking_min_s: float = 0.5
+    tracking_smooth_s: float = 0.25
+    tracking_max_lag_s: float = 0.5
+    image_scan_s: float = 0.25
+    image_scan_min_width: int = 160
+    image_min_samples: int = 2
+    exposure_ratio: float = 1.5
+    exposure_mad: float = 4.0
+    exposure_clip_excess: float = 0.1
+    washed_out_clip: float = 0.2
+    washed_out_luma: float = 195.0
+    lifted_black_luma: float = 160.0
+    dark_luma: float = 35.0
+    blur_ratio: float = 0.25
     idle_margin_s: float = 0.25
     min_duration_s: float = 1.0
     reject_outcomes: tuple[str, ...] = ("discarded",)
@@ -181,9 +276,11 @@ class CleanConfig:
                 raise ConfigError(source, f.name, f"expected a finite number, got {value!r}")
             if value < 0:
                 raise ConfigError(source, f.name, f"must be >= 0, got {value}")
-        if not isinstance(self.black_probe_stride, int) or self.black_probe_stride < 1:
-            raise ConfigError(source, "black_probe_stride", f"must be an integer >= 1, got {self.black_probe_stride!r}")
-        for name in ("spike_window_s", "black_sample_s", "split_gap_ms", "spike_threshold"):
+        for name in ("black_probe_stride", "image_scan_min_width", "image_min_samples"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(source, name, f"must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("spike_window_s", "black_sample_s", "split_gap_ms", "spike_threshold", "image_scan_s",
+                     "idle_smooth_s", "tracking_smooth_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(source, name, f"must be > 0, got {getattr(self, name)}")
         if self.split_gap_ms < self.interpolate_max_gap_ms:
@@ -412,8 +509,11 @@ def clean_aligned(ep: AlignedEpisode, config: CleanConfig | None = None) -> Clea
         _position_limits(work, raw.config, config)
         _velocity_limits(work, raw.config, config)
         _unknown_limits(work, raw.config)
+        _stale_joint_stream(work, raw.config, config)
+        _tracking_stretches(work, raw.config, config)
         for name in ep.frames:
             report["cameras"][name] = _camera(work, name, config)
+            report["cameras"][name].update(_image_stretches(work, name, config))
 
     segments: list[tuple[int, int]] = []
     for a, b in _segments(work.keep, work.breaks):
@@ -444,7 +544,7 @@ def clean_aligned(ep: AlignedEpisode, config: CleanConfig | None = None) -> Clea
 def _segment(work: _Work, a: int, b: int, index: int, count: int) -> AlignedEpisode:
     ep = work.ep
     report = dict(ep.report)
-    report["clean"] = {"segment": index, "segments": count, "start_step": a, "end_step": b}
+    report["clean"] = {"segment": index, "segments": count, "start_step": a, "end_step": b, "steps": work.steps}
     return AlignedEpisode(
         raw=ep.raw,
         rate_hz=ep.rate_hz,
@@ -630,6 +730,222 @@ def _unknown_limits(work: _Work, robot: RobotConfig) -> None:
                       f"({names}): {rule} not checked for them")
 
 
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average along axis 0, same length; the ends average what they have."""
+    if window <= 1 or values.shape[0] == 0:
+        return values.astype(np.float64, copy=True)
+    kernel = np.ones(window)
+    flat = values.reshape(values.shape[0], -1).astype(np.float64)
+    total = np.apply_along_axis(lambda c: np.convolve(c, kernel, mode="same"), 0, flat)
+    count = np.convolve(np.ones(values.shape[0]), kernel, mode="same")
+    return (total / count[:, None]).reshape(values.shape)
+
+
+def _severity(value: float, moderate: float, severe: float) -> str:
+    """``mild`` below ``moderate``, ``severe`` at or beyond ``severe`` (either direction)."""
+    if moderate <= severe:
+        return "severe" if value >= severe else "moderate" if value >= moderate else "mild"
+    return "severe" if value <= severe else "moderate" if value <= moderate else "mild"
+
+
+def _stale_joint_stream(work: _Work, robot: RobotConfig, config: CleanConfig) -> None:
+    """Every joint's position repeating exactly while the command moves: the joint stream is stale.
+
+    The repeated steps are cut (the episode splits there): their joint
+    readings are old values, not the robot's state.
+    """
+    x = work.state.get("position")
+    action = work.action
+    if x is None or action is None or action.shape != x.shape or work.steps < 2:
+        return
+    continuous = _continuous(robot, x.shape[1])
+    commanding = _motion_speed(action, continuous, work.ep.rate_hz, config) >= 1
+    with np.errstate(invalid="ignore"):
+        held = (np.diff(x, axis=0) == 0).all(axis=1) & work.keep[1:] & work.keep[:-1]
+    min_steps = config.stale_min_s * work.ep.rate_hz
+    for a, b in _runs(held):  # intervals a..b-1: steps a..b hold one reading
+        if b - a + 1 < min_steps:
+            continue
+        command = action[a : b + 1]
+        span = np.nanmax(command, axis=0) - np.nanmin(command, axis=0)
+        moved = float(np.nanmax(span)) if span.size else 0.0
+        # Moving through most of the run: a command that starts moving just before a still
+        # robot does (the controller's lag) is no stale stream.
+        busy = float(np.mean(commanding[a : b + 1]))
+        if not (moved >= config.stale_action_rad and busy >= 0.5):
+            continue
+        work.cut(
+            "stale_joint_stream", JOINT_STATE, a + 1, b + 1,
+            f"every joint position repeats exactly for {work.ms(b - a + 1):.0f} ms (steps {a}..{b}) while the "
+            f"command moves through {busy:.0%} of it, by up to {moved:.3f} rad (stale_action_rad={config.stale_action_rad:g}): "
+            "stale joint readings, cut",
+        )
+
+
+def _command_lag(x: np.ndarray, action: np.ndarray, keep: np.ndarray, max_lag: int) -> int:
+    """Steps by which the position follows the command: the shift with the least mean |error|."""
+    best, best_err = 0, math.inf
+    for lag in range(0, max(0, min(max_lag, x.shape[0] // 2)) + 1):
+        rows = keep[: x.shape[0] - lag] & keep[lag:]
+        if not rows.any():
+            continue
+        with np.errstate(invalid="ignore"):
+            err = float(np.nanmean(np.abs(action[: x.shape[0] - lag][rows] - x[lag:][rows])))
+        if err < best_err:
+            best, best_err = lag, err
+    return best
+
+
+def _tracking_stretches(work: _Work, robot: RobotConfig, config: CleanConfig) -> None:
+    """Stretches where the follower leaves the command on some joints: flagged, with the joints and the error.
+
+    Per joint (grippers and continuous joints aside: a gripper's command and
+    reading are on different scales on most arms), the error is ``|action[t]
+    - position[t + lag]|`` minus the joint's usual error, smoothed over
+    ``tracking_smooth_s``; a stretch is where some joint's error stays above
+    ``tracking_excess_rad`` for ``tracking_min_s``.
+    """
+    x = work.state.get("position")
+    action = work.action
+    if x is None or action is None or action.shape != x.shape or x.shape[1] != robot.dof or work.steps < 4:
+        return
+    cols = np.array([not (j.continuous or j.standard.endswith("gripper")) for j in robot.joints], dtype=bool)
+    if not cols.any():
+        return
+    rate = work.ep.rate_hz
+    lag = _command_lag(x[:, cols], action[:, cols], work.keep, int(round(config.tracking_max_lag_s * rate)))
+    steps = work.steps - lag
+    with np.errstate(invalid="ignore"):
+        err = np.abs(action[:steps, cols] - x[lag:, cols])
+    ok = work.keep[:steps] & work.keep[lag:] & np.isfinite(err).all(axis=1)
+    if ok.sum() < 4:
+        return
+    err = np.where(ok[:, None], err, np.nan)
+    # The joint's usual error: a low quantile, so a fault covering half the episode does not hide in it.
+    excess = err - np.nanpercentile(err, 25, axis=0)
+    excess = np.where(np.isfinite(excess), excess, 0.0)
+    smooth = _moving_average(excess, max(1, int(round(config.tracking_smooth_s * rate))))
+    off = (smooth > config.tracking_excess_rad) & ok[:, None]
+    names = [n for n, c in zip(robot.joint_names, cols.tolist(), strict=True) if c]
+    for a, b in _runs(off.any(axis=1)):
+        if work.ms(b - a) < config.tracking_min_s * 1000:
+            continue
+        joints = np.flatnonzero(off[a:b].any(axis=0))
+        worst = float(np.nanmax(err[a:b][:, joints]))
+        peak = float(np.max(excess[a:b][:, joints]))
+        work.decisions.append(Decision(
+            kind="tracking_error", stream=ACTION, start=a, end=min(work.steps, b + lag), action="flag",
+            severity=_severity(peak, 0.3, 0.5), value=round(peak, 4),
+            reason=f"follower {'joint' if joints.size == 1 else 'joints'} {', '.join(names[j] for j in joints)} "
+                   f"off the command for {work.ms(b - a) / 1000:.2f} s: |action - position| up to {worst:.3f} rad, "
+                   f"{peak:.3f} rad above the joint's usual error (tracking_excess_rad="
+                   f"{config.tracking_excess_rad:g}; position taken {work.ms(lag):.0f} ms after the command)",
+        ))
+
+
+def _image_stretches(work: _Work, name: str, config: CleanConfig) -> dict[str, int]:
+    """Exposure and blur over stretches of one camera, against the camera's typical frame in this episode."""
+    frames = work.frames[name]
+    cam = work.ep.raw.cameras[name]
+    stride = max(1, int(round(config.image_scan_s * work.ep.rate_hz)))
+    steps = np.flatnonzero(work.keep & (frames >= 0))[::stride]
+    if steps.size < max(4, config.image_min_samples):
+        return {"scanned": 0}
+    scan = scan_frames(cam.jpeg, frames, steps, cam.width, config.image_scan_min_width)
+    if scan.decoded.sum() < 4:
+        return {"scanned": int(steps.size)}
+    exposed = _exposure_stretches(work, name, scan, stride, config)
+    _blur_stretches(work, name, scan, stride, exposed, config)
+    return {"scanned": int(steps.size)}
+
+
+def _sample_runs(work: _Work, scan: FrameScan, bad: np.ndarray, stride: int, config: CleanConfig
+                 ) -> list[tuple[int, int, int, int]]:
+    """Runs of at least ``image_min_samples`` bad samples: (first sample, end sample, first step, end step)."""
+    out = []
+    for a, b in _runs(bad):
+        if b - a < config.image_min_samples:
+            continue
+        out.append((a, b, int(scan.steps[a]), int(min(work.steps, scan.steps[b - 1] + stride))))
+    return out
+
+
+def _exposure_stretches(work: _Work, name: str, scan: FrameScan, stride: int, config: CleanConfig) -> np.ndarray:
+    """Over- and under-exposed stretches, and a camera exposed wrongly as a whole; flagged.
+
+    Returns the samples found badly exposed (the blur rule leaves them out:
+    a washed-out frame has little texture too).
+    """
+    ok = scan.decoded
+    mean = np.where(ok, scan.mean, np.nan)
+    typical = float(np.nanmedian(mean))
+    typical_clip = float(np.median(scan.clipped_high[ok]))
+    # Exposure multiplies the light: compare on a log scale, so a dark scene's band is as wide as a bright one's.
+    log_mean = np.log(np.maximum(mean, 1.0))
+    centre = float(np.nanmedian(log_mean))
+    spread = _MAD_TO_SIGMA * float(np.nanmedian(np.abs(log_mean - centre)))
+    band = max(math.log(config.exposure_ratio), config.exposure_mad * spread)
+    with np.errstate(invalid="ignore"):
+        over = ok & ((log_mean > centre + band) | (scan.clipped_high > typical_clip + config.exposure_clip_excess))
+        under = ok & (log_mean < centre - band)
+    bad = over | under
+    whole = None
+    typical_dark = float(np.median(scan.dark[ok]))
+    lifted = typical >= config.lifted_black_luma and typical_dark < 0.002 and typical_clip >= 0.05
+    if typical >= config.washed_out_luma or typical_clip >= config.washed_out_clip or lifted:
+        whole = ("overexposed", "washed out", f"typical frame luma {typical:.0f} (washed_out_luma="
+                 f"{config.washed_out_luma:g}), {typical_clip:.0%} of its pixels clipped white, "
+                 f"{typical_dark:.1%} in shadow", typical)
+    elif typical <= config.dark_luma:
+        whole = ("underexposed", "too dark", f"typical frame luma {typical:.0f} <= dark_luma={config.dark_luma:g}",
+                 typical)
+    if whole is not None:
+        kind, what, why, value = whole
+        kept = np.flatnonzero(work.keep)
+        work.decisions.append(Decision(
+            kind=kind, stream=name, start=int(kept[0]), end=int(kept[-1]) + 1, action="flag", severity="severe",
+            value=round(value, 1), reason=f"camera {name} is {what} over the whole episode: {why}",
+        ))
+        return np.ones_like(bad)
+    for kind, mask, word in (("overexposed", over, "brighter"), ("underexposed", under, "darker")):
+        for a, b, start, end in _sample_runs(work, scan, mask, stride, config):
+            luma = float(np.nanmedian(mean[a:b]))
+            clip = float(np.median(scan.clipped_high[a:b]))
+            off = abs(math.log(max(luma, 1.0) / max(typical, 1.0))) + max(0.0, clip - typical_clip)
+            work.decisions.append(Decision(
+                kind=kind, stream=name, start=start, end=end, action="flag",
+                severity=_severity(off, math.log(2.0), math.log(3.0)), value=round(luma, 1),
+                reason=f"camera {name}: {work.ms(end - start) / 1000:.2f} s of frames {word} than the episode's "
+                       f"typical frame: luma {luma:.0f} against {typical:.0f} (band x/{math.exp(band):.2f}), "
+                       f"{clip:.0%} of pixels clipped white against {typical_clip:.0%}",
+            ))
+    return bad
+
+
+def _blur_stretches(work: _Work, name: str, scan: FrameScan, stride: int, exposed: np.ndarray,
+                    config: CleanConfig) -> None:
+    """Stretches whose frames have far less detail than the camera's sharp frames in this episode; flagged."""
+    ok = scan.decoded & ~exposed
+    if ok.sum() < 4:
+        return
+    # Detail relative to brightness squared: a gain (auto-exposure, a darker view) scales both alike.
+    detail = scan.sharpness / np.maximum(np.nan_to_num(scan.mean), 1.0) ** 2
+    reference = float(np.percentile(detail[ok], 90))
+    if reference <= 0:
+        return
+    ratio = detail / reference
+    blurred = ok & (ratio < config.blur_ratio)
+    for a, b, start, end in _sample_runs(work, scan, blurred, stride, config):
+        value = float(np.median(ratio[a:b][blurred[a:b]]))
+        work.decisions.append(Decision(
+            kind="blur", stream=name, start=start, end=end, action="flag",
+            severity=_severity(value, 0.08, 0.03), value=round(value, 3),
+            reason=f"camera {name}: {work.ms(end - start) / 1000:.2f} s of blurred frames: detail (Laplacian "
+                   f"variance / luma^2) {value:.0%} of the episode's sharp frames ({reference:.3f}; blur_ratio="
+                   f"{config.blur_ratio:g})",
+        ))
+
+
 def _camera(work: _Work, name: str, config: CleanConfig) -> dict[str, int]:
     """Frozen, black and missing frames of one camera: fill short runs, cut long ones."""
     cam = work.ep.raw.cameras[name]
@@ -811,42 +1127,66 @@ def _segments(keep: np.ndarray, breaks: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
+def _motion_speed(x: np.ndarray, continuous: np.ndarray, rate_hz: float, config: CleanConfig) -> np.ndarray:
+    """Per step, how many times its idle threshold the fastest joint moves (>= 1: moving).
+
+    Positions (continuous joints unwrapped) are averaged over ``idle_smooth_s``
+    and speed is their change over the same window, centred on the step: the
+    +-1 tick a still encoder flickers by averages out instead of reading as
+    motion. A joint's threshold is the larger of ``idle_speed_rad_s`` and
+    ``idle_noise_factor`` times its noise carried through the smoothing (noise
+    = robust scale of its second differences / sqrt(6), white noise's ratio).
+    """
+    n = x.shape[0]
+    x = _unwrapped(x, continuous)
+    k = min(n - 1, max(1, int(round(config.idle_smooth_s * rate_hz))))
+    smooth = _moving_average(x, k)
+    speed = np.zeros_like(smooth)
+    half = k // 2
+    speed[half : half + n - k] = np.abs(smooth[k:] - smooth[:-k]) * rate_hz / k
+    if n >= 3:
+        noise = _MAD_TO_SIGMA * np.nanmedian(np.abs(np.diff(x, n=2, axis=0)), axis=0) / math.sqrt(6)
+    else:
+        noise = np.zeros(x.shape[1])
+    threshold = np.maximum(config.idle_speed_rad_s, config.idle_noise_factor * noise * math.sqrt(2 / k) * rate_hz / k)
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(np.nanmax(speed / threshold, axis=1), nan=0.0)
+
+
 def _trim_idle(work: _Work, a: int, b: int, robot: RobotConfig, config: CleanConfig) -> tuple[int, int] | None:
     """Trim the still head and tail of segment ``[a, b)``; None when nothing in it moves.
 
-    Speed per interval = max over joints of |x[t+1] - x[t]| * rate (wrapped for
-    continuous joints), smoothed by an ``idle_smooth_s`` moving average. The
-    first and last intervals above ``idle_speed_rad_s`` mark the motion;
+    The first and last steps where :func:`_motion_speed` finds motion mark it;
     ``idle_margin_s`` of rest is kept on each side.
     """
     x = work.state.get("position")
     if x is None or b - a < 2:
         return a, b
-    step = np.diff(x[a:b], axis=0)
-    continuous = _continuous(robot, x.shape[1])
-    step[:, continuous] = wrap_to_pi(step[:, continuous])
-    speed = np.abs(step).max(axis=1) * work.ep.rate_hz
-    k = max(1, int(round(config.idle_smooth_s * work.ep.rate_hz)))
-    if k > 1:
-        ones = np.ones(k)
-        speed = np.convolve(speed, ones, mode="same") / np.convolve(np.ones_like(speed), ones, mode="same")
-    moving = np.flatnonzero(speed >= config.idle_speed_rad_s)
+    moving = np.flatnonzero(_motion_speed(x[a:b], _continuous(robot, x.shape[1]), work.ep.rate_hz, config) >= 1)
     where = f"steps {a}..{b}"
     if moving.size == 0:
         work.note("idle", JOINT_STATE, a, b, "drop",
-                  f"no joint moves faster than idle_speed_rad_s={config.idle_speed_rad_s:g} in {where}")
+                  f"no joint moves faster than idle_speed_rad_s={config.idle_speed_rad_s:g} (or "
+                  f"{config.idle_noise_factor:g}x its noise) in {where}")
         return None
+    # The smoothing window sees a motion about half a window before it starts (and after it
+    # ends): that much of the margin is already there.
     margin = int(round(config.idle_margin_s * work.ep.rate_hz))
-    start = a + max(0, int(moving[0]) - margin)
-    end = min(b, a + int(moving[-1]) + 2 + margin)
+    early = min(margin, int(round(config.idle_smooth_s * work.ep.rate_hz)) // 2)
+    start = a + max(0, int(moving[0]) + early - margin)
+    end = min(b, a + int(moving[-1]) + 1 - early + margin)
     if start > a:
-        work.note("idle_head", JOINT_STATE, a, start, "trim",
-                  f"still for {work.ms(start - a + margin) / 1000:.2f} s before the first motion; "
-                  f"{config.idle_margin_s:g} s of rest kept")
+        work.decisions.append(Decision(
+            kind="idle_head", stream=JOINT_STATE, start=a, end=start, action="trim",
+            value=round(work.ms(start - a + margin) / 1000, 3),
+            reason=f"still for {work.ms(start - a + margin) / 1000:.2f} s before the first motion; "
+                   f"{config.idle_margin_s:g} s of rest kept"))
     if end < b:
-        work.note("idle_tail", JOINT_STATE, end, b, "trim",
-                  f"still for {work.ms(b - end + margin) / 1000:.2f} s after the last motion; "
-                  f"{config.idle_margin_s:g} s of rest kept")
+        work.decisions.append(Decision(
+            kind="idle_tail", stream=JOINT_STATE, start=end, end=b, action="trim",
+            value=round(work.ms(b - end + margin) / 1000, 3),
+            reason=f"still for {work.ms(b - end + margin) / 1000:.2f} s after the last motion; "
+                   f"{config.idle_margin_s:g} s of rest kept"))
     return start, end
 
 

@@ -38,6 +38,7 @@ class RefinedEpisode:
     arrays: EpisodeArrays
     quality: QualityReport
     unique_frames: int
+    steps: tuple[int, int] = (0, 0)  # [start, end) on the aligned timeline of the whole recording
 
 
 @dataclass
@@ -80,7 +81,9 @@ def refine(raw: RawEpisode, config: ProcessConfig) -> RefineResult:
         quality = score_episode(segment, result.decisions, config.score)
         key = raw.episode_id if len(cleaned.segments) == 1 else f"{raw.episode_id}.s{n}"
         arrays, unique = _segment_arrays(segment, config, blurred)
-        result.episodes.append(RefinedEpisode(key, n, arrays, quality, unique))
+        window = segment.report.get("clean", {})
+        steps = (int(window.get("start_step", 0)), int(window.get("end_step", len(segment.t_ns))))
+        result.episodes.append(RefinedEpisode(key, n, arrays, quality, unique, steps))
     return result
 
 

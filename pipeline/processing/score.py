@@ -71,6 +71,13 @@ episode moves the mean by 1/27, under 0.04):
 A trainer who keeps "B or better" therefore never gets an episode with a
 major indicator in F, whatever the others say.
 
+Two more caps come from the cleaning decisions (:mod:`pipeline.processing.grade_rules`,
+where all the rules are data, and the README's grade table): a defect the
+clean or align stage found and left in the data caps the grade by its kind
+and severity, and the share of the recording repaired or cut caps it above
+2 %. Every rule that lowered the grade is kept as a
+:class:`~pipeline.processing.grade_rules.GradeCost` in ``QualityReport.costs``.
+
 Costs
 -----
 The numeric indicators are vectorised over the episode. The image
@@ -102,6 +109,7 @@ import numpy as np
 
 from pipeline.errors import ProcessingError
 from pipeline.processing.episode import AlignedEpisode, CameraStream, NumericStream
+from pipeline.processing.grade_rules import GradeCost, decision_costs, indicator_costs, worst
 from pipeline.streams import ACTION, JOINT_STATE
 
 GRADES = ("A", "B", "C", "D", "F")
@@ -157,12 +165,14 @@ class QualityReport:
         grade: ``A`` (best) to ``F``; see the module docstring for the rule.
         overall: weighted mean of the indicator scores, in [0, 1].
         notes: human-readable remarks: unmeasured indicators, grade caps.
+        costs: every rule that took the grade below A (:mod:`grade_rules`), worst first.
     """
 
     indicators: tuple[Indicator, ...]
     grade: str
     overall: float
     notes: tuple[str, ...] = ()
+    costs: tuple[GradeCost, ...] = ()
 
     def indicator(self, name: str) -> Indicator:
         """The indicator called ``name``.
@@ -186,6 +196,7 @@ class QualityReport:
             "grade": self.grade,
             "overall": self.overall,
             "notes": list(self.notes),
+            "grade_costs": [cost.to_dict() for cost in self.costs],
             "indicators": [ind.to_dict() for ind in self.indicators],
         }
 
@@ -213,7 +224,11 @@ class QualityReport:
                 for item in data["indicators"]
             )
             notes = tuple(_text(n, where, "notes") for n in data.get("notes", ()))
-            return cls(indicators, grade, _real(data["overall"], where, "overall"), notes)
+            costs = tuple(
+                GradeCost(*(_text(item[k], where, f"grade_costs.{k}") for k in ("rule", "name", "grade", "detail")))
+                for item in data.get("grade_costs", ())
+            )
+            return cls(indicators, grade, _real(data["overall"], where, "overall"), notes, costs)
         except (KeyError, TypeError) as err:
             raise ProcessingError(where, f"malformed quality report: missing or wrong field ({err!r})") from err
 
@@ -1204,7 +1219,9 @@ def score_episode(
 
     Args:
         ep: the aligned (and cleaned) episode, with its raw episode.
-        decisions: the clean stage's decisions for this episode; only counted.
+        decisions: the clean (and align) stage's decisions for the whole recording;
+            counted, and those that concern this episode's steps
+            (``ep.report["clean"]``) cap its grade by the grade rules.
         config: thresholds and sampling knobs.
 
     Returns:
@@ -1238,27 +1255,53 @@ def score_episode(
             Indicator(spec.name, float(value), spec.unit, float(score), float(weight), spec.description,
                       spec.critical)
         )
-    grade, overall, grade_notes = _grade(indicators)
-    return QualityReport(tuple(indicators), grade, overall, tuple(ctx.notes + unmeasured + grade_notes))
+    grade, overall, costs = _grade(indicators)
+    for cost in decision_costs(decisions, *_decision_window(ep)):
+        costs.append(cost)
+        grade = worst(grade, cost.grade)
+    costs.sort(key=lambda c: -GRADES.index(c.grade))
+    notes = [f"grade capped at {c.grade} by {c.name}: {c.detail}" for c in costs if c.rule != "overall"]
+    return QualityReport(tuple(indicators), grade, overall, tuple(ctx.notes + unmeasured + notes), tuple(costs))
 
 
-def _grade(indicators: Sequence[Indicator]) -> tuple[str, float, list[str]]:
-    """Overall score, letter and caps, as the module docstring states."""
+def _decision_window(ep: AlignedEpisode) -> tuple[tuple[int, int], int, dict[str, int]]:
+    """The timeline steps this episode holds of its recording, the recording's steps, raw samples per stream."""
+    clean = ep.report.get("clean", {}) if isinstance(ep.report, Mapping) else {}
+    steps = int(clean.get("steps", ep.t_ns.shape[0]))
+    window = (int(clean.get("start_step", 0)), int(clean.get("end_step", ep.t_ns.shape[0])))
+    raw = ep.raw
+    lengths = {JOINT_STATE: len(raw.joint_state) if raw.joint_state is not None else 0,
+               ACTION: len(raw.action) if raw.action is not None else 0}
+    lengths.update({name: len(cam) for name, cam in raw.cameras.items()})
+    return window, steps, lengths
+
+
+def _grade(indicators: Sequence[Indicator]) -> tuple[str, float, list[GradeCost]]:
+    """Overall score, letter and indicator caps, as the module docstring states."""
     weighted = [ind for ind in indicators if ind.weight > 0]
     total = sum(ind.weight for ind in weighted)
     if total <= 0:
-        return GRADES[-1], 0.0, ["no indicator could be measured: grade F"]
+        return GRADES[-1], 0.0, [GradeCost("overall", "no indicator", "F", "no indicator could be measured")]
     overall = sum(ind.weight * ind.score for ind in weighted) / total
     grade = GRADES.index(letter(overall))
-    notes: list[str] = []
+    costs: list[GradeCost] = []
+    if grade > 0:
+        lost = sorted(weighted, key=lambda ind: -ind.weight * (1 - ind.score))[:3]
+        costs.append(GradeCost("overall", "overall score", GRADES[grade], f"weighted mean {overall:.2f}; most lost on "
+                               + ", ".join(f"{ind.name} (score {ind.score:.2f})" for ind in lost)))
     major = [ind for ind in weighted if ind.weight >= MAJOR_WEIGHT] or weighted
-    worst = min(major, key=lambda ind: ind.score)
-    cap = GRADES.index(letter(worst.score)) - 2
-    if cap > grade:
-        grade = cap
-        notes.append(f"grade capped at {GRADES[cap]} by {worst.name} (score {worst.score:.2f})")
+    lowest = min(major, key=lambda ind: ind.score)
+    cap = GRADES.index(letter(lowest.score)) - 2
+    if cap > 0:
+        costs.append(GradeCost("indicator", lowest.name, GRADES[cap],
+                               f"major indicator scores {lowest.score:.2f} (letter {letter(lowest.score)}), "
+                               f"value {lowest.value:g} {lowest.unit}"))
+        grade = max(grade, cap)
+    for cost in indicator_costs({ind.name: (ind.score, ind.value, ind.unit) for ind in weighted}):
+        costs.append(cost)
+        grade = max(grade, GRADES.index(cost.grade))
     failed = [ind.name for ind in weighted if ind.critical and ind.score <= 0]
-    if failed and grade < GRADES.index("D"):
-        grade = GRADES.index("D")
-        notes.append(f"grade capped at D by critical indicator(s) at score 0: {', '.join(failed)}")
-    return GRADES[grade], float(min(1.0, max(0.0, overall))), notes
+    if failed:
+        costs.append(GradeCost("indicator", ", ".join(failed), "D", "critical indicator(s) at score 0"))
+        grade = max(grade, GRADES.index("D"))
+    return GRADES[grade], float(min(1.0, max(0.0, overall))), costs
