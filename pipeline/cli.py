@@ -711,6 +711,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     import yaml
 
     from pipeline.console import ProgressBar
+    from pipeline.interop.selection import parse_hxw
     from pipeline.process_job import JobOptions, run_process_job
     from pipeline.processing.config import load_process_config
 
@@ -720,7 +721,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     if args.align_latency:
         config = config.replace(align=_replace(config.align, latency=args.align_latency))
     if args.resize:
-        config = config.replace(output=_replace(config.output, resize=_hxw(args.resize, "refinery process")))
+        config = config.replace(output=_replace(config.output, resize=parse_hxw(args.resize, "refinery process")))
     if args.blur_faces or args.pseudonymize:
         config = config.replace(deidentify=_replace(
             config.deidentify,

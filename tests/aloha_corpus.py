@@ -285,13 +285,11 @@ class FaultClass:
         name: as the table prints it.
         kinds: decision kinds that count as finding it.
         make: builds the faulty raw episode: ``(work, name, rng, level) -> (raw, injected)``.
-        awaiting: why this class is not expected to be found on this branch yet (None: it is).
     """
 
     name: str
     kinds: frozenset[str]
     make: Callable[[Path, str, np.random.Generator, str], tuple[RawEpisode, Injected]]
-    awaiting: str | None = None
 
 
 def _pick(level: str, mild: float, moderate: float, severe: float) -> float:
@@ -571,9 +569,6 @@ def _camera_offset(raw: RawEpisode, rng: np.random.Generator, level: str) -> tup
     return changed, Injected(None, f"{camera} stamps offset by {offset / 1e6:+.0f} ms")
 
 
-_AWAITING = ("TODO(issue14a): the camera-vs-joints delay estimator (decision camera_latency_mismatch / "
-             "capture_after_arrival) lands on the issue14a branch; remove this marker when merging it")
-
 FAULT_CLASSES: tuple[FaultClass, ...] = (
     FaultClass("NaN/inf readings", frozenset({"nonfinite"}), _content(_nan)),
     FaultClass("spikes", frozenset({"spike", "velocity_limit", "position_limit"}), _content(_spikes)),
@@ -598,9 +593,8 @@ FAULT_CLASSES: tuple[FaultClass, ...] = (
     FaultClass("blur over half", frozenset({"blur"}), _content(_blur_half)),
     FaultClass("blur for seconds", frozenset({"blur"}), _content(_blur_seconds)),
     FaultClass("camera stamps offset", frozenset({"camera_latency_mismatch", "capture_after_arrival"}),
-               _stamps(_camera_offset), awaiting=_AWAITING),
-    FaultClass("camera shows scene late", frozenset({"camera_latency_mismatch"}), _content(_camera_late),
-               awaiting=_AWAITING),
+               _stamps(_camera_offset)),
+    FaultClass("camera shows scene late", frozenset({"camera_latency_mismatch"}), _content(_camera_late)),
 )
 
 

@@ -134,16 +134,14 @@ def _table(outcomes: list[Outcome]) -> str:
             cell = [o for o in rows if o.level == level]
             cells.append(f"{sum(o.found for o in cell)}/{len(cell)}")
         grades = "".join(sorted("".join(o.grades) or "R" for o in rows))
-        note = "  (awaiting issue14a)" if cls.awaiting else ""
         lines.append(f"{cls.name:<26} {cells[0]:>6} {cells[1]:>9} {cells[2]:>7} "
-                     f"{sum(o.found for o in rows):>3}/{len(rows):<3}  {grades}{note}")
-    counted = [o for o in outcomes if o.fault != "clean" and not _awaiting(o.fault)]
+                     f"{sum(o.found for o in rows):>3}/{len(rows):<3}  {grades}")
+    counted = [o for o in outcomes if o.fault != "clean"]
     lines.append("-" * 78)
     for level in LEVELS:
         cell = [o for o in counted if o.level == level]
         lines.append(f"{level:<10} found {sum(o.found for o in cell)}/{len(cell)}")
-    lines.append(f"all        found {sum(o.found for o in counted)}/{len(counted)} "
-                 "(camera timing classes awaiting issue14a not counted)")
+    lines.append(f"all        found {sum(o.found for o in counted)}/{len(counted)}")
     clean = [o for o in outcomes if o.fault == "clean"]
     lines.append(f"clean      rejected {sum(_rejected(o) for o in clean)}/{len(clean)}, with a finding "
                  f"{sum(bool(o.kinds) for o in clean)}/{len(clean)} "
@@ -155,10 +153,6 @@ def _table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def _awaiting(fault: str) -> bool:
-    return any(c.name == fault and c.awaiting for c in FAULT_CLASSES)
-
-
 def _rejected(o: Outcome) -> bool:
     return o.rejected or not o.grades
 
@@ -166,7 +160,7 @@ def _rejected(o: Outcome) -> bool:
 @pytest.mark.slow
 def test_fault_corpus_table_meets_the_goals(outcomes: list[Outcome]) -> None:
     print("\n" + _table(outcomes))
-    counted = [o for o in outcomes if o.fault != "clean" and not _awaiting(o.fault)]
+    counted = [o for o in outcomes if o.fault != "clean"]
     missed = [f"{o.fault} {o.level} #{o.seed}: {o.what}; decisions {o.kinds}" for o in counted if not o.found]
     assert sum(o.found for o in counted) >= 0.99 * len(counted), "missed:\n" + "\n".join(missed)
     clean = [o for o in outcomes if o.fault == "clean"]
@@ -182,13 +176,3 @@ def test_clean_corpus_episodes_raise_few_findings(outcomes: list[Outcome]) -> No
     noisy = [f"#{o.seed}: {o.kinds}" for o in clean if o.kinds]
     assert len(noisy) <= 0.05 * len(clean), "\n".join(noisy)
     assert not [o for o in clean if set(o.kinds) & FLAGGED_KINDS], "a clean episode carries a grade-capping finding"
-
-
-@pytest.mark.slow
-def test_camera_timing_classes_await_the_delay_estimator(outcomes: list[Outcome]) -> None:
-    """TODO(issue14a): remove this test and the ``awaiting`` markers in tests/aloha_corpus.py when merging issue14a;
-    the table test then counts the two camera timing classes like the others."""
-    awaiting = [c for c in FAULT_CLASSES if c.awaiting]
-    assert {c.name for c in awaiting} == {"camera stamps offset", "camera shows scene late"}
-    found = [o for o in outcomes if _awaiting(o.fault) and o.found]
-    print(f"\ncamera timing faults found before the estimator is merged: {len(found)}")

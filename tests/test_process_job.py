@@ -174,6 +174,16 @@ def test_resize_re_encodes_frames_at_the_asked_size(raw_dir: Path, tmp_path: Pat
     assert ds.frame_size(entry, "head_left") == (24, 32)
 
 
+def test_the_command_line_takes_resize_and_names_a_bad_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main as refinery
+
+    assert refinery(["process", str(tmp_path), "--out", str(tmp_path / "d.zarr"), "--resize", "24x32",
+                     "--show-config"]) == 0
+    assert "resize:\n  - 24\n  - 32" in capsys.readouterr().out
+    assert refinery(["process", str(tmp_path), "--out", str(tmp_path / "d.zarr"), "--resize", "big"]) == 2
+    assert "--resize" in capsys.readouterr().err
+
+
 def test_episodes_share_data_segments_so_files_grow_with_bytes(tmp_path: Path, tiny_robot) -> None:
     raw = tmp_path / "ingest"
     for n in range(6):

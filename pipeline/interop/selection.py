@@ -77,12 +77,12 @@ def selection_from_args(args: argparse.Namespace) -> Selection:
                      split=args.split, image_size=parse_hxw(args.resize))
 
 
-def parse_hxw(text: str | None) -> tuple[int, int] | None:
-    """``224x224`` -> ``(224, 224)``; None stays None."""
+def parse_hxw(text: str | None, command: str = _COMMAND) -> tuple[int, int] | None:
+    """``224x224`` -> ``(224, 224)``; None stays None; anything else a ConfigError naming ``command``'s --resize."""
     if not text:
         return None
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError as err:
-        raise ConfigError(_COMMAND, "--resize", f"{text!r} is not HxW, e.g. 224x224") from err
+        raise ConfigError(command, "--resize", f"{text!r} is not HxW, e.g. 224x224") from err
     return height, width
