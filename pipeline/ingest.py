@@ -45,8 +45,12 @@ from pipeline.robot_config import parse_robot_config
 
 log = logging.getLogger("refinery.ingest")
 
+_DATA_OPCODES = protocol.DATA_OPCODES
+_EVENT = protocol.Opcode.EVENT
+
 DEFAULT_WINDOW = 128  # messages; a robot needs ~10 in flight at 190 msg/s, and memory is window x collectors
 MAX_ACKS_PER_MESSAGE = 4096
+ZERO_COPY_BYTES = 64 * 1024  # pyzmq: a view pays off above about 64 KB, a copy is cheaper below
 HELLO_BURST = 5  # HELLOs one connection may send at once; then one a second (a HELLO may ask about 4,096 episodes)
 
 
@@ -273,18 +277,18 @@ class IngestServer:
                 # Drain what is queued, but commit on schedule even under full load.
                 while time.monotonic() < next_commit:
                     try:
-                        if authenticated:
-                            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                            frames = [p.bytes for p in parts]
-                            try:
-                                key = parts[0].get("User-Id") or ""
-                            except zmq.ZMQError:
-                                key = ""  # no key: the allow-list refuses it
-                        else:
-                            frames = sock.recv_multipart(zmq.NOBLOCK)
-                            key = ""
+                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
+                    key = ""
+                    if authenticated:
+                        try:
+                            key = parts[0].get("User-Id") or ""
+                        except zmq.ZMQError:
+                            key = ""  # no key: the allow-list refuses it
+                    # Large frames (camera JPEGs) are journaled from ZeroMQ's own buffer;
+                    # below ZERO_COPY_BYTES a copy costs less than the view.
+                    frames = [p.bytes if len(p) < ZERO_COPY_BYTES else p.buffer for p in parts]
                     self._handle(sock, frames[0], key, frames[1:])
             now = time.monotonic()
             if now >= next_commit:
@@ -298,8 +302,11 @@ class IngestServer:
 
     def _handle(self, sock: zmq.Socket, identity: bytes, key: str, message: list[bytes]) -> None:
         arrival_ns = time.time_ns()
-        self.stats.messages += 1
-        self.stats.bytes += sum(len(f) for f in message)
+        now = time.monotonic()
+        size = sum(map(len, message))
+        stats = self.stats
+        stats.messages += 1
+        stats.bytes += size
         session = self.sessions.get(identity)
         if session is not None:
             if session.key != key:
@@ -308,17 +315,17 @@ class IngestServer:
                     f"a message on the session of robot {session.robot_id} comes from another key", reply=False,
                 )
                 return
-            session.last_heard = time.monotonic()
+            session.last_heard = now
         try:
             opcode = protocol.peek_opcode(message)
-            if opcode == protocol.Opcode.TIME_REQUEST:
+            if opcode in _DATA_OPCODES:
+                self._data(sock, identity, session, arrival_ns, now, opcode, message, size)
+            elif opcode == protocol.Opcode.TIME_REQUEST:
                 request = protocol.decode(message)
                 self._send(sock, identity, protocol.TimeReply(request.t1_ns, arrival_ns, time.time_ns()))
             elif opcode == protocol.Opcode.HELLO:
                 if self._hello_allowed(identity):
                     self._hello(sock, identity, key, protocol.decode(message))
-            elif opcode in protocol.DATA_OPCODES:
-                self._data(sock, identity, arrival_ns, opcode, message)
             else:
                 raise ProtocolError(f"{opcode.name} is not a message a collector sends")
         except protocol.VersionMismatch as err:
@@ -438,9 +445,10 @@ class IngestServer:
         if reply:
             self._send(sock, identity, protocol.Refuse(reason))
 
-    def _data(self, sock: zmq.Socket, identity: bytes, arrival_ns: int, opcode: protocol.Opcode,
-              message: list[bytes]) -> None:
-        session = self.sessions.get(identity)
+    def _data(self, sock: zmq.Socket, identity: bytes, session: Session | None, arrival_ns: int, now: float,
+              opcode: protocol.Opcode, message: list[bytes], size: int) -> None:
+        """One data message: checked, then journaled as it came (the hot path: the
+        payload's record is built only for events, whose body the ingest reads)."""
         if session is None:
             # After an ingest restart a collector's queued messages arrive before its
             # new HELLO: answer once a second, not once per message.
@@ -450,8 +458,12 @@ class IngestServer:
                 self._hello_hints[identity] = now + 1.0
                 self._send(sock, identity, protocol.Notice("handshake", "no session: send HELLO first"))
             return
-        record = protocol.decode(message)
-        header = record.header
+        if opcode == _EVENT:
+            record = protocol.decode(message)
+            header = record.header
+        else:
+            record = None
+            header = protocol.data_header(opcode, message)
         if header.robot_id != session.robot_id:
             raise ProtocolError(
                 f"message names robot {header.robot_id!r} on the session of {session.robot_id!r}", field="robot_id"
@@ -482,7 +494,7 @@ class IngestServer:
                 f"episode {header.episode_id} was opened by another key", reply=False,
             )
             return
-        self.last_activity[key] = time.monotonic()
+        self.last_activity[key] = now
         verdict = journal.accepts(header)
         if verdict == "duplicate":
             self.stats.duplicates += 1
@@ -491,9 +503,10 @@ class IngestServer:
         if verdict == "gap":
             self.stats.gaps += 1
             return
-        if not self._within_limits(sock, session, journal, opcode, header, message):
+        if not self._within_limits(sock, session, journal, opcode, header, size, now):
             return
-        if opcode == protocol.Opcode.EVENT:
+        stop = None
+        if record is not None:
             body, refused = screen_event_body(record.body, self.limits.max_text_chars)
             if refused:
                 record = protocol.Event(header, body)
@@ -506,8 +519,10 @@ class IngestServer:
                                   "robot=%s episode=%s: refused event fields: %s", *key, detail)
                 self._notice(sock, session, f"fields-{header.seq}", "warning",
                              f"{record.kind} event of episode {header.episode_id}: not recorded: {detail}")
+            if record.kind == "stop":
+                stop = record.body
         try:
-            journal.append(arrival_ns, message, record)
+            journal.append_frames(arrival_ns, message, header, stop)
         except OSError as err:
             self._disk_failure(sock, session, journal.path, err)
             return
@@ -517,12 +532,10 @@ class IngestServer:
         session.dirty.add((header.episode_id, header.stream))
 
     def _within_limits(self, sock: zmq.Socket, session: Session, journal: EpisodeJournal,
-                       opcode: protocol.Opcode, header: protocol.DataHeader, message: list[bytes]) -> bool:
+                       opcode: protocol.Opcode, header: protocol.DataHeader, size: int, now: float) -> bool:
         """Check the robot's limits before a message is journaled; False drops it
         (not acknowledged: the collector keeps it in its spool)."""
         limits = self.limits
-        size = sum(len(f) for f in message)
-        now = time.monotonic()
         session.tokens = min(limits.max_bytes_per_s * limits.burst_s,
                              session.tokens + (now - session.tokens_at) * limits.max_bytes_per_s)
         session.tokens_at = now

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,11 +114,18 @@ class EpisodeJournal:
 
     def append(self, arrival_ns: int, frames: list[bytes], record: protocol.DataRecord) -> None:
         """Write one message that :meth:`accepts` called 'next'. OSError propagates, state unchanged."""
+        stop = record.body if isinstance(record, protocol.Event) and record.kind == "stop" else None
+        self.append_frames(arrival_ns, frames, record.header, stop)
+
+    def append_frames(self, arrival_ns: int, frames: Sequence[bytes], header: protocol.DataHeader,
+                      stop: dict[str, Any] | None = None) -> None:
+        """:meth:`append` from the header alone (the ingest's path: it never builds the
+        payload's record); ``stop`` is the body of a stop event."""
         if self.writer is None:
             raise StoreError(str(self.path), "journal is closed")
         self.writer.append_parts([ARRIVAL.pack(arrival_ns), *frame_parts(frames)])
         self.size = self.writer.size
-        self._advance(record)
+        self._advance_header(header, stop)
 
     def mark_limit(self, reason: str) -> None:
         """Record that the episode reached a limit: from now on only its events are
@@ -134,12 +141,15 @@ class EpisodeJournal:
         if isinstance(record, dict):  # an ingest note
             self.limit = str(record.get("limit", "")) or self.limit
             return
-        header = record.header
+        stop = record.body if isinstance(record, protocol.Event) and record.kind == "stop" else None
+        self._advance_header(record.header, stop)
+
+    def _advance_header(self, header: protocol.DataHeader, stop: dict[str, Any] | None) -> None:
         self.next_seq[header.stream] = header.seq + 1
         if self.first_capture_ns is None:
             self.first_capture_ns = header.capture_ns
-        if isinstance(record, protocol.Event) and record.kind == "stop":
-            self.stop = record.body
+        if stop is not None:
+            self.stop = stop
 
     @property
     def acked(self) -> dict[str, int]:
