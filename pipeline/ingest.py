@@ -39,6 +39,7 @@ from pipeline.journal import (
     quarantine_journal,
     quarantine_path,
 )
+from pipeline.journal_writer import JournalWriter
 from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, MAX_JSON_BYTES, StreamRules, screen_event_body
 from pipeline.raw_store import raw_path, seal_recovered
 from pipeline.robot_config import parse_robot_config
@@ -156,6 +157,7 @@ class IngestServer:
         self._seal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal")
         self._fsync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         self._sync_workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+        self._journal_writer: JournalWriter | None = None  # started by run(); without it appends are synchronous
         self._commit_future: Future[list[OSError | None]] | None = None
         self._commit_snapshot: tuple[list[tuple[tuple[str, str], EpisodeJournal]],
                                      dict[bytes, list[tuple[str, str, int]]], list[tuple[str, str]]] | None = None
@@ -226,6 +228,7 @@ class IngestServer:
             if self.config.keys is not None:
                 auth = self.config.keys.apply(context, sock, self.allow)
             self._bind(sock)
+            self._journal_writer = JournalWriter()
             self.recover()
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             log.info("ingest listening on %s, data in %s", self.endpoint, self.data_dir)
@@ -239,6 +242,8 @@ class IngestServer:
                 self._seal_pool.shutdown(wait=True)
                 self._fsync_pool.shutdown(wait=True)
                 self._sync_workers.shutdown(wait=True)
+                if self._journal_writer is not None:
+                    self._journal_writer.close()
                 for journal in self.journals.values():
                     journal.close()
                 sock.close(0)
@@ -488,6 +493,9 @@ class IngestServer:
             journal = self._open_journal(sock, session, header.episode_id)
             if journal is None:
                 return
+        if journal.write_error is not None:
+            self._write_failed(sock, session, journal)
+            return  # not accepted: the collector resends it once the journal is rolled back
         if journal.meta.producer_key not in ("", session.key):
             self._identity_refused(
                 sock, identity, session.key, session.robot_id,
@@ -596,6 +604,8 @@ class IngestServer:
         return journal
 
     def _add_journal(self, key: tuple[str, str], journal: EpisodeJournal) -> None:
+        if self._journal_writer is not None:
+            journal.attach(self._journal_writer)
         self.journals[key] = journal
         self.open_by_robot.setdefault(key[0], set()).add(key[1])
         self.last_activity[key] = time.monotonic()
@@ -610,6 +620,21 @@ class IngestServer:
         self._dirty_journals.discard(key)
         self.last_activity.pop(key, None)
         return journal
+
+    def _write_failed(self, sock: zmq.Socket | None, session: Session | None, journal: EpisodeJournal,
+                      report: bool = True) -> None:
+        """A queued append of ``journal`` failed: tell, stop accepting for it, and
+        once the writer has passed its rollback request, reset it to what is on disk."""
+        err = journal.write_error
+        if err is None:
+            return
+        if report and session is not None:
+            self._disk_failure(sock, session, journal.path, err)
+        if journal.rollback_ready:
+            journal.roll_back_to_written()
+        elif not journal.rollback_requested and self._journal_writer is not None:
+            journal.rollback_requested = True
+            self._journal_writer.request_rollback(journal)
 
     def _disk_failure(self, sock: zmq.Socket | None, session: Session, path: Path, err: OSError) -> None:
         self.stats.disk_errors += 1
@@ -673,11 +698,14 @@ class IngestServer:
                 acks[session.identity] = entries
         complete = [key for key, journal in dirty if journal.complete]
         self._commit_snapshot = (dirty, acks, complete)
-        self._commit_future = self._fsync_pool.submit(self._sync_all, [journal for _, journal in dirty])
+        barrier = self._journal_writer.barrier() if self._journal_writer is not None else None
+        self._commit_future = self._fsync_pool.submit(self._sync_all, [journal for _, journal in dirty], barrier)
         if wait:
             self._finish_commit(sock)
 
-    def _sync_all(self, journals: list[EpisodeJournal]) -> list[OSError | None]:
+    def _sync_all(self, journals: list[EpisodeJournal], barrier: threading.Event | None) -> list[OSError | None]:
+        if barrier is not None and self._journal_writer is not None:
+            self._journal_writer.wait(barrier)  # every write this commit covers is in the files
         failures = list(self._sync_workers.map(_sync, journals))
         if journals and self.config.inject_sync_delay_s:
             time.sleep(self.config.inject_sync_delay_s)
@@ -691,6 +719,9 @@ class IngestServer:
         self._commit_future = self._commit_snapshot = None
         failures = future.result()  # an unexpected exception in a worker ends the ingest (non-zero)
         for (key, journal), err in zip(dirty, failures):
+            if err is None and journal.write_error is not None:
+                err = journal.write_error
+                self._write_failed(sock, None, journal, report=False)
             if err is not None:
                 session = self.sessions.get(self.robots.get(key[0], b""))
                 if session is not None:
@@ -722,7 +753,13 @@ class IngestServer:
         journal = self._remove_journal(key)
         incomplete = not journal.complete
         self._final_acks[key] = journal.acked
-        self.sealing[key] = self._seal_pool.submit(seal_recovered, journal, self.data_dir, incomplete=incomplete)
+        barrier = self._journal_writer.barrier() if self._journal_writer is not None else None
+        self.sealing[key] = self._seal_pool.submit(self._seal_when_written, barrier, journal, incomplete)
+
+    def _seal_when_written(self, barrier: threading.Event | None, journal: EpisodeJournal, incomplete: bool) -> Path:
+        if barrier is not None and self._journal_writer is not None:
+            self._journal_writer.wait(barrier)  # the journal's last queued writes are in its file
+        return seal_recovered(journal, self.data_dir, incomplete=incomplete)
 
     def _collect_seals(self) -> None:
         for key, future in list(self.sealing.items()):
@@ -769,8 +806,12 @@ class IngestServer:
             self.stats.sessions_freed += 1
         syncing = {key for key, _ in self._commit_snapshot[0]} if self._commit_snapshot else set()
         deadline = now - self.config.abandon_after_s
+        for key, journal in list(self.journals.items()):
+            if journal.write_error is not None:  # no message may come to roll it back
+                self._write_failed(None, None, journal)
         for key, last in list(self.last_activity.items()):
-            if last < deadline and key in self.journals and key not in syncing:
+            if (last < deadline and key in self.journals and key not in syncing
+                    and self.journals[key].write_error is None):
                 journal = self.journals[key]
                 log.warning(
                     "robot=%s episode=%s silent for %.0f s; sealing as incomplete, missing %s",

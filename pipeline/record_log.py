@@ -182,8 +182,14 @@ class RecordWriter:
 
     def sync(self) -> None:
         if self._dirty:
-            os.fsync(self._fd)
+            # Cleared before the fsync: an append on another thread meanwhile sets it
+            # again, so the next sync covers it.
             self._dirty = False
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                self._dirty = True
+                raise
 
     @property
     def closed(self) -> bool:
