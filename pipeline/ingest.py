@@ -1,9 +1,13 @@
 """The ingest service: many collectors in, durable raw episodes out.
 
-One ROUTER socket, one event loop. Every accepted data message is appended to
-its episode's journal; every ``commit_interval`` the dirty journals are
-fsynced together (group commit) and only then does each collector get one
-cumulative acknowledgement per stream. A collector never has more than
+One ROUTER socket, one event loop. The loop drains the socket without
+blocking, checks each message from its header alone (a data message's payload
+is journaled as received, large frames without a copy) and queues every
+accepted one to its episode's journal on the writer thread
+(:mod:`pipeline.journal_writer`: CRC and ``writev`` run beside the loop);
+every ``commit_interval`` the dirty journals are fsynced together (group
+commit, once the writer has passed the commit's barrier) and only then does
+each collector get one cumulative acknowledgement per stream. A collector never has more than
 ``window`` unacknowledged messages in flight, so a slow disk slows the acks
 and therefore the collectors (which spool), and the ingest's memory stays
 bounded. Episodes are sealed into HDF5 on a worker thread once their stop
