@@ -148,6 +148,11 @@ class Collector:
         self._home = home_index(config.robot_id, len(endpoints))
         self.spool = Spool(config.spool_dir, config.spool_budget_bytes)
         self.spool.default_route = endpoints[self._home]
+        for episode in self.spool.pending_episodes():
+            if self.spool.route(episode) not in endpoints:
+                log.error("robot=%s episode=%s is held by ingest %s, which --ingest no longer lists: it waits in the "
+                          "spool until that endpoint is listed again", config.robot_id, episode,
+                          self.spool.route(episode))
         self._lock = threading.RLock()
         self._next_seq: dict[tuple[str, str], int] = {}
         for (episode, stream), seq in self.spool.next_seqs().items():
@@ -201,7 +206,7 @@ class Collector:
         with self._lock:
             episode = self._episode
         endpoint = self.spool.route(episode) if episode is not None else self._links[self._home].endpoint
-        link = next(link for link in self._links if link.endpoint == endpoint)
+        link = next((link for link in self._links if link.endpoint == endpoint), self._links[self._home])
         if len(self._links) == 1:
             return link.state
         up = sum(1 for l in self._links if l.state == "up")

@@ -1721,7 +1721,9 @@ def _goals(rows: list[RunResult], best: dict[str, int], multi: str) -> list[str]
         met = best["ingest"] >= best["baseline"] and p99 is not None and p99 < 100
         out.append(f"one ingest process vs the baseline: {best['ingest']} vs {best['baseline']} robots, p99 "
                    f"{_f(p99)} ms at {best['ingest']} (goal: at least as many, p99 < 100 ms): {'met' if met else 'NOT met'}")
-    if multi in best and "ingest" in best and best["ingest"]:
+    if multi in best and "ingest" in best and not best["ingest"]:
+        out.append(f"{multi} vs one process: {best[multi]} vs 0 robots (no ratio: one process sustained no step)")
+    elif multi in best and "ingest" in best:
         ratio = best[multi] / best["ingest"]
         ceiling = best.get("baseline")
         at_ceiling = ceiling is not None and best[multi] >= ceiling
