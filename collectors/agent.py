@@ -209,7 +209,7 @@ class Collector:
         link = next((link for link in self._links if link.endpoint == endpoint), self._links[self._home])
         if len(self._links) == 1:
             return link.state
-        up = sum(1 for l in self._links if l.state == "up")
+        up = sum(1 for other in self._links if other.state == "up")
         return f"{link.state} ({endpoint}; {up}/{len(self._links)} ingests up)"
 
     @property

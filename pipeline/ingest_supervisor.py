@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,13 +73,19 @@ def collector_endpoints(specs: Sequence[IngestProcessSpec], host: str) -> str:
     return ",".join(f"tcp://{host}:{spec.bind.rsplit(':', 1)[1]}" for spec in specs)
 
 
-def _die_with_parent() -> None:
-    """Children get SIGTERM if the supervisor dies without forwarding (kill -9)."""
+def _death_signal() -> Callable[[], None] | None:
+    """``prctl`` resolved in the parent: a child calls it between fork and exec
+    (nothing there may load a library), so it gets SIGTERM if the supervisor dies
+    without forwarding one (kill -9)."""
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        pass  # not Linux: the children then outlive a killed supervisor
+        return None  # not Linux: the children then outlive a killed supervisor
+
+    def set_death_signal() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return set_death_signal
 
 
 class Supervisor:
@@ -104,14 +110,15 @@ class Supervisor:
     def run(self) -> tuple[int, str]:
         """Serve until stopped (0, "") or until a child exits on its own
         (its exit code or 1, and one line saying which and why)."""
-        for spec in self.specs:
+        death_signal = _death_signal()
+        for spec in self.specs:  # every fork before any thread starts (preexec_fn)
             spec.data_dir.mkdir(parents=True, exist_ok=True)
-            proc = subprocess.Popen(
+            self.procs.append(subprocess.Popen(
                 self.command(spec), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, errors="replace", bufsize=1, preexec_fn=_die_with_parent,
+                text=True, errors="replace", bufsize=1, preexec_fn=death_signal,  # noqa: PLW1509
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            self.procs.append(proc)
+            ))
+        for spec, proc in zip(self.specs, self.procs):
             threading.Thread(target=self._relay, args=(spec, proc), daemon=True, name=f"relay-{spec.name}").start()
         failed: tuple[IngestProcessSpec, int] | None = None
         while failed is None and not self._stopping.is_set():

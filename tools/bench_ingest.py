@@ -893,7 +893,7 @@ class IngestProcess:
         assert self.proc is not None
         if self.processes == 1:
             return [self.proc.pid]
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False).stdout.split()
         return [int(p) for p in out]
 
     def stop(self, timeout: float = 300) -> int:
