@@ -55,7 +55,7 @@ class JournalWriterDied(RuntimeError):
 
 
 class JournalWriter:
-    def __init__(self, max_queued_bytes: int = 256 << 20) -> None:
+    def __init__(self, max_queued_bytes: int = 16 << 20) -> None:
         self.max_queued_bytes = max_queued_bytes
         self._queue: SimpleQueue[tuple[Any, ...]] = SimpleQueue()
         self._lock = threading.Lock()
