@@ -11,6 +11,14 @@ Two threads share the spool:
 Nothing is sent that is not spooled first, so a dead link, a dead ingest or a
 killed collector loses nothing: the spool is resent after the handshake.
 
+Several ingest processes: ``ingest`` lists their endpoints (comma-separated)
+and there is one link thread per endpoint. The robot's home ingest is the one
+a stable hash of its robot id picks (:func:`home_index`); each episode starts
+on the home ingest if its link is up, else on the next one in the list whose
+link is up, and stays there until sealed (the spool keeps its route): an
+ingest down with an open episode keeps that episode in the spool until it is
+back, while the next episode goes to a live one.
+
 Every episode is closed and its seal confirmed: the spool remembers each episode
 until the ingest says it is sealed, every HELLO asks about all of them
 (``Hello.pending``), and the WELCOME states each one's state
@@ -25,6 +33,7 @@ import os
 import threading
 import time
 import uuid
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -56,7 +65,7 @@ class CollectorConfig:
 
     robot_id: str
     robot: RobotConfig
-    ingest: str
+    ingest: str  # one endpoint, or several ingest processes' endpoints separated by commas
     spool_dir: Path
     spool_budget_bytes: int = 2 << 30
     on_spool_full: SpoolFullPolicy = "pause"
@@ -71,6 +80,26 @@ class CollectorConfig:
     keys: ClientKeys | None = None
     allow_plain: bool = False
     capture_period_s: float = 0.002
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(e.strip() for e in self.ingest.split(",") if e.strip())
+
+
+def home_index(robot_id: str, count: int) -> int:
+    """Which of ``count`` ingest endpoints a robot uses first: stable across hosts,
+    restarts and Python versions (CRC-32 of the id, not Python's salted hash)."""
+    return zlib.crc32(robot_id.encode()) % count
+
+
+@dataclass
+class _Link:
+    """One ingest endpoint as the collector sees it."""
+
+    endpoint: str
+    state: str = "connecting"
+    window: int = 1
+    clock_samples: deque[tuple[int, int, int, int]] = field(default_factory=lambda: deque(maxlen=16))
 
 
 @dataclass
@@ -108,9 +137,22 @@ class Collector:
             raise HandshakeRefused(
                 f"robot {config.robot_id}: no CURVE keys given; pass --key/--ingest-key, or --plain for loopback"
             )
+        endpoints = config.endpoints
+        if not endpoints:
+            raise HandshakeRefused(f"robot {config.robot_id}: no ingest endpoint given (--ingest)")
+        if len(set(endpoints)) != len(endpoints):
+            raise HandshakeRefused(f"robot {config.robot_id}: an ingest endpoint is listed twice in {config.ingest!r}")
         self.config = config
         self.driver = driver
+        self._links = [_Link(e) for e in endpoints]
+        self._home = home_index(config.robot_id, len(endpoints))
         self.spool = Spool(config.spool_dir, config.spool_budget_bytes)
+        self.spool.default_route = endpoints[self._home]
+        for episode in self.spool.pending_episodes():
+            if self.spool.route(episode) not in endpoints:
+                log.error("robot=%s episode=%s is held by ingest %s, which --ingest no longer lists: it waits in the "
+                          "spool until that endpoint is listed again", config.robot_id, episode,
+                          self.spool.route(episode))
         self._lock = threading.RLock()
         self._next_seq: dict[tuple[str, str], int] = {}
         for (episode, stream), seq in self.spool.next_seqs().items():
@@ -122,18 +164,15 @@ class Collector:
         self._paused = False
         self._running = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._clock_samples: deque[tuple[int, int, int, int]] = deque(maxlen=16)
         self._counts: dict[str, int] = {}
         self._bytes = 0
         self._rate_mark = (time.monotonic(), dict[str, int](), 0)
         self._rates: dict[str, float] = {}
         self._mb_per_s = 0.0
-        self.link_state = "connecting"
         self.error = ""
         self.fatal: BaseException | None = None
         self.episodes_done = 0
         self._wake = threading.Event()
-        self.window = 1
         self.handshakes = 0  # WELCOMEs received: 1 + reconnections
         self._ingest_notice = ""
         self._stop_request: tuple[str, int] | None = None  # (outcome, stop time) for the capture thread
@@ -153,10 +192,38 @@ class Collector:
 
     def start(self) -> None:
         self._running.set()
-        for name, target in (("capture", self._capture_loop), ("link", self._link_loop)):
-            thread = threading.Thread(target=target, name=f"{self.config.robot_id}-{name}", daemon=True)
+        targets = [("capture", self._capture_loop, ())]
+        targets += [(f"link{i}", self._link_loop, (link,)) for i, link in enumerate(self._links)]
+        for name, target, args in targets:
+            thread = threading.Thread(target=target, args=args, name=f"{self.config.robot_id}-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    @property
+    def link_state(self) -> str:
+        """The link to the ingest of the current episode (else the home ingest);
+        with several ingests, how many links are up."""
+        with self._lock:
+            episode = self._episode
+        endpoint = self.spool.route(episode) if episode is not None else self._links[self._home].endpoint
+        link = next((link for link in self._links if link.endpoint == endpoint), self._links[self._home])
+        if len(self._links) == 1:
+            return link.state
+        up = sum(1 for other in self._links if other.state == "up")
+        return f"{link.state} ({endpoint}; {up}/{len(self._links)} ingests up)"
+
+    @property
+    def window(self) -> int:
+        return self._links[self._home].window
+
+    def _choose_ingest(self) -> str:
+        """The home ingest if its link is up, else the next one up, else home (spooled until it is)."""
+        n = len(self._links)
+        for i in range(n):
+            link = self._links[(self._home + i) % n]
+            if link.state == "up":
+                return link.endpoint
+        return self._links[self._home].endpoint
 
     def close(self) -> None:
         if self._episode is not None:
@@ -202,12 +269,13 @@ class Collector:
         with self._lock:
             return dict(self._failed)
 
-    def _close_interrupted(self, ingest_acked: dict[str, dict[str, int]], states: dict[str, str]) -> None:
+    def _close_interrupted(self, link: _Link, ingest_acked: dict[str, dict[str, int]], states: dict[str, str]) -> None:
         """A collector killed mid-episode left it without a stop event. Close it after
-        the first handshake, numbering the stop after everything the spool or the
-        ingest holds, so the ingest can seal what was recorded."""
+        the first handshake with its ingest, numbering the stop after everything the
+        spool or the ingest holds, so the ingest can seal what was recorded."""
         with self._lock:
-            for episode in sorted(self._interrupted):
+            mine = {e for e in self._interrupted if self.spool.route(e) == link.endpoint}
+            for episode in sorted(mine):
                 if self.spool.is_sealed(episode) or states.get(episode) in ("sealed", "sealing", "quarantined"):
                     continue  # the ingest closed it itself (abandoned: sealed as incomplete), or gave it up
                 for stream, seq in ingest_acked.get(episode, {}).items():
@@ -224,8 +292,9 @@ class Collector:
                     self.config.robot_id, episode,
                 )
                 self._emit_stop(episode, "interrupted", reason="collector restarted")
-            self._interrupted.clear()
-            self._marker.unlink(missing_ok=True)
+            self._interrupted -= mine
+            if not self._interrupted:
+                self._marker.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ operator controls
 
@@ -238,6 +307,8 @@ class Collector:
             episode = f"{self.config.robot_id}-{stamp}-{uuid.uuid4().hex[:6]}"
             t0 = time.time_ns()
             self.driver.start(t0)
+            endpoint = self._choose_ingest()
+            self.spool.set_route(episode, endpoint)
             self._write_marker(episode)
             self.spool.expect_seal(episode)
             self._episode = episode
@@ -245,7 +316,8 @@ class Collector:
             self._batches = {}
             self._paused = False
             self._emit_event(episode, {"kind": "start", "task": task, "operator": operator, "t0_ns": t0})
-            for sample in list(self._clock_samples):
+            link = next(link for link in self._links if link.endpoint == endpoint)
+            for sample in list(link.clock_samples):
                 self._emit_clock(episode, *sample)
             log.info("robot=%s episode=%s started task=%r", self.config.robot_id, episode, task)
             return episode
@@ -441,28 +513,28 @@ class Collector:
 
     # ------------------------------------------------------------------ link thread
 
-    def _link_loop(self) -> None:
+    def _link_loop(self, link: _Link) -> None:
         context = zmq.Context()
         try:
             while self._running.is_set():
-                sock = self._connect(context)
+                sock = self._connect(context, link)
                 if sock is None:
                     continue
                 try:
-                    self._serve(sock)
+                    self._serve(sock, link)
                 except _Reconnect as why:
-                    self.link_state = f"reconnecting: {why}"
+                    link.state = f"reconnecting: {why}"
                 finally:
                     sock.close(0)
         except HandshakeRefused as err:
             self.fatal = err
             self.error = str(err)
-            self.link_state = "refused"
+            link.state = "refused"
             log.error("%s", err)
         finally:
             context.term()
 
-    def _connect(self, context: zmq.Context) -> zmq.Socket | None:
+    def _connect(self, context: zmq.Context, link: _Link) -> zmq.Socket | None:
         sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -480,8 +552,8 @@ class Collector:
             monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         welcomed = False
         try:
-            sock.connect(self.config.ingest)
-            welcomed = self._handshake(sock, monitor)
+            sock.connect(link.endpoint)
+            welcomed = self._handshake(sock, monitor, link)
         finally:
             if monitor is not None:
                 sock.disable_monitor()
@@ -490,7 +562,7 @@ class Collector:
                 sock.close(0)
         return sock if welcomed else None
 
-    def _handshake(self, sock: zmq.Socket, monitor: zmq.Socket | None) -> bool:
+    def _handshake(self, sock: zmq.Socket, monitor: zmq.Socket | None, link: _Link) -> bool:
         """Say HELLO until WELCOME (True), a timeout (False) or a refusal (raises)."""
         hello = protocol.Hello(
             robot_id=self.config.robot_id,
@@ -498,7 +570,7 @@ class Collector:
             config_digest=self.config.robot.digest,
             config=self.config.robot.to_dict(),
             software=f"refinery-collector pid={os.getpid()}",
-            pending=tuple(self._asked_about()),
+            pending=tuple(self._asked_about(link)),
         )
         deadline = time.monotonic() + self.config.hello_timeout_s
         sent = False
@@ -528,35 +600,39 @@ class Collector:
                     log.warning("robot=%s: unreadable reply to HELLO: %s", self.config.robot_id, err)
                     continue
                 if isinstance(record, protocol.Welcome):
-                    self.spool.set_acked(record.acked, record.sealed)
+                    route = self.spool.route
+                    self.spool.set_acked({e: a for e, a in record.acked.items() if route(e) == link.endpoint},
+                                         tuple(e for e in record.sealed if route(e) == link.endpoint))
                     if self._interrupted:
-                        self._close_interrupted(record.acked, record.episodes)
+                        self._close_interrupted(link, record.acked, record.episodes)
                     self._adopt_states(record.episodes)
-                    self.window = record.window
+                    link.window = record.window
                     self.handshakes += 1
-                    resent = self.spool.rewind()
-                    self.link_state = "up"
-                    log.info("robot=%s connected to %s; resending %d", self.config.robot_id, self.config.ingest, resent)
+                    resent = self.spool.rewind(link.endpoint)
+                    link.state = "up"
+                    log.info("robot=%s connected to %s; resending %d", self.config.robot_id, link.endpoint, resent)
                     return True
-        self.link_state = "down: ingest unreachable, spooling"
+        link.state = "down: ingest unreachable, spooling"
         return False
 
-    def _seal_overdue(self) -> bool:
-        """Everything acknowledged, yet an ended episode is not confirmed sealed."""
+    def _seal_overdue(self, link: _Link) -> bool:
+        """Everything acknowledged, yet an ended episode of this ingest is not confirmed sealed."""
         with self._lock:
-            ended = set(self.spool.unsealed()) - {self._episode}
-        return bool(ended) and self.spool.unacked() == 0
+            ended = {e for e in self.spool.unsealed() if self.spool.route(e) == link.endpoint} - {self._episode}
+        return bool(ended) and self.spool.unacked(link.endpoint) == 0
 
-    def _asked_about(self) -> list[str]:
-        """What a HELLO asks the ingest about: every episode still waited on.
+    def _asked_about(self, link: _Link | None = None) -> list[str]:
+        """What a HELLO asks an ingest (default: the home one) about: every episode
+        still waited on that it holds.
 
         Interrupted episodes first (they must be closed); at most MAX_PENDING, the
         ingest's limit: the rest are asked about at a later handshake.
         """
+        link = link or self._links[self._home]
         with self._lock:
             interrupted = sorted(self._interrupted)
             rest = sorted(set(self.spool.pending_episodes()) - self._interrupted)
-        return (interrupted + rest)[:MAX_PENDING]
+        return [e for e in interrupted + rest if self.spool.route(e) == link.endpoint][:MAX_PENDING]
 
     def _adopt_states(self, states: dict[str, str]) -> None:
         """Act on the WELCOME's state of each episode asked about (empty from older ingests)."""
@@ -579,7 +655,7 @@ class Collector:
             self.spool.forget(episode)
         log.error("robot=%s episode=%s %s", self.config.robot_id, episode, why)
 
-    def _serve(self, sock: zmq.Socket) -> None:
+    def _serve(self, sock: zmq.Socket, link: _Link) -> None:
         """Send within the credit window and read replies until the ingest goes quiet.
 
         A live ingest answers every clock-sync request, so silence longer than
@@ -598,15 +674,15 @@ class Collector:
                 except zmq.Again:
                     pass
                 next_clock = now + self.config.clock_sync_interval_s
-            in_flight = self.spool.in_flight()
-            while in_flight < self.window:
-                frames = self.spool.next_to_send()
+            in_flight = self.spool.in_flight(link.endpoint)
+            while in_flight < link.window:
+                frames = self.spool.next_to_send(link.endpoint)
                 if frames is None:
                     break
                 try:
                     sock.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
                 except zmq.Again:
-                    self.spool.unsend()
+                    self.spool.unsend(link.endpoint)
                     break
                 in_flight += 1
             if in_flight == 0:
@@ -618,30 +694,30 @@ class Collector:
                     except zmq.Again:
                         break
                     last_heard = time.monotonic()
-                    if self._on_message(frames):
+                    if self._on_message(frames, link):
                         last_progress = last_news = last_heard
             elif now - last_heard > self.config.resend_timeout_s:
                 log.warning(
                     "robot=%s: nothing from the ingest for %.1f s; reconnecting", self.config.robot_id, now - last_heard
                 )
-                self.link_state = "down: ingest silent, spooling"
+                link.state = "down: ingest silent, spooling"
                 return
             elif not in_flight:
                 self._wake.wait(0.005)
                 self._wake.clear()
             if now - last_news > self.config.seal_query_interval_s:
                 last_news = now
-                if self._seal_overdue():
+                if self._seal_overdue(link):
                     log.info("robot=%s: episodes acknowledged but not confirmed sealed for %.0f s; asking the ingest",
                              self.config.robot_id, self.config.seal_query_interval_s)
                     raise _Reconnect("asking the ingest which episodes are sealed")
             if in_flight and now - last_progress > self.config.resend_timeout_s:
-                resent = self.spool.rewind()
+                resent = self.spool.rewind(link.endpoint)
                 log.info("robot=%s: no acknowledgement for %.1f s; resending %d", self.config.robot_id,
                          now - last_progress, resent)
                 last_progress = now
 
-    def _on_message(self, frames: list[bytes]) -> bool:
+    def _on_message(self, frames: list[bytes], link: _Link) -> bool:
         """Handle one message from the ingest; True when it acknowledged something."""
         reason = refusal_reason(frames)
         if reason is not None:
@@ -663,8 +739,9 @@ class Collector:
             t4 = time.time_ns()
             sample = (record.t1_ns, record.t2_ns, record.t3_ns, t4)
             with self._lock:
-                self._clock_samples.append(sample)
-                if self._episode is not None:
+                link.clock_samples.append(sample)
+                # Offsets are to this ingest's clock: recorded only with its own episodes.
+                if self._episode is not None and self.spool.route(self._episode) == link.endpoint:
                     self._emit_clock(self._episode, *sample)
             return False
         if isinstance(record, protocol.Notice):

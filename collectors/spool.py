@@ -14,6 +14,12 @@ The spool also remembers, in ``<spool>/unsealed.json``, every episode whose seal
 the ingest has not confirmed yet, even once all its messages are acknowledged
 and gone from the segments: the collector asks about each of them at every
 handshake until the ingest says it is sealed (or can never be).
+
+With several ingest processes, each episode has a route: the ingest endpoint
+that holds its journal, kept in ``<spool>/routes.json`` from the episode's
+start until its seal. Each link sends only its route's messages, with its own
+cursor; an episode without a route (a spool of an earlier version) takes
+``default_route``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ log = logging.getLogger("refinery.spool")
 SEGMENT_PREFIX = "seg-"
 SEGMENT_SUFFIX = ".rfs"
 UNSEALED_FILE = "unsealed.json"
+ROUTES_FILE = "routes.json"
 
 
 @dataclass
@@ -59,12 +66,14 @@ class Spool:
         self.segment_bytes = max(64 * 1024, min(segment_bytes, budget_bytes // 8))
         self._lock = threading.Lock()
         self._entries: deque[SpoolEntry] = deque()
-        self._cursor = 0  # index into _entries of the next message to send
+        # Per route, index into _entries of the next message to look at for sending.
+        self._cursors: dict[str, int] = {}
+        self._last_sent: dict[str, int] = {}
+        self.default_route = ""
         self._acked: dict[tuple[str, str], int] = {}
         self._sealed: set[str] = set()
         self._segment_sizes: dict[int, int] = {}
         self._writer: RecordWriter | None = None
-        self._last_sent = -1
         self.recovered_without_stop: set[str] = set()
         self._segment = 0
         self.bytes_used = 0
@@ -73,6 +82,8 @@ class Spool:
         directory.mkdir(parents=True, exist_ok=True)
         self._unsealed_path = directory / UNSEALED_FILE
         self._unsealed: set[str] = self._load_unsealed()
+        self._routes_path = directory / ROUTES_FILE
+        self._routes: dict[str, str] = self._load_routes()
         self._recover()
 
     # ------------------------------------------------------------------ recovery
@@ -141,6 +152,42 @@ class Spool:
             raise StoreError(str(self._unsealed_path), "must be a JSON list of episode ids")
         return set(names)
 
+    def _load_routes(self) -> dict[str, str]:
+        try:
+            routes = json.loads(self._routes_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            raise StoreError(str(self._routes_path), f"unreadable ({err}); it names the ingest holding each open "
+                             "episode: fix or remove it (episodes then go to the collector's first choice)") from err
+        if not isinstance(routes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in routes.items()):
+            raise StoreError(str(self._routes_path), "must be a JSON object {episode id: ingest endpoint}")
+        return routes
+
+    def _save_json(self, path: Path, value: object) -> None:
+        """Write-to-temp and rename (see :meth:`_save_unsealed`)."""
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(value, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError as err:
+            log.error("spool %s: cannot write %s: %s", self.directory, path.name, err.strerror or err)
+
+    def set_route(self, episode: str, endpoint: str) -> None:
+        """Send ``episode`` to ``endpoint`` from now on, across restarts, until it is sealed."""
+        with self._lock:
+            if self._routes.get(episode) != endpoint:
+                self._routes[episode] = endpoint
+                self._save_json(self._routes_path, self._routes)
+
+    def route(self, episode: str) -> str:
+        with self._lock:
+            return self._routes.get(episode, self.default_route)
+
+    def _drop_route(self, episode: str) -> None:
+        if self._routes.pop(episode, None) is not None:
+            self._save_json(self._routes_path, self._routes)
+
     def _save_unsealed(self) -> None:
         """Write-to-temp and rename: a killed collector leaves the old list or the new one.
 
@@ -148,12 +195,7 @@ class Spool:
         still right for this run; only a crash before the next write would forget
         which acknowledged episodes to ask about.
         """
-        tmp = self._unsealed_path.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(sorted(self._unsealed)))
-            os.replace(tmp, self._unsealed_path)
-        except OSError as err:
-            log.error("spool %s: cannot write %s: %s", self.directory, self._unsealed_path.name, err.strerror or err)
+        self._save_json(self._unsealed_path, sorted(self._unsealed))
 
     def expect_seal(self, episode: str) -> None:
         """Remember ``episode`` until :meth:`mark_sealed` or :meth:`forget` (survives restarts)."""
@@ -168,6 +210,7 @@ class Spool:
             if episode in self._unsealed:
                 self._unsealed.discard(episode)
                 self._save_unsealed()
+            self._drop_route(episode)
 
     def unsealed(self) -> list[str]:
         """Episodes whose seal the ingest has not confirmed yet."""
@@ -214,48 +257,64 @@ class Spool:
 
     # ------------------------------------------------------------------ sending
 
-    def next_to_send(self) -> list[bytes] | None:
-        """The next unacknowledged message after the cursor, or None."""
+    def _entry_route(self, entry: SpoolEntry) -> str:
+        return self._routes.get(entry.episode, self.default_route)
+
+    def next_to_send(self, route: str | None = None) -> list[bytes] | None:
+        """The next unacknowledged message of ``route`` (default: the default route)
+        after that route's cursor, or None."""
+        route = self.default_route if route is None else route
         with self._lock:
-            while self._cursor < len(self._entries):
-                entry = self._entries[self._cursor]
-                self._cursor += 1
-                if not self._is_acked(entry):
-                    self._last_sent = self._cursor - 1
+            cursor = self._cursors.get(route, 0)
+            while cursor < len(self._entries):
+                entry = self._entries[cursor]
+                cursor += 1
+                if self._entry_route(entry) == route and not self._is_acked(entry):
+                    self._last_sent[route] = cursor - 1
                     break
             else:
+                self._cursors[route] = cursor
                 return None
+            self._cursors[route] = cursor
             path = self._segment_path(entry.segment)
         return unpack_frames(read_at(path, entry.offset))
 
-    def unsend(self) -> None:
+    def unsend(self, route: str | None = None) -> None:
         """The message :meth:`next_to_send` just returned could not be sent: keep it next."""
+        route = self.default_route if route is None else route
         with self._lock:
-            if 0 <= self._last_sent < self._cursor:
-                self._cursor = self._last_sent
-            self._last_sent = -1
+            last = self._last_sent.pop(route, -1)
+            if 0 <= last < self._cursors.get(route, 0):
+                self._cursors[route] = last
 
-    def rewind(self) -> int:
-        """Send again everything unacknowledged; return how many messages that is."""
+    def rewind(self, route: str | None = None) -> int:
+        """Send again everything unacknowledged of ``route``; return how many messages that is."""
+        route = self.default_route if route is None else route
         with self._lock:
             self._drop_acked_head()
-            pending = sum(1 for e in list(self._entries)[: self._cursor] if not self._is_acked(e))
+            pending = self._sent_unacked(route)
             self.resent += pending
-            self._cursor = 0
+            self._cursors[route] = 0
             return pending
 
-    def in_flight(self) -> int:
-        """Messages sent but not yet acknowledged (bounded by the credit window)."""
+    def in_flight(self, route: str | None = None) -> int:
+        """Messages of ``route`` sent but not yet acknowledged (bounded by the credit window)."""
+        route = self.default_route if route is None else route
         with self._lock:
-            return sum(1 for i in range(self._cursor) if not self._is_acked(self._entries[i]))
+            return self._sent_unacked(route)
 
-    def unacked(self) -> int:
-        with self._lock:
-            return sum(1 for e in self._entries if not self._is_acked(e))
+    def _sent_unacked(self, route: str) -> int:
+        entries = self._entries
+        return sum(
+            1 for i in range(min(self._cursors.get(route, 0), len(entries)))
+            if not self._is_acked(entries[i]) and self._entry_route(entries[i]) == route
+        )
 
-    def unsent(self) -> int:
+    def unacked(self, route: str | None = None) -> int:
+        """Messages not acknowledged yet: all of them, or those of one route."""
         with self._lock:
-            return len(self._entries) - self._cursor
+            return sum(1 for e in self._entries
+                       if not self._is_acked(e) and (route is None or self._entry_route(e) == route))
 
     # ------------------------------------------------------------------ acks
 
@@ -272,6 +331,7 @@ class Spool:
             if episode in self._unsealed:
                 self._unsealed.discard(episode)
                 self._save_unsealed()
+            self._drop_route(episode)
             self._drop_acked_head()
 
     def set_acked(self, acked: dict[str, dict[str, int]], sealed: tuple[str, ...]) -> None:
@@ -285,6 +345,10 @@ class Spool:
             if self._unsealed & set(sealed):
                 self._unsealed -= set(sealed)
                 self._save_unsealed()
+            if self._routes.keys() & set(sealed):
+                for episode in sealed:
+                    self._routes.pop(episode, None)
+                self._save_json(self._routes_path, self._routes)
             self._drop_acked_head()
 
     def is_sealed(self, episode: str) -> bool:
@@ -299,9 +363,11 @@ class Spool:
         while self._entries and self._is_acked(self._entries[0]):
             entry = self._entries.popleft()
             self.last_ack_latency_s = now - entry.appended
-            if self._cursor > 0:
-                self._cursor -= 1
-            self._last_sent -= 1
+            for route, cursor in self._cursors.items():
+                if cursor > 0:
+                    self._cursors[route] = cursor - 1
+            for route in self._last_sent:
+                self._last_sent[route] -= 1
         if not self._entries and self._writer is not None:
             # Everything is acknowledged: the open segment can go too.
             self._writer.close()

@@ -71,6 +71,9 @@ def _add_ingest_args(p: argparse.ArgumentParser) -> None:
                    help="per robot, episodes open at once (default: %(default)s)")
     p.add_argument("--session-timeout", type=_positive_float, default=15.0, metavar="SECONDS",
                    help="free the session of a collector silent this long (default: %(default)s)")
+    p.add_argument("--processes", type=_positive_int, default=1, metavar="N",
+                   help="run N ingest processes (about one per core): process i listens on the --bind port + i and "
+                        "writes to DATA_DIR/ingest-<i>/; collectors list all endpoints (default: %(default)s)")
     p.add_argument("--inject-sync-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics and the fleet status the console "
@@ -80,7 +83,9 @@ def _add_ingest_args(p: argparse.ArgumentParser) -> None:
 def _add_collect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--robot", required=True, help="robot config: a YAML path or a shipped model name (unitree_g1, ...)")
     p.add_argument("--robot-id", help="this robot's id (default: <model>-<hostname>)")
-    p.add_argument("--ingest", required=True, help="ingest endpoint, e.g. tcp://ingest-host:5555")
+    p.add_argument("--ingest", required=True, action="append",
+                   help="ingest endpoint, e.g. tcp://ingest-host:5555; several ingest processes: repeat it or separate "
+                        "them by commas (tcp://h:5555,tcp://h:5556), listed in the same order on every robot")
     p.add_argument("--spool", type=Path, help="spool folder (default: ~/.refinery/spool/<robot-id>)")
     p.add_argument("--spool-budget-mb", type=_positive_float, default=2048.0,
                    help="disk the spool may use while the ingest is unreachable (default: %(default)s)")
@@ -284,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(args, name, Path(extra.pop(0)))
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.raw_argv = list(sys.argv[1:] if argv is None else argv)  # what `ingest --processes` hands its children
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -350,6 +356,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from pipeline.console import StatusLine
     from pipeline.ingest import IngestServer
 
+    if args.processes > 1:
+        return _ingest_processes(args)
     server = IngestServer(_ingest_config(args))
     metrics = _serve_metrics(args, server, "ingest")
     failures: list[BaseException] = []
@@ -427,6 +435,24 @@ def _serve_metrics(args: argparse.Namespace, target, kind: str):  # noqa: ANN001
     metrics = serve(target, args.metrics)
     print(f"refinery {args.command}: metrics on {metrics.url}/metrics", file=sys.stderr, flush=True)
     return metrics
+
+
+def _ingest_processes(args: argparse.Namespace) -> int:
+    """``--processes N``: a supervisor of N ingest processes (see pipeline.ingest_supervisor)."""
+    from pipeline.ingest_supervisor import Supervisor, collector_endpoints, plan_processes
+
+    _ingest_config(args)  # setup errors (keys, allow-list) once here, not N times
+    specs = plan_processes(args.bind, args.data_dir, args.processes)
+    supervisor = Supervisor(specs, args.raw_argv)
+    _stop_on_signals(supervisor.stop)
+    host = args.bind.split("://", 1)[1].rsplit(":", 1)[0]
+    log.info("starting %d ingest processes: %s; collectors: --ingest %s", len(specs),
+             ", ".join(f"{s.bind} -> {s.data_dir}" for s in specs),
+             collector_endpoints(specs, "<this-host>" if host in ("*", "0.0.0.0") else host))
+    code, line = supervisor.run()
+    if code:
+        print(f"refinery ingest: error: {line}", file=sys.stderr)
+    return code
 
 
 def _stop_on_signals(stop) -> None:  # noqa: ANN001
@@ -517,7 +543,7 @@ def _make_collector(args: argparse.Namespace):  # noqa: ANN202
     config = CollectorConfig(
         robot_id=robot_id,
         robot=robot,
-        ingest=args.ingest,
+        ingest=",".join(args.ingest),
         spool_dir=spool,
         spool_budget_bytes=int(args.spool_budget_mb * 1e6),
         on_spool_full=args.on_spool_full,

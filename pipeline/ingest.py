@@ -1,9 +1,13 @@
 """The ingest service: many collectors in, durable raw episodes out.
 
-One ROUTER socket, one event loop. Every accepted data message is appended to
-its episode's journal; every ``commit_interval`` the dirty journals are
-fsynced together (group commit) and only then does each collector get one
-cumulative acknowledgement per stream. A collector never has more than
+One ROUTER socket, one event loop. The loop drains the socket without
+blocking, checks each message from its header alone (a data message's payload
+is journaled as received, large frames without a copy) and queues every
+accepted one to its episode's journal on the writer thread
+(:mod:`pipeline.journal_writer`: CRC and ``writev`` run beside the loop);
+every ``commit_interval`` the dirty journals are fsynced together (group
+commit, once the writer has passed the commit's barrier) and only then does
+each collector get one cumulative acknowledgement per stream. A collector never has more than
 ``window`` unacknowledged messages in flight, so a slow disk slows the acks
 and therefore the collectors (which spool), and the ingest's memory stays
 bounded. Episodes are sealed into HDF5 on a worker thread once their stop
@@ -39,6 +43,7 @@ from pipeline.journal import (
     quarantine_journal,
     quarantine_path,
 )
+from pipeline.journal_writer import JournalWriter
 from pipeline.observability.ingest_counters import IngestCounters, RobotCounters
 from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, MAX_JSON_BYTES, StreamRules, screen_event_body
 from pipeline.raw_store import raw_path, seal_recovered
@@ -46,8 +51,12 @@ from pipeline.robot_config import parse_robot_config
 
 log = logging.getLogger("refinery.ingest")
 
+_DATA_OPCODES = protocol.DATA_OPCODES
+_EVENT = protocol.Opcode.EVENT
+
 DEFAULT_WINDOW = 128  # messages; a robot needs ~10 in flight at 190 msg/s, and memory is window x collectors
 MAX_ACKS_PER_MESSAGE = 4096
+ZERO_COPY_BYTES = 64 * 1024  # pyzmq: a view pays off above about 64 KB, a copy is cheaper below
 HELLO_BURST = 5  # HELLOs one connection may send at once; then one a second (a HELLO may ask about 4,096 episodes)
 
 
@@ -155,6 +164,7 @@ class IngestServer:
         self._seal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal")
         self._fsync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         self._sync_workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+        self._journal_writer: JournalWriter | None = None  # started by run(); without it appends are synchronous
         self._commit_future: Future[list[OSError | None]] | None = None
         self._commit_snapshot: tuple[list[tuple[tuple[str, str], EpisodeJournal]],
                                      dict[bytes, list[tuple[str, str, int]]], list[tuple[str, str]]] | None = None
@@ -225,6 +235,7 @@ class IngestServer:
             if self.config.keys is not None:
                 auth = self.config.keys.apply(context, sock, self.allow)
             self._bind(sock)
+            self._journal_writer = JournalWriter()
             self.recover()
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             log.info("ingest listening on %s, data in %s", self.endpoint, self.data_dir)
@@ -238,6 +249,8 @@ class IngestServer:
                 self._seal_pool.shutdown(wait=True)
                 self._fsync_pool.shutdown(wait=True)
                 self._sync_workers.shutdown(wait=True)
+                if self._journal_writer is not None:
+                    self._journal_writer.close()
                 for journal in self.journals.values():
                     journal.close()
                 sock.close(0)
@@ -276,18 +289,18 @@ class IngestServer:
                 # Drain what is queued, but commit on schedule even under full load.
                 while time.monotonic() < next_commit:
                     try:
-                        if authenticated:
-                            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                            frames = [p.bytes for p in parts]
-                            try:
-                                key = parts[0].get("User-Id") or ""
-                            except zmq.ZMQError:
-                                key = ""  # no key: the allow-list refuses it
-                        else:
-                            frames = sock.recv_multipart(zmq.NOBLOCK)
-                            key = ""
+                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
+                    key = ""
+                    if authenticated:
+                        try:
+                            key = parts[0].get("User-Id") or ""
+                        except zmq.ZMQError:
+                            key = ""  # no key: the allow-list refuses it
+                    # Large frames (camera JPEGs) are journaled from ZeroMQ's own buffer;
+                    # below ZERO_COPY_BYTES a copy costs less than the view.
+                    frames = [p.bytes if len(p) < ZERO_COPY_BYTES else p.buffer for p in parts]
                     self._handle(sock, frames[0], key, frames[1:])
             now = time.monotonic()
             if now >= next_commit:
@@ -301,9 +314,11 @@ class IngestServer:
 
     def _handle(self, sock: zmq.Socket, identity: bytes, key: str, message: list[bytes]) -> None:
         arrival_ns = time.time_ns()
-        self.stats.messages += 1
-        size = sum(len(f) for f in message)
-        self.stats.bytes += size
+        now = time.monotonic()
+        size = sum(map(len, message))
+        stats = self.stats
+        stats.messages += 1
+        stats.bytes += size
         session = self.sessions.get(identity)
         if session is not None:
             if session.key != key:
@@ -312,18 +327,18 @@ class IngestServer:
                     f"a message on the session of robot {session.robot_id} comes from another key", reply=False,
                 )
                 return
-            session.last_heard = time.monotonic()
+            session.last_heard = now
             session.counters.received(size)
         try:
             opcode = protocol.peek_opcode(message)
-            if opcode == protocol.Opcode.TIME_REQUEST:
+            if opcode in _DATA_OPCODES:
+                self._data(sock, identity, session, arrival_ns, now, opcode, message, size)
+            elif opcode == protocol.Opcode.TIME_REQUEST:
                 request = protocol.decode(message)
                 self._send(sock, identity, protocol.TimeReply(request.t1_ns, arrival_ns, time.time_ns()))
             elif opcode == protocol.Opcode.HELLO:
                 if self._hello_allowed(identity):
                     self._hello(sock, identity, key, protocol.decode(message))
-            elif opcode in protocol.DATA_OPCODES:
-                self._data(sock, identity, arrival_ns, opcode, message)
             else:
                 raise ProtocolError(f"{opcode.name} is not a message a collector sends")
         except protocol.VersionMismatch as err:
@@ -446,9 +461,10 @@ class IngestServer:
         if reply:
             self._send(sock, identity, protocol.Refuse(reason))
 
-    def _data(self, sock: zmq.Socket, identity: bytes, arrival_ns: int, opcode: protocol.Opcode,
-              message: list[bytes]) -> None:
-        session = self.sessions.get(identity)
+    def _data(self, sock: zmq.Socket, identity: bytes, session: Session | None, arrival_ns: int, now: float,
+              opcode: protocol.Opcode, message: list[bytes], size: int) -> None:
+        """One data message: checked, then journaled as it came (the hot path: the
+        payload's record is built only for events, whose body the ingest reads)."""
         if session is None:
             # After an ingest restart a collector's queued messages arrive before its
             # new HELLO: answer once a second, not once per message.
@@ -458,8 +474,12 @@ class IngestServer:
                 self._hello_hints[identity] = now + 1.0
                 self._send(sock, identity, protocol.Notice("handshake", "no session: send HELLO first"))
             return
-        record = protocol.decode(message)
-        header = record.header
+        if opcode == _EVENT:
+            record = protocol.decode(message)
+            header = record.header
+        else:
+            record = None
+            header = protocol.data_header(opcode, message)
         if header.robot_id != session.robot_id:
             raise ProtocolError(
                 f"message names robot {header.robot_id!r} on the session of {session.robot_id!r}", field="robot_id"
@@ -487,13 +507,16 @@ class IngestServer:
             journal = self._open_journal(sock, session, header.episode_id)
             if journal is None:
                 return
+        if journal.write_error is not None:
+            self._write_failed(sock, session, journal)
+            return  # not accepted: the collector resends it once the journal is rolled back
         if journal.meta.producer_key not in ("", session.key):
             self._identity_refused(
                 sock, identity, session.key, session.robot_id,
                 f"episode {header.episode_id} was opened by another key", reply=False,
             )
             return
-        self.last_activity[key] = time.monotonic()
+        self.last_activity[key] = now
         verdict = journal.accepts(header)
         if verdict == "duplicate":
             self.stats.duplicates += 1
@@ -504,9 +527,10 @@ class IngestServer:
             self.stats.gaps += 1
             session.counters.gaps += 1
             return
-        if not self._within_limits(sock, session, journal, opcode, header, message):
+        if not self._within_limits(sock, session, journal, opcode, header, size, now):
             return
-        if opcode == protocol.Opcode.EVENT:
+        stop = None
+        if record is not None:
             body, refused = screen_event_body(record.body, self.limits.max_text_chars)
             if refused:
                 record = protocol.Event(header, body)
@@ -519,24 +543,24 @@ class IngestServer:
                                   "robot=%s episode=%s: refused event fields: %s", *key, detail)
                 self._notice(sock, session, f"fields-{header.seq}", "warning",
                              f"{record.kind} event of episode {header.episode_id}: not recorded: {detail}")
+            if record.kind == "stop":
+                stop = record.body
         try:
-            journal.append(arrival_ns, message, record)
+            journal.append_frames(arrival_ns, message, header, stop)
         except OSError as err:
             self._disk_failure(sock, session, journal.path, err)
             return
         self._disk_error = ""
         self.stats.accepted += 1
-        session.counters.accepted_message(opcode, header, record, sum(len(f) for f in message))
+        session.counters.accepted_message(opcode, header, record, size)
         self._dirty_journals.add(key)
         session.dirty.add((header.episode_id, header.stream))
 
     def _within_limits(self, sock: zmq.Socket, session: Session, journal: EpisodeJournal,
-                       opcode: protocol.Opcode, header: protocol.DataHeader, message: list[bytes]) -> bool:
+                       opcode: protocol.Opcode, header: protocol.DataHeader, size: int, now: float) -> bool:
         """Check the robot's limits before a message is journaled; False drops it
         (not acknowledged: the collector keeps it in its spool)."""
         limits = self.limits
-        size = sum(len(f) for f in message)
-        now = time.monotonic()
         session.tokens = min(limits.max_bytes_per_s * limits.burst_s,
                              session.tokens + (now - session.tokens_at) * limits.max_bytes_per_s)
         session.tokens_at = now
@@ -597,6 +621,8 @@ class IngestServer:
         return journal
 
     def _add_journal(self, key: tuple[str, str], journal: EpisodeJournal) -> None:
+        if self._journal_writer is not None:
+            journal.attach(self._journal_writer)
         self.journals[key] = journal
         self.open_by_robot.setdefault(key[0], set()).add(key[1])
         self.last_activity[key] = time.monotonic()
@@ -611,6 +637,21 @@ class IngestServer:
         self._dirty_journals.discard(key)
         self.last_activity.pop(key, None)
         return journal
+
+    def _write_failed(self, sock: zmq.Socket | None, session: Session | None, journal: EpisodeJournal,
+                      report: bool = True) -> None:
+        """A queued append of ``journal`` failed: tell, stop accepting for it, and
+        once the writer has passed its rollback request, reset it to what is on disk."""
+        err = journal.write_error
+        if err is None:
+            return
+        if report and session is not None:
+            self._disk_failure(sock, session, journal.path, err)
+        if journal.rollback_ready:
+            journal.roll_back_to_written()
+        elif not journal.rollback_requested and self._journal_writer is not None:
+            journal.rollback_requested = True
+            self._journal_writer.request_rollback(journal)
 
     def _disk_failure(self, sock: zmq.Socket | None, session: Session, path: Path, err: OSError) -> None:
         self.stats.disk_errors += 1
@@ -674,12 +715,15 @@ class IngestServer:
                 acks[session.identity] = entries
         complete = [key for key, journal in dirty if journal.complete]
         self._commit_snapshot = (dirty, acks, complete)
-        self._commit_future = self._fsync_pool.submit(self._sync_all, [journal for _, journal in dirty])
+        barrier = self._journal_writer.barrier() if self._journal_writer is not None else None
+        self._commit_future = self._fsync_pool.submit(self._sync_all, [journal for _, journal in dirty], barrier)
         self.counters.commit_started()
         if wait:
             self._finish_commit(sock)
 
-    def _sync_all(self, journals: list[EpisodeJournal]) -> list[OSError | None]:
+    def _sync_all(self, journals: list[EpisodeJournal], barrier: threading.Event | None) -> list[OSError | None]:
+        if barrier is not None and self._journal_writer is not None:
+            self._journal_writer.wait(barrier)  # every write this commit covers is in the files
         failures = list(self._sync_workers.map(_sync, journals))
         if journals and self.config.inject_sync_delay_s:
             time.sleep(self.config.inject_sync_delay_s)
@@ -693,6 +737,9 @@ class IngestServer:
         self._commit_future = self._commit_snapshot = None
         failures = future.result()  # an unexpected exception in a worker ends the ingest (non-zero)
         for (key, journal), err in zip(dirty, failures):
+            if err is None and journal.write_error is not None:
+                err = journal.write_error
+                self._write_failed(sock, None, journal, report=False)
             if err is not None:
                 session = self.sessions.get(self.robots.get(key[0], b""))
                 if session is not None:
@@ -725,8 +772,14 @@ class IngestServer:
         journal = self._remove_journal(key)
         incomplete = not journal.complete
         self._final_acks[key] = journal.acked
-        self.sealing[key] = self._seal_pool.submit(seal_recovered, journal, self.data_dir, incomplete=incomplete)
+        barrier = self._journal_writer.barrier() if self._journal_writer is not None else None
+        self.sealing[key] = self._seal_pool.submit(self._seal_when_written, barrier, journal, incomplete)
         self.counters.seal_started(key, incomplete, self.sealing[key])
+
+    def _seal_when_written(self, barrier: threading.Event | None, journal: EpisodeJournal, incomplete: bool) -> Path:
+        if barrier is not None and self._journal_writer is not None:
+            self._journal_writer.wait(barrier)  # the journal's last queued writes are in its file
+        return seal_recovered(journal, self.data_dir, incomplete=incomplete)
 
     def _collect_seals(self) -> None:
         for key, future in list(self.sealing.items()):
@@ -774,8 +827,12 @@ class IngestServer:
             self.stats.sessions_freed += 1
         syncing = {key for key, _ in self._commit_snapshot[0]} if self._commit_snapshot else set()
         deadline = now - self.config.abandon_after_s
+        for key, journal in list(self.journals.items()):
+            if journal.write_error is not None:  # no message may come to roll it back
+                self._write_failed(None, None, journal)
         for key, last in list(self.last_activity.items()):
-            if last < deadline and key in self.journals and key not in syncing:
+            if (last < deadline and key in self.journals and key not in syncing
+                    and self.journals[key].write_error is None):
                 journal = self.journals[key]
                 log.warning(
                     "robot=%s episode=%s silent for %.0f s; sealing as incomplete, missing %s",

@@ -18,14 +18,15 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline import protocol
 from pipeline.errors import ProtocolError, StoreError
-from pipeline.record_log import RecordWriter, fsync_dir, frame_parts, iter_log, truncate_to, unpack_frames
+from pipeline.journal_writer import JournalWriter, WrittenState
+from pipeline.record_log import RECORD_HEAD, RecordWriter, fsync_dir, frame_parts, iter_log, truncate_to, unpack_frames
 from pipeline.streams import EVENTS
 
 JOURNAL_MAGIC = b"RFJ1"
@@ -70,6 +71,13 @@ class EpisodeJournal:
     size: int = 0  # bytes of the journal file
     first_capture_ns: int | None = None  # capture time of the episode's first message
     limit: str = ""  # a limit the episode reached: data after it was not accepted
+    # With a JournalWriter (the ingest), appends are queued to its thread: the fields
+    # above are what was accepted, ``written`` what reached the file.
+    queue: JournalWriter | None = None
+    written: WrittenState = field(default_factory=WrittenState)
+    write_error: OSError | None = None  # a queued write failed: accept nothing until rolled back
+    rollback_requested: bool = False
+    rollback_ready: bool = False  # the writer has passed every write queued before the request
 
     @classmethod
     def create(cls, path: Path, meta: EpisodeMeta) -> EpisodeJournal:
@@ -114,11 +122,43 @@ class EpisodeJournal:
 
     def append(self, arrival_ns: int, frames: list[bytes], record: protocol.DataRecord) -> None:
         """Write one message that :meth:`accepts` called 'next'. OSError propagates, state unchanged."""
+        stop = record.body if isinstance(record, protocol.Event) and record.kind == "stop" else None
+        self.append_frames(arrival_ns, frames, record.header, stop)
+
+    def append_frames(self, arrival_ns: int, frames: Sequence[bytes], header: protocol.DataHeader,
+                      stop: dict[str, Any] | None = None) -> None:
+        """:meth:`append` from the header alone (the ingest's path: it never builds the
+        payload's record); ``stop`` is the body of a stop event. With a queue the
+        write is queued, and a failure shows later as :attr:`write_error`."""
         if self.writer is None:
             raise StoreError(str(self.path), "journal is closed")
-        self.writer.append_parts([ARRIVAL.pack(arrival_ns), *frame_parts(frames)])
-        self.size = self.writer.size
-        self._advance(record)
+        parts = [ARRIVAL.pack(arrival_ns), *frame_parts(frames)]
+        if self.queue is not None:
+            size = RECORD_HEAD.size + sum(map(len, parts))
+            self.queue.append(self, parts, size, header.stream, header.seq, header.capture_ns, stop)
+            self.size += size
+        else:
+            self.writer.append_parts(parts)
+            self.size = self.writer.size
+        self._advance_header(header, stop)
+
+    def attach(self, queue: JournalWriter) -> None:
+        """From now on, append through ``queue``'s thread."""
+        self.queue = queue
+        self.written = WrittenState(dict(self.next_seq), self.stop, self.first_capture_ns, self.limit)
+
+    def roll_back_to_written(self) -> None:
+        """After a failed queued write, once :attr:`rollback_ready`: the stream state
+        becomes what the file holds, and appends may resume."""
+        written = self.written
+        self.next_seq = dict(written.next_seq)
+        self.stop = written.stop
+        self.first_capture_ns = written.first_capture_ns
+        self.limit = written.limit
+        if self.writer is not None:
+            self.size = self.writer.size
+        self.write_error = None
+        self.rollback_requested = self.rollback_ready = False
 
     def mark_limit(self, reason: str) -> None:
         """Record that the episode reached a limit: from now on only its events are
@@ -126,20 +166,28 @@ class EpisodeJournal:
         data it names. Journaled, so a restart knows it too."""
         if self.writer is None:
             raise StoreError(str(self.path), "journal is closed")
-        self.writer.append(NOTE_MAGIC + json.dumps({"limit": reason}).encode())
-        self.size = self.writer.size
+        payload = NOTE_MAGIC + json.dumps({"limit": reason}).encode()
+        if self.queue is not None:
+            self.queue.note(self, payload, reason)
+            self.size += RECORD_HEAD.size + len(payload)
+        else:
+            self.writer.append(payload)
+            self.size = self.writer.size
         self.limit = reason
 
     def _advance(self, record: protocol.DataRecord | dict[str, Any]) -> None:
         if isinstance(record, dict):  # an ingest note
             self.limit = str(record.get("limit", "")) or self.limit
             return
-        header = record.header
+        stop = record.body if isinstance(record, protocol.Event) and record.kind == "stop" else None
+        self._advance_header(record.header, stop)
+
+    def _advance_header(self, header: protocol.DataHeader, stop: dict[str, Any] | None) -> None:
         self.next_seq[header.stream] = header.seq + 1
         if self.first_capture_ns is None:
             self.first_capture_ns = header.capture_ns
-        if isinstance(record, protocol.Event) and record.kind == "stop":
-            self.stop = record.body
+        if stop is not None:
+            self.stop = stop
 
     @property
     def acked(self) -> dict[str, int]:

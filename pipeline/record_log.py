@@ -182,8 +182,14 @@ class RecordWriter:
 
     def sync(self) -> None:
         if self._dirty:
-            os.fsync(self._fd)
+            # Cleared before the fsync: an append on another thread meanwhile sets it
+            # again, so the next sync covers it.
             self._dirty = False
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                self._dirty = True
+                raise
 
     @property
     def closed(self) -> bool:
@@ -204,8 +210,14 @@ class RecordWriter:
         self.close()
 
 
+_TWO_FRAMES = struct.Struct("<BII")  # a data message: header and payload
+
+
 def frame_parts(frames: Sequence[bytes]) -> list[bytes]:
     """:func:`pack_frames` as a list of parts, for :meth:`RecordWriter.append_parts`."""
+    if len(frames) == 2:
+        head, payload = frames
+        return [_TWO_FRAMES.pack(2, len(head), len(payload)), head, payload]
     if len(frames) > 255:
         raise ValueError("at most 255 frames per message")
     return [struct.pack(f"<B{len(frames)}I", len(frames), *(len(f) for f in frames)), *frames]

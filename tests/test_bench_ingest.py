@@ -73,3 +73,39 @@ def test_verify_episodes_counts_missing_and_duplicate_seqs(tmp_path: Path) -> No
     assert check["unsealed"] == 0
     robots[0]["episode"] = "ep2"  # never sealed, no journal: everything lost
     assert bench_ingest.verify_episodes(tmp_path, robots)["lost"] == 4 + 3 + 2
+
+
+def test_verify_episodes_looks_in_every_ingest_process_folder(tmp_path: Path) -> None:
+    """With --processes an episode is in one of DATA/ingest-<i>; in two of them it counts twice."""
+    import h5py
+    import numpy as np
+
+    from pipeline.raw_store import raw_path
+
+    def seal(folder: Path) -> None:
+        path = raw_path(folder, "r1", "ep1")
+        path.parent.mkdir(parents=True)
+        with h5py.File(path, "w") as h5:
+            h5.attrs["status"] = "complete"
+            h5["events/seq"] = np.array([0, 1])
+
+    robots = [{"robot_id": "r1", "episode": "ep1", "rows": {}, "expected": {"events": 1}}]
+    seal(tmp_path / "ingest-1")
+    assert bench_ingest.verify_episodes(tmp_path, robots) == {
+        "lost": 0, "duplicates": 0, "unsealed": 0, "incomplete": 0, "expected": 2}
+    seal(tmp_path / "ingest-0")
+    assert bench_ingest.verify_episodes(tmp_path, robots)["duplicates"] == 2
+
+
+@pytest.mark.slow
+def test_bench_find_max_reports_one_and_several_ingest_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = bench_ingest.main(
+        ["--find-max", "--steps", "2", "--seconds", "2", "--processes", "2", "--workers", "1",
+         "--work-dir", str(tmp_path), "--seal-timeout", "30", "--drain-timeout", "10"]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    summary = dict(kv.split("=", 1) for kv in re.search(r"^summary: (.*)$", out, re.M).group(1).split())
+    assert summary == {"max_baseline": "2", "max_ingest": "2", "max_ingest-x2": "2"}, out
+    assert re.search(r"^one ingest process vs the baseline: 2 vs 2 robots", out, re.M), out
+    assert re.search(r"^ingest-x2 vs one process: 2 vs 2 robots = 1\.00x", out, re.M), out

@@ -207,7 +207,7 @@ def build_assets(seed: int) -> Assets:
 @dataclass
 class WorkerSpec:
     wid: int
-    target: str  # "ingest" | "baseline"
+    target: str  # "ingest" | "baseline" (several ingest processes: "ingest", endpoint a comma-separated list)
     pace: str  # "realtime" | "saturation"
     endpoint: str
     robot_ids: list[str]
@@ -463,7 +463,7 @@ class Generator:
                              (zmq.HEARTBEAT_TIMEOUT, 5000)):
                 sock.setsockopt(opt, val)
             sock.setsockopt(zmq.IDENTITY, f"{r.robot_id}:{os.getpid()}".encode())
-            sock.connect(self.spec.endpoint)
+            sock.connect(_home_endpoint(r.robot_id, self.spec.endpoint))
             r.sock = sock
             hello = protocol.Hello(
                 robot_id=r.robot_id, model=self.a.model, config_digest=self.a.digest, config=self.a.config,
@@ -733,6 +733,14 @@ def _interleave(mix: list[tuple[float, int]]) -> list[int]:
     return [s for _, s in sorted(slots)]
 
 
+def _home_endpoint(robot_id: str, endpoints: str) -> str:
+    """The endpoint a collector with this robot id starts its episodes on (the same hash)."""
+    from collectors.agent import home_index
+
+    listed = endpoints.split(",")
+    return listed[home_index(robot_id, len(listed))]
+
+
 def _worker_main(spec: WorkerSpec, out: Any, go: Any, start_value: Any, release: Any) -> None:
     try:
         gen = Generator(spec, out, go, start_value, release)
@@ -822,16 +830,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class IngestProcess:
-    """`python -m pipeline.cli ingest ...` as a user runs it (optionally under a profiler)."""
+def free_ports(n: int) -> int:
+    """A port with the n-1 ports after it free too (`refinery ingest --processes n`)."""
+    for _ in range(100):
+        base = free_port()
+        if base + n - 1 > 65535:
+            continue
+        try:
+            for i in range(1, n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + i))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
 
-    def __init__(self, data_dir: Path, port: int, extra: list[str], log_path: Path, profile: str | None, prof_out: Path | None):
-        self.endpoint = f"tcp://127.0.0.1:{port}"
+
+class IngestProcess:
+    """`python -m pipeline.cli ingest ...` as a user runs it (optionally under a profiler);
+    with ``processes`` > 1, `refinery ingest --processes N` and its N children."""
+
+    def __init__(self, data_dir: Path, port: int, extra: list[str], log_path: Path, profile: str | None,
+                 prof_out: Path | None, processes: int = 1):
+        self.processes = processes
+        self.endpoint = ",".join(f"tcp://127.0.0.1:{port + i}" for i in range(processes))
         # The simulated robots send nothing while they wait for their seals (a real
         # collector keeps its session alive with clock-sync requests every 0.5 s):
         # keep their sessions for the whole run.
-        self.args = ["ingest", "--plain", "--data-dir", str(data_dir), "--bind", self.endpoint,
+        self.args = ["ingest", "--plain", "--data-dir", str(data_dir), "--bind", f"tcp://127.0.0.1:{port}",
                      "--session-timeout", "900", *extra]
+        if processes > 1:
+            if profile:
+                raise SystemExit("bench_ingest: --profile-ingest profiles one ingest process, not --processes")
+            self.args += ["--processes", str(processes)]
         if profile:
             self.command = [sys.executable, str(Path(__file__).resolve()), "_profiled_ingest", profile, str(prof_out), *self.args]
         else:
@@ -847,7 +878,7 @@ class IngestProcess:
             )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if "ingest listening" in self.log_path.read_text(errors="replace"):
+            if self.log_path.read_text(errors="replace").count("ingest listening") >= self.processes:
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ingest exited ({self.proc.returncode}):\n{self.log_tail()}")
@@ -856,6 +887,14 @@ class IngestProcess:
 
     def log_tail(self, n: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
+
+    def pids(self) -> list[int]:
+        """The processes that serve: the ingest, or the children of `--processes`."""
+        assert self.proc is not None
+        if self.processes == 1:
+            return [self.proc.pid]
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False).stdout.split()
+        return [int(p) for p in out]
 
     def stop(self, timeout: float = 300) -> int:
         assert self.proc is not None
@@ -993,12 +1032,12 @@ def _disk_written_bytes(path: Path) -> int | None:
 
 
 class Window:
-    """Host CPU, disk and one process's CPU between two points in time."""
+    """Host CPU, disk and the CPU of the processes under test between two points in time."""
 
-    def __init__(self, pid: int, work: Path) -> None:
-        self.pid, self.work = pid, work
+    def __init__(self, pids: list[int], work: Path) -> None:
+        self.pids, self.work = pids, work
         self.t = time.monotonic()
-        self.cpu = _proc_cpu_s(pid)
+        self.cpu = sum(_proc_cpu_s(p) for p in pids)
         self.host = _host_cpu()
         self.disk = _disk_written_bytes(work)
 
@@ -1008,7 +1047,7 @@ class Window:
         total = max(host[2] - self.host[2], 1)
         disk = _disk_written_bytes(self.work)
         return {
-            "proc_cpu_pct": 100 * (_proc_cpu_s(self.pid) - self.cpu) / dt,
+            "proc_cpu_pct": 100 * (sum(_proc_cpu_s(p) for p in self.pids) - self.cpu) / dt,
             "host_busy_pct": 100 * (host[0] - self.host[0]) / total,
             "host_iowait_pct": 100 * (host[1] - self.host[1]) / total,
             "disk_mbps": None if disk is None or self.disk is None else (disk - self.disk) / dt / 1e6,
@@ -1030,12 +1069,15 @@ def verify_episodes(data_dir: Path, robots: list[dict[str, Any]]) -> dict[str, i
     from pipeline.raw_store import raw_path
 
     lost = duplicates = unsealed = incomplete = expected_total = 0
+    folders = [data_dir, *sorted(data_dir.glob("ingest-*"))]  # one ingest, or each of --processes
     for rob in robots:
         expected: dict[str, int] = rob["expected"]
         rows: dict[str, int] = rob["rows"]
-        path = raw_path(data_dir, rob["robot_id"], rob["episode"])
+        sealed = [raw_path(d, rob["robot_id"], rob["episode"]) for d in folders]
+        duplicates += max(0, sum(p.exists() for p in sealed) - 1) * sum(v + 1 for v in expected.values())
+        path = next((p for p in sealed if p.exists()), None)
         seqs: dict[str, np.ndarray] = {}
-        if path.exists():
+        if path is not None:
             with h5py.File(path, "r") as h5:
                 if h5.attrs.get("status") != "complete":
                     incomplete += 1
@@ -1049,9 +1091,10 @@ def verify_episodes(data_dir: Path, robots: list[dict[str, Any]]) -> dict[str, i
                     seqs[stream] = h5[key][()] if key in h5 else np.zeros(0, dtype=np.int64)
         else:
             unsealed += 1
-            journal = data_dir / "journal" / rob["robot_id"] / f"{rob['episode']}{JOURNAL_SUFFIX}"
+            journals = [d / "journal" / rob["robot_id"] / f"{rob['episode']}{JOURNAL_SUFFIX}" for d in folders]
+            journal = next((j for j in journals if j.exists()), None)
             got: dict[str, list[int]] = {}
-            if journal.exists():
+            if journal is not None:
                 _, records = read_journal(journal)
                 for _, record in records:
                     n = record.header.rows if isinstance(record, protocol.Samples) else 1
@@ -1159,7 +1202,8 @@ def run_once(target: str, pace: str, robots: int, seconds: float, opts: argparse
     release = ctx.Event()
     start_value = ctx.Value("q", 0)
     result = RunResult(target, pace, robots, seconds)
-    port = free_port()
+    processes = int(target.rsplit("x", 1)[1]) if target.startswith("ingest-x") else 1
+    port = free_ports(processes)
     endpoint = f"tcp://127.0.0.1:{port}"
     ingest: IngestProcess | None = None
     receiver = None
@@ -1169,11 +1213,13 @@ def run_once(target: str, pace: str, robots: int, seconds: float, opts: argparse
     drain_timeout = max(opts.drain_timeout, 2 * opts.max_drain_s)
     seal_timeout = opts.seal_timeout
     try:
-        if target == "ingest":
+        if target.startswith("ingest"):
             prof_out = run_dir.parent / f"profile-{tag}" if opts.profile_ingest else None
-            ingest = IngestProcess(run_dir / "data", port, opts.ingest_arg, run_dir / "ingest.log", opts.profile_ingest, prof_out)
+            ingest = IngestProcess(run_dir / "data", port, opts.ingest_arg, run_dir / "ingest.log", opts.profile_ingest,
+                                   prof_out, processes)
             ingest.start()
-            pid = ingest.proc.pid  # type: ignore[union-attr]
+            endpoint = ingest.endpoint
+            pids = ingest.pids()
         else:
             receiver = ctx.Process(
                 target=_baseline_main,
@@ -1184,11 +1230,11 @@ def run_once(target: str, pace: str, robots: int, seconds: float, opts: argparse
             receiver.start()
             procs.append(receiver)
             _collect(out, procs, "ready", 1, 60)
-            pid = receiver.pid
+            pids = [receiver.pid]
         groups = _split(robots, opts.workers)
         for wid, indices in enumerate(groups):
             spec = WorkerSpec(
-                wid=wid, target=target, pace=pace, endpoint=endpoint,
+                wid=wid, target="baseline" if target == "baseline" else "ingest", pace=pace, endpoint=endpoint,
                 robot_ids=[f"bench-r{i:03d}" for i in indices], robot_indices=indices,
                 episode_tag=f"{tag}-{target}", seconds=seconds, drain_timeout_s=drain_timeout,
                 seal_timeout_s=seal_timeout, baseline_hwm=opts.baseline_hwm, seed=opts.seed, assets=assets,
@@ -1201,11 +1247,11 @@ def run_once(target: str, pace: str, robots: int, seconds: float, opts: argparse
         start_value.value = start_ns
         go.set()
         time.sleep(max(0.0, (start_ns - time.time_ns()) / NS))
-        window = Window(pid, work)
+        window = Window(pids, work)
         time.sleep(max(0.0, (start_ns + int(seconds * NS) - time.time_ns()) / NS))
         result.cpu = window.close()
         if ingest is not None:
-            result.peak_rss_mb = _proc_peak_rss_mb(pid)
+            result.peak_rss_mb = max(_proc_peak_rss_mb(p) for p in pids)
         wait = seconds + drain_timeout + seal_timeout + 120
         results = _collect(out, procs, "result", len(groups), wait)
         robots_info = [rob for res in results.values() for rob in res["robots"]]
@@ -1218,8 +1264,8 @@ def run_once(target: str, pace: str, robots: int, seconds: float, opts: argparse
         result.max_backlog_robot = max(r["max_backlog"] for r in robots_info)
         t_end = start_ns + int(seconds * NS)
         warm = min(0.5, seconds / 4)
-        if target == "ingest":
-            ingest_peak = _proc_peak_rss_mb(pid)
+        if ingest is not None:
+            ingest_peak = max(_proc_peak_rss_mb(p) for p in pids)
             result.peak_rss_mb = ingest_peak if not math.isnan(ingest_peak) else result.peak_rss_mb
             ingest.stop()  # type: ignore[union-attr] - waits for in-progress seals
             nb = max(len(res["bucket_bytes"]) for res in results.values())
@@ -1359,21 +1405,28 @@ def _f(value: float | None, fmt: str = "{:.1f}") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
 
 
+def _per_robot(r: RunResult) -> float | None:
+    """CPU % of a core the process(es) under test spent per robot."""
+    cpu = r.cpu.get("proc_cpu_pct")
+    return None if cpu is None else cpu / r.robots
+
+
 def _gen_cpu(r: RunResult) -> str:
     return "/".join(f"{c:.0f}" for c in r.gen_cpu_pct) or "-"
 
 
 def _realtime_table(rows: list[RunResult]) -> str:
     head = ("| target | robots | offered MB/s | offered msg/s | durable MB/s | p50 ms | p99 ms | max ms | lost | dup "
-            "| backlog at end (msgs) | max backlog/robot (msgs) | drain s | seal all s | CPU % of a core | host CPU % "
-            "| disk MB/s | generators CPU % | host CPU % before | verdict |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            "| backlog at end (msgs) | max backlog/robot (msgs) | drain s | seal all s | CPU % of a core "
+            "| CPU % per robot | host CPU % | disk MB/s | generators CPU % | host CPU % before | verdict |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(
             f"| {r.target} | {r.robots} | {r.offered_mbps:.1f} | {r.offered_rate:,.0f} | {r.durable_mbps:.1f} "
             f"| {_f(r.p50_ms)} | {_f(r.p99_ms)} | {_f(r.max_ms)} | {r.lost} | {r.duplicates} | {r.backlog_end} "
-            f"| {r.max_backlog_robot if r.target == 'ingest' else '-'} | {_f(r.drain_s, '{:.2f}')} "
-            f"| {_f(r.seal_s) if r.target == 'ingest' else '-'} | {_f(r.cpu.get('proc_cpu_pct'), '{:.0f}')} "
+            f"| {r.max_backlog_robot if r.target != 'baseline' else '-'} | {_f(r.drain_s, '{:.2f}')} "
+            f"| {_f(r.seal_s) if r.target != 'baseline' else '-'} | {_f(r.cpu.get('proc_cpu_pct'), '{:.0f}')} "
+            f"| {_f(_per_robot(r), '{:.2f}')} "
             f"| {_f(r.cpu.get('host_busy_pct'), '{:.0f}')} | {_f(r.cpu.get('disk_mbps'), '{:.0f}')} "
             f"| {_gen_cpu(r)} | {_f(r.cpu.get('host_before_pct'), '{:.0f}')} | {r.verdict} |"
         )
@@ -1454,14 +1507,14 @@ def _notes(results: list[RunResult]) -> list[str]:
     for r in results:
         for reason in r.reasons:
             notes.append(f"- {r.pace} {r.target} ({r.robots} robots): {reason}")
-        if r.target == "ingest" and r.resends:
+        if r.target.startswith("ingest") and r.resends:
             notes.append(f"- {r.pace} ingest: {r.resends} messages resent after 2 s without an ACK (go-back-N)")
-        if r.target == "ingest" and r.stop_resends:
+        if r.target.startswith("ingest") and r.stop_resends:
             notes.append(
                 f"- {r.pace} ingest: {r.stop_resends} robots waited > 2 s for their stop event's ACK (it comes as "
                 "`sealed` once the seal is done); a real collector would have resent it (go-back-N); the bench does not"
             )
-        if r.target == "ingest" and r.notices:
+        if r.target.startswith("ingest") and r.notices:
             notes.append(f"- {r.pace} ingest: {r.notices} NOTICE messages from the ingest")
     return notes
 
@@ -1497,8 +1550,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "ingest and the baseline, and report the highest count each sustained")
     p.add_argument("--steps", default="10,20,30,40,50,60,70,80",
                    help="robot counts tried by --find-max, in order; stops once both targets failed a step")
-    p.add_argument("--find-max-target", choices=("both", "ingest", "baseline"), default="both",
-                   help="what --find-max steps up")
+    p.add_argument("--find-max-target", choices=("all", "both", "ingest", "baseline", "multi"), default="all",
+                   help="what --find-max steps up: all = the baseline, one ingest process and --processes ingest "
+                        "processes; both = the baseline and one ingest process; multi = --processes only")
+    p.add_argument("--processes", type=int, default=2,
+                   help="ingest processes of the multi-process target (`refinery ingest --processes N`; robots "
+                        "pick theirs by the collectors' hash of the robot id)")
     p.add_argument("--mode", choices=("both", "realtime", "saturation"), default="both",
                    help="which of the two modes to run (without --find-max)")
     p.add_argument("--max-p99-ms", type=float, default=1000.0,
@@ -1615,7 +1672,11 @@ def _two_modes(opts: argparse.Namespace, assets: Assets, work: Path) -> str:
 
 
 def _find_max(steps: list[int], opts: argparse.Namespace, assets: Assets, work: Path) -> str:
-    targets = ["ingest", "baseline"] if opts.find_max_target == "both" else [opts.find_max_target]
+    multi = f"ingest-x{opts.processes}"
+    targets = {"all": ["baseline", "ingest", multi], "both": ["baseline", "ingest"], "multi": [multi]}.get(
+        opts.find_max_target, [opts.find_max_target])
+    if opts.processes < 2:
+        targets = [t for t in targets if t != multi]
     failed = {t: False for t in targets}
     best = {t: 0 for t in targets}
     rows: list[RunResult] = []
@@ -1631,7 +1692,7 @@ def _find_max(steps: list[int], opts: argparse.Namespace, assets: Assets, work: 
                 best[t] = max(best[t], n)
             else:
                 failed[t] = True
-    rows.sort(key=lambda r: (r.target != "ingest", r.robots))
+    rows.sort(key=lambda r: (targets.index(r.target), r.robots))
     lines = [
         f"## Find max: real time, {opts.seconds:g} s per step, steps {','.join(map(str, steps))} "
         f"(SUSTAINED: lost 0, p99 <= {opts.max_p99_ms:g} ms, drained <= {opts.max_drain_s:g} s)",
@@ -1643,11 +1704,33 @@ def _find_max(steps: list[int], opts: argparse.Namespace, assets: Assets, work: 
         tried = [r.robots for r in rows if r.target == t]
         capped = "" if failed[t] else f" (never failed; the largest step tried was {max(tried) if tried else 0})"
         lines.append(f"highest sustained, {t}: {best[t]} robots{capped}")
+    lines += _goals(rows, best, multi)
     notes = _notes(rows)
     if notes:
         lines += ["", "Notes:", *notes]
     lines += ["", "summary: " + " ".join(f"max_{t}={best[t]}" for t in targets)]
     return "\n".join(lines)
+
+
+def _goals(rows: list[RunResult], best: dict[str, int], multi: str) -> list[str]:
+    """Issue 16's goals, judged on this run: one process against the baseline, N against one."""
+    out = [""]
+    if "ingest" in best and "baseline" in best:
+        at = next((r for r in rows if r.target == "ingest" and r.robots == best["ingest"]), None)
+        p99 = at.p99_ms if at is not None else None
+        met = best["ingest"] >= best["baseline"] and p99 is not None and p99 < 100
+        out.append(f"one ingest process vs the baseline: {best['ingest']} vs {best['baseline']} robots, p99 "
+                   f"{_f(p99)} ms at {best['ingest']} (goal: at least as many, p99 < 100 ms): {'met' if met else 'NOT met'}")
+    if multi in best and "ingest" in best and not best["ingest"]:
+        out.append(f"{multi} vs one process: {best[multi]} vs 0 robots (no ratio: one process sustained no step)")
+    elif multi in best and "ingest" in best:
+        ratio = best[multi] / best["ingest"]
+        ceiling = best.get("baseline")
+        at_ceiling = ceiling is not None and best[multi] >= ceiling
+        which = "1.6x one process" if ratio >= 1.6 else ("the baseline's ceiling" if at_ceiling else "neither")
+        out.append(f"{multi} vs one process: {best[multi]} vs {best['ingest']} robots = {ratio:.2f}x (goal: 1.6x or the "
+                   f"baseline's {ceiling if ceiling is not None else '?'}, whichever first): reached {which}")
+    return out
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from typing import Any
 from pipeline.errors import ProtocolError
 from pipeline.protocol.opcode import Opcode
 from pipeline.protocol.records import (
+    CLOCK_PAYLOAD,
+    DATA_FIXED,
     MAGIC,
     MAX_HEADER_BYTES,
     MAX_INGEST_HEADER_BYTES,
@@ -20,6 +22,7 @@ from pipeline.protocol.records import (
     PROTOCOL_VERSION,
     Ack,
     ClockSample,
+    DataHeader,
     Event,
     Frame,
     Hello,
@@ -62,6 +65,9 @@ class VersionMismatch(ProtocolError):
         )
 
 
+_OPCODES = {int(op): op for op in Opcode}
+
+
 def peek_opcode(frames: Sequence[bytes]) -> Opcode:
     """Check the prefix of frame 0 and return the opcode.
 
@@ -82,10 +88,10 @@ def peek_opcode(frames: Sequence[bytes]) -> Opcode:
         raise ProtocolError(f"bad magic {magic!r}; not a Refinery message", field="magic")
     if version != PROTOCOL_VERSION:
         raise VersionMismatch(version)
-    try:
-        return Opcode(opcode)
-    except ValueError as err:
-        raise ProtocolError(f"unknown opcode {opcode}", field="opcode") from err
+    found = _OPCODES.get(opcode)
+    if found is None:
+        raise ProtocolError(f"unknown opcode {opcode}", field="opcode")
+    return found
 
 
 def decode(frames: Sequence[bytes]) -> Record:
@@ -98,6 +104,60 @@ def decode(frames: Sequence[bytes]) -> Record:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as err:
         raise ProtocolError(f"{opcode.name}: cannot decode: {err}") from err
+
+
+_ID_TAILS: dict[bytes, tuple[str, str, str]] = {}
+_MAX_ID_TAILS = 65536  # distinct (robot, episode, stream) headers remembered; then the memo starts over
+
+
+def data_header(opcode: Opcode, frames: Sequence[bytes]) -> DataHeader:
+    """The header of a SAMPLES, FRAME or CLOCK message, with its payload checked as
+    :func:`decode` checks it, without building the payload's record (the ingest
+    journals the frames as they came; only the header drives its state).
+
+    The ids after the fixed part repeat on every message of a stream: once one
+    such tail passed :meth:`DataHeader.unpack`'s checks it is remembered, so the
+    three id checks run once per stream, not once per message.
+
+    Raises:
+        ProtocolError: exactly what :func:`decode` raises for the same frames.
+    """
+    if opcode not in _SCREENED:
+        raise ValueError(f"data_header: {opcode.name} messages are decoded whole (protocol.decode)")
+    if len(frames) != 2:
+        raise ProtocolError(f"{opcode.name} must have exactly 2 frames (header, payload), got {len(frames)}")
+    head, payload = frames
+    body_start = PREFIX.size
+    if len(head) < body_start + DATA_FIXED.size + 3:
+        raise ProtocolError(f"data header too short ({len(head) - body_start} bytes)")
+    tail = bytes(head[body_start + DATA_FIXED.size :])
+    ids = _ID_TAILS.get(tail)
+    if ids is None:
+        header = DataHeader.unpack(bytes(head[body_start:]))
+        if len(_ID_TAILS) >= _MAX_ID_TAILS:
+            _ID_TAILS.clear()
+        _ID_TAILS[tail] = (header.robot_id, header.episode_id, header.stream)
+    else:
+        seq, capture_ns, source_index, rows, cols = DATA_FIXED.unpack_from(head, body_start)
+        header = DataHeader(ids[0], ids[1], ids[2], seq, capture_ns, source_index, rows, cols)
+    if opcode == Opcode.SAMPLES:
+        rows, cols = header.rows, header.cols
+        if rows == 0:
+            raise ProtocolError("SAMPLES with zero rows", field="rows")
+        expected = rows * 16 + rows * cols * 8
+        if len(payload) != expected:
+            raise ProtocolError(
+                f"SAMPLES payload is {len(payload)} bytes, header says {rows}x{cols} -> {expected}", field="payload"
+            )
+    elif opcode == Opcode.FRAME:
+        if payload[:2] != b"\xff\xd8":
+            raise ProtocolError("FRAME payload is not JPEG (no SOI marker)", field="payload")
+    elif len(payload) != CLOCK_PAYLOAD.size:
+        raise ProtocolError(f"CLOCK payload must be {CLOCK_PAYLOAD.size} bytes, got {len(payload)}")
+    return header
+
+
+_SCREENED = frozenset({Opcode.SAMPLES, Opcode.FRAME, Opcode.CLOCK})
 
 
 def refusal_reason(frames: Sequence[bytes]) -> str | None:
