@@ -27,6 +27,7 @@ Direction = Literal["import", "export"]
 MODULES = (
     "pipeline.interop.aloha_import",
     "pipeline.interop.dp_export",
+    "pipeline.interop.lerobot_export",
 )
 """Format modules, in the order the CLI lists them."""
 
