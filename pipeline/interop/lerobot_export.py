@@ -709,11 +709,12 @@ class _VideoFiles:
         self.stream: Any = None
         self.path: Path | None = None
         self.frames = 0  # frames in the open file
+        self.bytes = 0  # encoded bytes in the open file
         self.first = 0  # the current episode's first frame in the open file
         self.last: dict[str, Any] = {}
 
     def start_episode(self) -> None:
-        if self.container is not None and self.path is not None and self.path.stat().st_size >= self.limit:
+        if self.container is not None and self.bytes >= self.limit:
             self._close_file()
         if self.container is None:
             self._open_file()
@@ -724,9 +725,14 @@ class _VideoFiles:
 
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         frame.pts = self.frames
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
+        self._mux(self.stream.encode(frame))
         self.frames += 1
+
+    def _mux(self, packets: list[Any]) -> None:
+        # Counted as muxed: the file on disk lags behind by the muxer's buffer.
+        for packet in packets:
+            self.bytes += packet.size
+            self.container.mux(packet)
 
     def end_episode(self) -> None:
         chunk, file = layout.chunk_and_file(self.count - 1)
@@ -747,10 +753,10 @@ class _VideoFiles:
         self.stream.pix_fmt = PIX_FMT
         self.count += 1
         self.frames = 0
+        self.bytes = 0
 
     def _close_file(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
+        self._mux(self.stream.encode())
         self.container.close()
         self.container = self.stream = None
 
