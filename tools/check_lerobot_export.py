@@ -55,12 +55,13 @@ from pathlib import Path
 LEROBOT_REQUIREMENT = "lerobot[dataset]==0.6.1"
 LEROBOT_VERSION = "0.6.1"
 DEFAULT_VENV = Path.home() / ".cache" / "refinery" / "lerobot-py312"
-MIN_PSNR_DB = 27.0
+MIN_PSNR_DB = 26.0
 """Lowest PSNR of a decoded video frame against the stored JPEG decoded (8-bit RGB).
 
 The test robot's 64x48 frames are nearly all edges, the hardest case for a
-video codec: their lowest PSNR measured 29.3 dB (H.264, crf 23) and 31.4 dB
-(AV1, crf 30); 640x480 frames measure 36-38 dB (tools/bench_lerobot_export.py)."""
+video codec: their lowest PSNR measured 27.2-29.3 dB (H.264, crf 23) and
+30.8-31.4 dB (AV1, crf 30) over several runs; 640x480 frames measure 36-38 dB
+(tools/bench_lerobot_export.py)."""
 STATE_OFFSETS = (-2, -1, 0)  # steps, times 1/fps in delta_timestamps
 ACTION_OFFSETS = (0, 1, 2, 3)
 CAMERA_OFFSETS = (-1, 0)
@@ -168,7 +169,9 @@ for camera in spec["cameras"]:
 
 check(windows == len(expected["indices"]) and windows > 0, f"compared {windows} windows of {len(expected['indices'])}")
 check(frames > 0 or not spec["cameras"], "compared no frames")
-for what in failed[:20]:
+# Alignment failures first (one per episode and camera), then the first others.
+shown = [w for w in failed if "out of step" in w] + [w for w in failed if "out of step" not in w][:20]
+for what in shown:
     print(f"FAILED {root}: {what}")
 print(f"{root} [{spec['label']}] lerobot {lerobot.__version__}, video backend {used}: {windows} windows, {frames} frames "
       f"(lowest PSNR {lowest:.1f} dB), {passed} checks passed, {len(failed)} failed")
@@ -237,11 +240,14 @@ def make_exports(work: Path) -> list[tuple[Path, Path]]:
     exports = [
         ("h264, default file sizes", work / "lerobot-h264", VideoSettings("h264"), {}),
         ("libsvtav1, small files", work / "lerobot-av1", VideoSettings("libsvtav1"),
-         {"data_file_size_mb": 0.005, "video_file_size_mb": 0.05}),
+         {"data_file_size_mb": 0.005, "video_file_size_mb": 0.03}),
     ]
     runs = []
     for label, out, video, sizes in exports:
         summary = export_lerobot(dataset, out, video=video, **sizes)
+        if sizes and min(summary.files.values()) < 2:
+            raise SystemExit(f"{out}: the file-size limits {sizes} left one file of a kind ({summary.files}): "
+                             "the roll-over to new files is not exercised")
         fps = summary.fps
         cameras = sorted(k for k in summary.keys if k.startswith("cameras/"))
         delta = {"state/position": [s / fps for s in STATE_OFFSETS], "action/position": [s / fps for s in ACTION_OFFSETS]}
