@@ -28,7 +28,7 @@ from pipeline.dataset.index import EpisodeEntry
 from pipeline.dataset.store import Dataset, create_dataset, load_index
 from pipeline.errors import DatasetError
 from pipeline.interop import lerobot_layout as layout
-from pipeline.interop.lerobot_export import VideoSettings, export_lerobot
+from pipeline.interop.lerobot_export import VideoSettings, _image_stats, export_lerobot
 from pipeline.process_job import JobOptions, run_process_job
 from pipeline.processing.config import ProcessConfig
 from pipeline.raw_builder import simulate_episode
@@ -250,6 +250,20 @@ def test_stats_hold_every_statistic_of_every_feature_over_all_frames(export: Pat
     image = stats["observation.images.head_left"]
     assert np.array(image["mean"]).shape == (3, 1, 1)
     assert 0 <= np.min(image["min"]) <= np.max(image["max"]) <= 1
+
+
+def test_image_statistics_from_histograms_equal_numpy_over_the_sampled_pixels() -> None:
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (3, 20, 30), dtype=np.uint8) for _ in range(7)]
+    pixels = np.concatenate([f.reshape(3, -1) for f in frames], axis=1).T.astype(np.float64) / 255.0
+
+    stats = _image_stats(frames)
+
+    assert stats["count"].tolist() == [7] and stats["mean"].shape == (3, 1, 1)
+    for name, q in zip(("q01", "q10", "q50", "q90", "q99"), layout.QUANTILES, strict=True):
+        np.testing.assert_allclose(stats[name].reshape(-1), np.quantile(pixels, q, axis=0))
+    np.testing.assert_allclose(stats["std"].reshape(-1), pixels.std(axis=0))
+    np.testing.assert_allclose(stats["min"].reshape(-1), pixels.min(axis=0))
 
 
 def test_episode_rows_keep_refinery_grade_indicators_and_ids(export: Path, dataset: Path) -> None:
