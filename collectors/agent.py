@@ -685,6 +685,10 @@ class Collector:
             self._mb_per_s = (self._bytes - mark_bytes) / dt / 1e6
             self._rate_mark = (now, dict(self._counts), self._bytes)
 
+    def totals(self) -> tuple[dict[str, int], int]:
+        """Messages spooled per stream and bytes spooled since start (for metrics)."""
+        return dict(self._counts), self._bytes
+
     def status(self) -> CollectorStatus:
         return CollectorStatus(
             link=self.link_state,

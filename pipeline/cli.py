@@ -72,6 +72,9 @@ def _add_ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session-timeout", type=_positive_float, default=15.0, metavar="SECONDS",
                    help="free the session of a collector silent this long (default: %(default)s)")
     p.add_argument("--inject-sync-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics and the fleet status the console "
+                        "reads at /fleet.json (a bare PORT means 127.0.0.1), e.g. 127.0.0.1:9108")
 
 
 def _add_collect_args(p: argparse.ArgumentParser) -> None:
@@ -105,6 +108,9 @@ def _add_collect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-timeout", type=_positive_float, default=60.0,
                    help="on exit, wait this long for the ingest to seal what was recorded; exit 1 naming what it "
                         "did not seal (default: %(default)s)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics and this collector's status at "
+                        "/fleet.json (a bare PORT means 127.0.0.1), e.g. 127.0.0.1:9109")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=_positive_float, default=3.0, help="seconds per episode (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default: %(default)s)")
     p.add_argument("--record-only", action="store_true", help="stop after recording (no Ray processing, no report)")
+    p.add_argument("--console", default="127.0.0.1:8090", metavar="HOST:PORT",
+                   help="serve the live fleet console here while the demo runs (another free port when taken; "
+                        "'' for none) (default: %(default)s)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("ingest", help="run the ingest service", description="Receive episodes from collectors over "
@@ -142,6 +151,29 @@ def build_parser() -> argparse.ArgumentParser:
                        "episodes not sealed); 2 a bad option or a refused handshake.")
     _add_collect_args(p)
     p.set_defaults(func=_cmd_collect)
+
+    p = sub.add_parser("console", help="live web console of the fleet (from ingests' and collectors' --metrics)",
+                       description="Serve a web page showing every robot at a glance (link, episode and timer, task, "
+                                   "operator, rates, lag, spool, today's episodes and hours, latest grades), alerts, "
+                                   "and the ingests' disk and throughput over the last hour. It polls the /fleet.json "
+                                   "of each --ingest and --collector started with --metrics. Read-only; on loopback "
+                                   "unless --bind says otherwise, which then needs a token.")
+    p.add_argument("--ingest", action="append", default=[], metavar="URL",
+                   help="an ingest's --metrics address, e.g. http://127.0.0.1:9108 (repeat for several ingests)")
+    p.add_argument("--collector", action="append", default=[], metavar="URL",
+                   help="a collector's --metrics address, for its spool and acknowledgement lag (repeat)")
+    p.add_argument("--collectors-file", type=Path, metavar="FILE",
+                   help="a file of collector --metrics URLs, one a line (# comments)")
+    p.add_argument("--dataset", action="append", default=[], type=Path, metavar="DATASET.zarr",
+                   help="show each robot's latest grades from this dataset (repeat)")
+    p.add_argument("--bind", default="127.0.0.1:8090", metavar="HOST:PORT",
+                   help="where to serve the page (default: %(default)s); not loopback: a token is required")
+    p.add_argument("--token-file", type=Path, metavar="FILE",
+                   help="a file holding the access token (or set REFINERY_CONSOLE_TOKEN); viewers open "
+                        "URL/?token=TOKEN once")
+    p.add_argument("--interval", type=_positive_float, default=2.0, metavar="SECONDS",
+                   help="poll every this many seconds (default: %(default)s)")
+    p.set_defaults(func=_cmd_console)
 
     p = sub.add_parser("keys", help="make CURVE key pairs", description="Write NAME.key (public) and NAME.key_secret "
                        "(secret) for each NAME into DIR. Give the ingest its secret and a folder of the collectors' "
@@ -314,6 +346,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from pipeline.ingest import IngestServer
 
     server = IngestServer(_ingest_config(args))
+    metrics = _serve_metrics(args, server, "ingest")
     failures: list[BaseException] = []
 
     def serve() -> None:
@@ -364,6 +397,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             status.update(line)
     finally:
         threading.excepthook = previous_hook
+        if metrics is not None:
+            metrics.stop()
     if server.ready.is_set():
         status.done()
     if not failures:
@@ -377,6 +412,18 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 1
 
 
+def _serve_metrics(args: argparse.Namespace, target, kind: str):  # noqa: ANN001, ANN202
+    """Start the --metrics endpoint of an ingest or a collector; None without --metrics."""
+    if not args.metrics:
+        return None
+    from pipeline.observability import http_server
+
+    serve = http_server.serve_ingest_metrics if kind == "ingest" else http_server.serve_collector_metrics
+    metrics = serve(target, args.metrics)
+    print(f"refinery {args.command}: metrics on {metrics.url}/metrics", file=sys.stderr, flush=True)
+    return metrics
+
+
 def _stop_on_signals(stop) -> None:  # noqa: ANN001
     def handler(signum: int, frame: object) -> None:
         stop()
@@ -385,6 +432,47 @@ def _stop_on_signals(stop) -> None:  # noqa: ANN001
         return  # signal handlers can only be set there (the command run inside a test)
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+# ---------------------------------------------------------------------- console
+
+
+def _console_config(args: argparse.Namespace):  # noqa: ANN202
+    from pipeline.errors import ConfigError
+    from pipeline.observability.console.server import ConsoleConfig
+
+    collectors = list(args.collector)
+    if args.collectors_file:
+        try:
+            text = args.collectors_file.read_text()
+        except OSError as err:
+            raise ConfigError(str(args.collectors_file), "--collectors-file", f"cannot read it: {err.strerror}") from err
+        collectors += [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+    token = os.environ.get("REFINERY_CONSOLE_TOKEN", "")
+    if args.token_file:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as err:
+            raise ConfigError(str(args.token_file), "--token-file", f"cannot read it: {err.strerror}") from err
+    return ConsoleConfig(ingests=tuple(args.ingest), collectors=tuple(collectors), datasets=tuple(args.dataset),
+                         bind=args.bind, token=token, poll_interval_s=args.interval)
+
+
+def _cmd_console(args: argparse.Namespace) -> int:
+    """Exit codes: 0 stopped (Ctrl-C, SIGTERM); 2 a bad option or the address is taken."""
+    from pipeline.observability.console.server import start_console
+
+    console = start_console(_console_config(args))
+    where = console.url + ("?token=<the token>" if console.console.config.token else "")
+    print(f"refinery console: serving {where} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    try:
+        while not stop.wait(0.5) and console.thread.is_alive():
+            pass
+    finally:
+        console.stop()
+    return 0
 
 
 # ---------------------------------------------------------------------- collect
@@ -453,6 +541,11 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     from pipeline.console import StatusLine
 
     collector = _make_collector(args)
+    try:
+        metrics = _serve_metrics(args, collector, "collector")
+    except BaseException:
+        collector.close()
+        raise
     stop = threading.Event()
     _stop_on_signals(stop.set)
     collector.start()
@@ -491,6 +584,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     finally:
         status.done()
         collector.close()
+        if metrics is not None:
+            metrics.stop()
     if prompt is not None:
         print(prompt.summary())
     verdict = drain_verdict(collector, gave_up=collector.waiting(), timeout_s=args.drain_timeout)
@@ -766,7 +861,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger("refinery").setLevel(logging.WARNING)  # the status line tells the story
     return run_demo(DemoConfig(args.data_dir, args.robots.split(","), args.episodes, args.duration, args.seed,
-                               process=not args.record_only))
+                               process=not args.record_only, console=args.console))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 An ingest and simulated humanoid collectors on loopback (threads of this
 process, a free port, no authentication) record a few episodes; an embedded
 Ray refines them into a Zarr dataset; a quality report is written. Every file
-stays in the data directory for a look.
+stays in the data directory for a look. The live fleet console watches it all
+(its address is printed first) until the demo ends.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import logging
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from collectors.agent import Collector, CollectorConfig
 from collectors.drivers import make_driver
 from pipeline.console import ProgressBar, StatusLine, format_table
 from pipeline.dataset.store import load_index
-from pipeline.errors import RefineryError
+from pipeline.errors import BindError, RefineryError
 from pipeline.ingest import IngestConfig, IngestServer
+from pipeline.observability.console.server import ConsoleConfig, RunningConsole, start_console
+from pipeline.observability.http_server import MetricsServer, serve_collector_metrics, serve_ingest_metrics
 from pipeline.process_job import JobOptions, run_process_job
 from pipeline.raw_store import raw_path
 from pipeline.raw_summary import SUMMARY_HEADERS, summarize
@@ -38,6 +41,7 @@ class DemoConfig:
     duration_s: float = 3.0
     seed: int = 0
     process: bool = True  # then refine into a Zarr dataset and write the quality report
+    console: str = "127.0.0.1:8090"  # the live fleet console (another free port when taken); "" for none
 
 
 def run_demo(config: DemoConfig) -> int:
@@ -68,11 +72,45 @@ def run_demo(config: DemoConfig) -> int:
                 driver,
             )
         )
+    watchers: list[MetricsServer | RunningConsole] = []
+    try:
+        watchers = _watch(config, server, collectors, data_dir / "dataset.zarr")
+        for c in collectors:
+            c.start()
+        return _record_and_process(config, server, collectors, ingest_dir, data_dir)
+    finally:
+        for watcher in watchers:
+            watcher.stop()
+        for c in collectors:
+            c.close()
+        server.stop()
+        server_thread.join(30)
+
+
+def _watch(config: DemoConfig, server: IngestServer, collectors: list[Collector],
+           dataset: Path) -> list[MetricsServer | RunningConsole]:
+    """Metrics endpoints of the ingest and every collector, and the console reading them."""
+    if not config.console:
+        return []
+    metrics = [serve_ingest_metrics(server, "127.0.0.1:0")]
+    metrics += [serve_collector_metrics(c, "127.0.0.1:0") for c in collectors]
+    console_config = ConsoleConfig(ingests=(metrics[0].url,), collectors=tuple(m.url for m in metrics[1:]),
+                                   datasets=(dataset,), bind=config.console, grades_interval_s=5.0)
+    try:
+        console = start_console(console_config)
+    except BindError:
+        host = config.console.rpartition(":")[0] or "127.0.0.1"
+        console = start_console(replace(console_config, bind=f"{host}:0"))
+    print(f"live fleet console: {console.url} (open it in a browser; up while the demo runs)", file=sys.stderr,
+          flush=True)
+    return [console, *metrics]
+
+
+def _record_and_process(config: DemoConfig, server: IngestServer, collectors: list[Collector], ingest_dir: Path,
+                        data_dir: Path) -> int:
     status = StatusLine(log_every_s=2.0)
     recorded: list[tuple[str, str]] = []
     try:
-        for c in collectors:
-            c.start()
         for episode in range(config.episodes):
             for c in collectors:
                 recorded.append(
@@ -96,10 +134,6 @@ def run_demo(config: DemoConfig) -> int:
             time.sleep(0.2)
     finally:
         status.done()
-        for c in collectors:
-            c.close()
-        server.stop()
-        server_thread.join(30)
 
     files = [raw_path(ingest_dir, robot_id, episode) for robot_id, episode in recorded]
     missing = [p for p in files if not p.exists()]

@@ -39,6 +39,7 @@ from pipeline.journal import (
     quarantine_journal,
     quarantine_path,
 )
+from pipeline.observability.ingest_counters import IngestCounters, RobotCounters
 from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, MAX_JSON_BYTES, StreamRules, screen_event_body
 from pipeline.raw_store import raw_path, seal_recovered
 from pipeline.robot_config import parse_robot_config
@@ -124,6 +125,7 @@ class Session:
     notice_after: dict[str, float] = field(default_factory=dict)  # notice topic -> next time it may be sent
     dirty: set[tuple[str, str]] = field(default_factory=set)  # (episode, stream) to acknowledge
     sealed: set[str] = field(default_factory=set)  # episodes to report sealed
+    counters: RobotCounters = field(default_factory=lambda: RobotCounters(""))  # its robot's, for metrics
 
 
 class IngestServer:
@@ -140,6 +142,7 @@ class IngestServer:
         self.limits = config.limits
         self.data_dir = config.data_dir
         self.stats = IngestStats()
+        self.counters = IngestCounters()  # per robot, read by pipeline.observability at scrape time
         self.allow: AllowList | None = config.keys.load_allow_list() if config.keys is not None else None
         self.sessions: dict[bytes, Session] = {}
         self.robots: dict[str, bytes] = {}  # robot id -> identity of its live session
@@ -299,7 +302,8 @@ class IngestServer:
     def _handle(self, sock: zmq.Socket, identity: bytes, key: str, message: list[bytes]) -> None:
         arrival_ns = time.time_ns()
         self.stats.messages += 1
-        self.stats.bytes += sum(len(f) for f in message)
+        size = sum(len(f) for f in message)
+        self.stats.bytes += size
         session = self.sessions.get(identity)
         if session is not None:
             if session.key != key:
@@ -309,6 +313,7 @@ class IngestServer:
                 )
                 return
             session.last_heard = time.monotonic()
+            session.counters.received(size)
         try:
             opcode = protocol.peek_opcode(message)
             if opcode == protocol.Opcode.TIME_REQUEST:
@@ -329,6 +334,8 @@ class IngestServer:
             self.stats.malformed += 1
             session = self.sessions.get(identity)
             who = session.robot_id if session else identity.hex()
+            if session is not None:
+                session.counters.malformed += 1
             self._log_limited("malformed", logging.WARNING, "dropped malformed message from %s: %s", who, err)
             self.stats.last_error = str(err)
             if session is not None and err.field in ("cols", "stream"):
@@ -394,6 +401,7 @@ class IngestServer:
             identity, hello.robot_id, hello.model, hello.config_digest, config_dict, key=key,
             rules=StreamRules.from_config(config_dict), last_heard=now,
             tokens=self.limits.max_bytes_per_s * self.limits.burst_s, tokens_at=now, sealed=unannounced,
+            counters=self.counters.robot(hello.robot_id, hello.model),
         )
         self.sessions[identity] = session
         self.robots[hello.robot_id] = identity
@@ -462,14 +470,17 @@ class IngestServer:
         if journal is None:
             if key in self.sealing:
                 self.stats.duplicates += 1
+                session.counters.duplicates += 1
                 session.dirty.add((header.episode_id, header.stream))  # re-acknowledge its final seq
                 return
             if raw_path(self.data_dir, *key).exists():
                 self.stats.duplicates += 1
+                session.counters.duplicates += 1
                 session.sealed.add(header.episode_id)
                 return
             if quarantine_path(self.data_dir, *key).exists():
                 self.stats.duplicates += 1
+                session.counters.duplicates += 1
                 self._notice(sock, session, f"quarantined-{header.episode_id}", "error",
                              f"episode {header.episode_id} could not be sealed and is in quarantine at the ingest")
                 return
@@ -486,10 +497,12 @@ class IngestServer:
         verdict = journal.accepts(header)
         if verdict == "duplicate":
             self.stats.duplicates += 1
+            session.counters.duplicates += 1
             session.dirty.add((header.episode_id, header.stream))
             return
         if verdict == "gap":
             self.stats.gaps += 1
+            session.counters.gaps += 1
             return
         if not self._within_limits(sock, session, journal, opcode, header, message):
             return
@@ -513,6 +526,7 @@ class IngestServer:
             return
         self._disk_error = ""
         self.stats.accepted += 1
+        session.counters.accepted_message(opcode, header, record, sum(len(f) for f in message))
         self._dirty_journals.add(key)
         session.dirty.add((header.episode_id, header.stream))
 
@@ -661,6 +675,7 @@ class IngestServer:
         complete = [key for key, journal in dirty if journal.complete]
         self._commit_snapshot = (dirty, acks, complete)
         self._commit_future = self._fsync_pool.submit(self._sync_all, [journal for _, journal in dirty])
+        self.counters.commit_started()
         if wait:
             self._finish_commit(sock)
 
@@ -692,6 +707,7 @@ class IngestServer:
             if key in self.journals:
                 self._start_seal(key)
         self.stats.commits += 1
+        self.counters.commit_durable()
         self._collect_seals()
         for session in list(self.sessions.values()):
             self._acknowledge(sock, session, acks.get(session.identity, []))
@@ -710,6 +726,7 @@ class IngestServer:
         incomplete = not journal.complete
         self._final_acks[key] = journal.acked
         self.sealing[key] = self._seal_pool.submit(seal_recovered, journal, self.data_dir, incomplete=incomplete)
+        self.counters.seal_started(key, incomplete, self.sealing[key])
 
     def _collect_seals(self) -> None:
         for key, future in list(self.sealing.items()):
@@ -728,6 +745,7 @@ class IngestServer:
                 self._quarantine(journal_path, *key, f"sealing failed: {type(err).__name__}: {err}")
                 continue
             self.stats.sealed += 1
+            self.counters.episode_sealed(key)
             log.info("sealed robot=%s episode=%s -> %s", key[0], key[1], path)
             identity = self.robots.get(key[0])
             if identity in self.sessions:

@@ -25,7 +25,9 @@ class RawEpisodeBuilder:
     """Append streams in capture order, then :meth:`seal`.
 
     ``arrival_ns`` of every message is its capture time plus ``transit_ns``
-    (the ingest clock, for an imported episode, is the recording clock).
+    (the ingest clock, for an imported episode, is the recording clock), unless
+    the message is given its own (an importer that knows when each message was
+    received: a ROS bag's log time).
     """
 
     def __init__(
@@ -46,24 +48,27 @@ class RawEpisodeBuilder:
         self._seq[stream] = seq + 1
         return seq
 
-    def _append(self, record: protocol.DataRecord, capture_ns: int) -> None:
-        self.journal.append(capture_ns + self.transit_ns, record.encode(), record)
+    def _append(self, record: protocol.DataRecord, capture_ns: int, arrival_ns: int | None = None) -> None:
+        arrival = capture_ns + self.transit_ns if arrival_ns is None else arrival_ns
+        self.journal.append(arrival, record.encode(), record)
 
     def _header(self, stream: str, capture_ns: int, index: int = 0) -> protocol.DataHeader:
         return protocol.DataHeader(self.robot_id, self.episode_id, stream, self._next(stream), capture_ns, index)
 
-    def event(self, body: dict[str, Any], capture_ns: int) -> None:
-        self._append(protocol.Event(self._header(EVENTS, capture_ns), body), capture_ns)
+    def event(self, body: dict[str, Any], capture_ns: int, arrival_ns: int | None = None) -> None:
+        self._append(protocol.Event(self._header(EVENTS, capture_ns), body), capture_ns, arrival_ns)
 
-    def samples(self, stream: str, capture_ns: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    def samples(
+        self, stream: str, capture_ns: np.ndarray, index: np.ndarray, values: np.ndarray, arrival_ns: int | None = None
+    ) -> None:
         """One batch of a numeric stream (joint_state rows are position ++ velocity ++ effort)."""
         record = protocol.Samples.build(
             self.robot_id, self.episode_id, stream, self._next(stream), capture_ns, index, values
         )
-        self._append(record, int(capture_ns[-1]))
+        self._append(record, int(capture_ns[-1]), arrival_ns)
 
-    def frame(self, camera: str, capture_ns: int, index: int, jpeg: bytes) -> None:
-        self._append(protocol.Frame(self._header(camera, capture_ns, index), jpeg), capture_ns)
+    def frame(self, camera: str, capture_ns: int, index: int, jpeg: bytes, arrival_ns: int | None = None) -> None:
+        self._append(protocol.Frame(self._header(camera, capture_ns, index), jpeg), capture_ns, arrival_ns)
 
     def clock(self, t1: int, t2: int, t3: int, t4: int) -> None:
         self._append(protocol.ClockSample(self._header(CLOCK, t1), t1, t2, t3, t4), t4)

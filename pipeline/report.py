@@ -94,6 +94,7 @@ KIND_MEANING = {
     "idle_tail": "still time after the last motion",
     "idle": "segments where nothing moves",
     "too_short": "segments shorter than the minimum",
+    "limits_unknown": "limit checks skipped: the robot config has no limits",
 }
 """What each decision kind is, in the words of the decisions tables."""
 # Index columns of every row: the summary, the tables, and where a detailed episode's data is.

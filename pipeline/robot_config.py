@@ -3,6 +3,12 @@
 A config fixes the joint order on the wire and in the raw store, the joint
 limits the cleaning stage checks against, the stream rates and the cameras.
 A malformed file is rejected with the file, the field and the problem.
+
+A joint's limits may be unknown (a config generated from a foreign dataset
+that records none): ``position``, ``velocity`` or ``effort`` is ``null``. An
+unknown limit is held as an infinite bound, so no value ever violates it; the
+clean and score stages skip the rules that need it and say so. ``standard``
+may be ``null`` too (a joint with no standard humanoid name).
 """
 
 from __future__ import annotations
@@ -29,7 +35,12 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")  # \Z: "$" would a
 
 @dataclass(frozen=True)
 class JointSpec:
-    """One joint: vendor name, standard name and limits in SI units."""
+    """One joint: vendor name, standard name and limits in SI units.
+
+    An unknown limit is infinite (``position_min=-inf, position_max=inf``,
+    ``velocity_max=inf``, ``effort_max=inf``); ``standard`` is ``""`` for a
+    joint with no standard name.
+    """
 
     name: str
     standard: str
@@ -38,6 +49,18 @@ class JointSpec:
     velocity_max: float  # rad/s, absolute
     effort_max: float  # N·m, absolute
     continuous: bool = False
+
+    @property
+    def position_known(self) -> bool:
+        return math.isfinite(self.position_min) and math.isfinite(self.position_max)
+
+    @property
+    def velocity_known(self) -> bool:
+        return math.isfinite(self.velocity_max)
+
+    @property
+    def effort_known(self) -> bool:
+        return math.isfinite(self.effort_max)
 
 
 @dataclass(frozen=True)
@@ -76,6 +99,10 @@ class RobotConfig:
     def standard_names(self) -> tuple[str, ...]:
         return tuple(j.standard for j in self.joints)
 
+    def unknown_limits(self, which: str) -> tuple[str, ...]:
+        """Names of the joints whose ``which`` limit (position, velocity, effort) is unknown."""
+        return tuple(j.name for j in self.joints if not getattr(j, f"{which}_known"))
+
     def camera(self, name: str) -> CameraSpec:
         for cam in self.cameras:
             if cam.name == name:
@@ -89,10 +116,10 @@ class RobotConfig:
         for j in self.joints:
             item: dict[str, Any] = {
                 "name": j.name,
-                "standard": j.standard,
-                "position": [j.position_min, j.position_max],
-                "velocity": j.velocity_max,
-                "effort": j.effort_max,
+                "standard": j.standard or None,
+                "position": [j.position_min, j.position_max] if j.position_known else None,
+                "velocity": j.velocity_max if j.velocity_known else None,
+                "effort": j.effort_max if j.effort_known else None,
             }
             if j.continuous:
                 item["continuous"] = True
@@ -171,7 +198,7 @@ def parse_robot_config(raw: Any, source: str = "<config>") -> RobotConfig:
     action_hz = streams.positive("action_hz")
     joints = tuple(_parse_joint(j, source, i) for i, j in enumerate(fields.list("joints")))
     _unique(source, "joints", [j.name for j in joints], "name")
-    _unique(source, "joints", [j.standard for j in joints], "standard")
+    _unique(source, "joints", [j.standard for j in joints if j.standard], "standard")
     cameras = tuple(_parse_camera(c, source, i) for i, c in enumerate(fields.list("cameras", allow_empty=True)))
     _unique(source, "cameras", [c.name for c in cameras], "name")
     fields.no_extra({"model", "vendor", "source", "streams", "joints", "cameras"})
@@ -192,21 +219,24 @@ def _parse_joint(raw: Any, source: str, index: int) -> JointSpec:
     f = _Fields(raw, source, f"joints[{index}].")
     name = f.name("name")
     f.prefix = f"joints[{index}] ({name})."
-    standard = f.text("standard")
-    if standard not in STANDARD_INDEX:
+    standard = "" if f.raw.get("standard", "") is None else f.text("standard")
+    if standard and standard not in STANDARD_INDEX:
         raise ConfigError(
             source,
             f"{f.prefix}standard",
-            f"{standard!r} is not a standard joint name; see pipeline/standard_joints.py",
+            f"{standard!r} is not a standard joint name; see pipeline/standard_joints.py (null: none)",
         )
-    position = f.list("position")
-    if len(position) != 2:
-        raise ConfigError(source, f"{f.prefix}position", "expected [min, max] in rad")
-    lo, hi = (_number(v, source, f"{f.prefix}position") for v in position)
-    if not lo < hi:
-        raise ConfigError(source, f"{f.prefix}position", f"min {lo} must be below max {hi}")
-    velocity = f.positive("velocity")
-    effort = f.positive("effort")
+    if f.unknown("position"):
+        lo, hi = -math.inf, math.inf
+    else:
+        position = f.list("position")
+        if len(position) != 2:
+            raise ConfigError(source, f"{f.prefix}position", "expected [min, max] in rad, or null (unknown)")
+        lo, hi = (_number(v, source, f"{f.prefix}position") for v in position)
+        if not lo < hi:
+            raise ConfigError(source, f"{f.prefix}position", f"min {lo} must be below max {hi}")
+    velocity = math.inf if f.unknown("velocity") else f.positive("velocity")
+    effort = math.inf if f.unknown("effort") else f.positive("effort")
     continuous = f.flag("continuous", default=False)
     f.no_extra({"name", "standard", "position", "velocity", "effort", "continuous"})
     return JointSpec(name, standard, lo, hi, velocity, effort, continuous)
@@ -293,6 +323,10 @@ class _Fields:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise ConfigError(self.source, self.prefix + key, f"expected an integer in [{lo}, {hi}], got {value!r}")
         return value
+
+    def unknown(self, key: str) -> bool:
+        """The field is present and ``null``: a limit the robot's source does not give."""
+        return self._get(key) is None
 
     def flag(self, key: str, default: bool) -> bool:
         value = self.raw.get(key, default)

@@ -458,3 +458,37 @@ def _timed(fn, *args) -> float:
 def test_frame_image_is_not_black():
     # The brightness rule relies on synthetic frames being clearly lit.
     assert frame_image(64, 48, 0, 0).mean() > 60
+
+
+def unknown_limits(config, joints: range):
+    """The config with the position and velocity limits of ``joints`` unknown (as an import generates)."""
+    changed = list(config.joints)
+    for j in joints:
+        changed[j] = replace(changed[j], position_min=-np.inf, position_max=np.inf, velocity_max=np.inf)
+    return replace(config, joints=tuple(changed))
+
+
+def test_unknown_limits_are_not_checked_and_the_skip_is_recorded(syn):
+    ep = align(syn.raw, AlignConfig(rate_hz=50.0))
+    position = ep.state["position"].copy()
+    position[100:140, 1] = syn.raw.config.joints[1].position_max + 0.4  # far outside the (now unknown) limit
+    config = unknown_limits(syn.raw.config, range(syn.raw.config.dof))
+    faulty = replace(ep, raw=replace(ep.raw, config=config), state={**ep.state, "position": position})
+
+    result = clean_aligned(faulty)
+
+    assert sorted(kinds(result.decisions)) == [("limits_unknown", "skip"), ("limits_unknown", "skip")]
+    assert "position_limit not checked" in result.decisions[0].reason
+    assert len(result.segments) == 1 and result.segments[0].state["position"][120, 1] == position[120, 1]
+
+
+def test_known_limits_of_other_joints_are_still_checked(syn):
+    ep = align(syn.raw, AlignConfig(rate_hz=50.0))
+    position = ep.state["position"].copy()
+    position[100:140, 1] = syn.raw.config.joints[1].position_max + 0.4
+    config = unknown_limits(syn.raw.config, range(2, syn.raw.config.dof))  # joint 1 keeps its limits
+    faulty = replace(ep, raw=replace(ep.raw, config=config), state={**ep.state, "position": position})
+
+    result = clean_aligned(faulty)
+
+    assert ("position_limit", "split") in kinds(result.decisions)

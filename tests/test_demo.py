@@ -28,6 +28,7 @@ def test_demo_records_processes_and_reports(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert (home / ".ray" / "auth_token").is_file(), "the embedded Ray ran without token auth"
     assert "Recorded 2 raw episodes" in result.stdout
+    assert "live fleet console: http://127.0.0.1:" in result.stderr
     entries = load_index(out / "dataset.zarr")
     assert {e.model for e in entries} == {"unitree_g1", "fourier_gr1"}
     assert all(e.accepted for e in entries)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -29,7 +29,7 @@ from collectors.drivers import (
     encode_jpeg,
     make_driver,
 )
-from pipeline.errors import DriverError
+from pipeline.errors import ConfigError, DriverError
 from pipeline.robot_config import CameraSpec, JointSpec, RobotConfig, load_robot_config
 
 T0 = 1_700_000_000_000_000_000  # a fixed wall-clock start, ns
@@ -711,3 +711,10 @@ def test_make_driver_combines_sim_joints_with_real_cameras(tmp_path: Path) -> No
     driver = make_driver("sim+opencv", make_config(), sources={"head_left": video}, seed=2)
     readings = poll_range(driver, T0, T0 + 100 * MS, 100 * MS)
     assert {r.stream for r in readings} == {"joint_state", "action", "camera/head_left", "camera/head_right"}
+
+
+def test_the_sim_refuses_a_config_with_unknown_limits(tiny_robot: RobotConfig) -> None:
+    joints = (replace(tiny_robot.joints[0], velocity_max=float("inf")), *tiny_robot.joints[1:])
+
+    with pytest.raises(ConfigError, match="needs every limit"):
+        SimHumanoid(replace(tiny_robot, joints=joints))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,12 @@ import pytest
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.robot_config import builtin_config_dir, builtin_models, load_robot_config
+from pipeline.robot_config import (
+    builtin_config_dir,
+    builtin_models,
+    load_robot_config,
+    parse_robot_config,
+)
 from pipeline.standard_joints import STANDARD_INDEX
 
 SHIPPED = ["fourier_gr1", "unitree_g1", "unitree_h1"]
@@ -225,3 +232,47 @@ def test_digest_changes_when_a_limit_changes(tmp_path, base):
     after = load_robot_config(write(tmp_path, base, "after.yaml")).digest
 
     assert after != before
+
+
+# --- unknown limits (configs generated from foreign datasets) -------------------------
+
+
+def test_null_limits_are_unknown_and_nothing_violates_them(tmp_path, base):
+    joint = base["joints"][0]
+    joint["position"] = joint["velocity"] = joint["effort"] = None
+
+    config = load_robot_config(write(tmp_path, base))
+
+    first = config.joints[0]
+    assert not first.position_known and not first.velocity_known and not first.effort_known
+    assert first.position_min == -math.inf and first.position_max == math.inf
+    assert first.velocity_max == math.inf and first.effort_max == math.inf
+    assert config.unknown_limits("position") == ("left_hip_pitch_joint",)
+    assert config.joints[1].position_known and config.unknown_limits("effort") == ("left_hip_pitch_joint",)
+
+
+def test_unknown_limits_round_trip_as_null(tmp_path, base):
+    base["joints"][0]["position"] = None
+    base["joints"][0]["standard"] = None
+    config = load_robot_config(write(tmp_path, base))
+
+    again = parse_robot_config(config.to_dict())
+
+    assert config.to_dict()["joints"][0]["position"] is None
+    assert config.to_dict()["joints"][0]["standard"] is None
+    assert again == replace(config, path="<config>") and again.digest == config.digest
+
+
+def test_a_null_standard_name_means_none_and_several_joints_may_have_none(tmp_path, base):
+    base["joints"][0]["standard"] = None
+    base["joints"][1]["standard"] = None
+
+    config = load_robot_config(write(tmp_path, base))
+
+    assert config.standard_names[:2] == ("", "")
+
+
+def test_a_missing_limit_is_still_refused(tmp_path, base):
+    del base["joints"][0]["velocity"]
+
+    assert rejected(write(tmp_path, base)).field == f"{FIRST}.velocity"

@@ -341,3 +341,28 @@ def test_episode_through_align_and_clean_grades_a() -> None:
     report = score_episode(result.segments[0], [*raw_decisions, *result.decisions])
     _assert_well_formed(report)
     assert report.grade == "A", [(i.name, i.value, i.score) for i in report.indicators if i.score < 1]
+
+
+def test_unknown_limits_leave_the_limit_indicators_unmeasured(clean: AlignedEpisode) -> None:
+    joints = tuple(replace(j, position_min=-math.inf, position_max=math.inf, velocity_max=math.inf,
+                           effort_max=math.inf) for j in clean.raw.config.joints)
+    unknown = replace(clean, raw=replace(clean.raw, config=replace(clean.raw.config, joints=joints)))
+
+    report = score_episode(unknown)
+
+    _assert_well_formed(report)
+    for name in ("jerk", "position_limit_margin", "limit_violations", "velocity_limit_violations",
+                 "effort_saturation"):
+        assert report.indicator(name).weight == 0.0, name
+        assert any(note.startswith(f"{name}: not measured") and "known" in note for note in report.notes), name
+    assert any("position limits of" in note and "unknown" in note for note in report.notes)
+    assert report.grade == "A"
+
+
+def test_skipped_checks_do_not_count_as_cleaning_decisions(clean: AlignedEpisode) -> None:
+    skip = {"kind": "limits_unknown", "stream": "joint_state", "start": 0, "end": 10, "action": "skip",
+            "reason": "limits unknown"}
+
+    report = score_episode(clean, [skip] * 5)
+
+    assert report.indicator("decisions_count").value == 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.errors import ConfigError
 from pipeline.robot_config import JointSpec
 
 POSITION_MARGIN = 0.8
@@ -33,6 +34,9 @@ class JointMotion:
     """
 
     def __init__(self, joints: tuple[JointSpec, ...], seed: int) -> None:
+        unknown = [j.name for j in joints if not (j.position_known and j.velocity_known and j.effort_known)]
+        if unknown:  # the motion is scaled to the limits: infinite ones would give infinite motion
+            raise ConfigError("sim driver", "joints", f"the simulation needs every limit; unknown for {unknown[:5]}")
         rng = np.random.default_rng([seed, 0x6D6F74])  # "mot": independent of the fault dice
         dof = len(joints)
         lo = np.array([j.position_min for j in joints])

@@ -26,6 +26,8 @@ Direction = Literal["import", "export"]
 
 MODULES = (
     "pipeline.interop.aloha_import",
+    "pipeline.interop.rosbag_import",
+    "pipeline.interop.lerobot_import",
     "pipeline.interop.dp_export",
     "pipeline.interop.lerobot_export",
 )

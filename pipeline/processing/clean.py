@@ -21,6 +21,7 @@ backwards_timestamp   stamp before an earlier sample's, or one    drop (raw)
 empty_frame           a frame with no bytes                       drop (raw)
 outcome               ``attrs["outcome"]`` in reject_outcomes     reject
 gap                   raw interval > interpolate_max_gap_ms       interpolate; split if > split_gap_ms
+                      (and > 1.5 periods of the stream's rate)
 spike                 single-step outlier vs. neighbours' median  interpolate
 position_limit        outside [min - tol, max + tol]              interpolate if short, else split/trim
 velocity_limit        velocity field or position differences      interpolate (field) if short;
@@ -31,6 +32,8 @@ frame_gap             step without a frame within tolerance       fill if short,
 idle_head/idle_tail   joint speed < idle_speed_rad_s at the ends  trim, keeping idle_margin_s
 idle                  a segment where nothing moves               drop
 too_short             segment < min_duration_s                    drop; reject if none is left
+limits_unknown        the robot config marks a joint's position   skip (the limit rule does not
+                      or velocity limit unknown (``null``)        apply to that joint)
 ====================  ==========================================  ==============================
 
 "interpolate": the values in the run are replaced by the straight line between
@@ -408,6 +411,7 @@ def clean_aligned(ep: AlignedEpisode, config: CleanConfig | None = None) -> Clea
         _spikes(work, raw.config, config)
         _position_limits(work, raw.config, config)
         _velocity_limits(work, raw.config, config)
+        _unknown_limits(work, raw.config)
         for name in ep.frames:
             report["cameras"][name] = _camera(work, name, config)
 
@@ -455,14 +459,20 @@ def _segment(work: _Work, a: int, b: int, index: int, count: int) -> AlignedEpis
 
 
 def _gaps(work: _Work, config: CleanConfig) -> None:
-    """Raw intervals longer than ``interpolate_max_gap_ms``: recorded, or split when > ``split_gap_ms``."""
+    """Raw intervals longer than ``interpolate_max_gap_ms``: recorded, or split when > ``split_gap_ms``.
+
+    A stream slower than 30 Hz (a 15 fps LeRobot dataset) has ordinary
+    intervals above that: for it a gap is an interval above 1.5 of its period.
+    """
     t = work.ep.t_ns
-    for name in (JOINT_STATE, ACTION):
+    robot = work.ep.raw.config
+    for name, rate_hz in ((JOINT_STATE, robot.joint_state_hz), (ACTION, robot.action_hz)):
         times = work.ep.stream_time_ns.get(name)
         if times is None or times.shape[0] < 2:
             continue
         dt = np.diff(times)
-        for i in np.flatnonzero(dt > config.interpolate_max_gap_ms * 1e6):
+        threshold_ms = max(config.interpolate_max_gap_ms, 1.5e3 / rate_hz)
+        for i in np.flatnonzero(dt > threshold_ms * 1e6):
             a = int(np.searchsorted(t, times[i], side="right"))
             b = int(np.searchsorted(t, times[i + 1], side="left"))
             if a >= b:
@@ -607,6 +617,17 @@ def _velocity_limits(work: _Work, robot: RobotConfig, config: CleanConfig) -> No
                 f"joint {robot.joint_names[j]}: position changes at up to {float(speed[a:b, j].max()):.1f} rad/s "
                 f"between steps {a} and {b} (limit {vmax[j]:.1f} rad/s incl. tolerance): split at the jump",
             )
+
+
+def _unknown_limits(work: _Work, robot: RobotConfig) -> None:
+    """Say which limit rules did not apply: an unknown limit is infinite, so nothing violates it."""
+    for which, rule in (("position", "position_limit"), ("velocity", "velocity_limit")):
+        unknown = robot.unknown_limits(which)
+        if unknown:
+            names = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            work.note("limits_unknown", JOINT_STATE, 0, work.steps, "skip",
+                      f"robot config {robot.model} marks the {which} limits of {len(unknown)} joint(s) unknown "
+                      f"({names}): {rule} not checked for them")
 
 
 def _camera(work: _Work, name: str, config: CleanConfig) -> dict[str, int]:

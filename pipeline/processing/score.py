@@ -415,9 +415,18 @@ def _build_context(ep: AlignedEpisode, config: ScoreConfig) -> _Context:
     hi = np.array([j.position_max for j in joints], dtype=np.float64)
     continuous = np.array([j.continuous for j in joints], dtype=bool)
     gripper = np.array([j.standard.endswith("gripper") for j in joints], dtype=bool)
-    span = np.where(continuous, 2 * np.pi, hi - lo)
+    known = np.array([j.position_known for j in joints], dtype=bool)
+    # A joint whose range is unknown has no span: the indicators measured in
+    # joint ranges (jerk, limit margin, limit violations) leave it out.
+    with np.errstate(invalid="ignore"):
+        span = np.where(continuous, 2 * np.pi, np.where(known, hi - lo, np.nan))
     position = ep.state.get("position")
     notes: list[str] = []
+    unknown = ep.raw.config.unknown_limits("position")
+    if unknown:
+        notes.append(f"robot config marks the position limits of {len(unknown)} joint(s) unknown "
+                     f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}): "
+                     "jerk and the position limit indicators leave them out")
     if position is not None:
         position = np.asarray(position, dtype=np.float64)
         if position.ndim != 2 or position.shape[1] != len(joints):
@@ -440,7 +449,7 @@ def _build_context(ep: AlignedEpisode, config: ScoreConfig) -> _Context:
         lo=lo,
         hi=hi,
         span=span,
-        bounded=~continuous,
+        bounded=~continuous & known,
         gripper=gripper,
         continuous=continuous,
         window_ns=_collector_window(ep),
@@ -849,6 +858,8 @@ def _jerk(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
     rate = ctx.ep.rate_hz
     k = max(1, round(ctx.config.jerk_step_s * rate))
     pos = ctx.require_position(3 * k + 1)
+    if not np.isfinite(ctx.span).any():
+        raise _NotMeasured("no joint with a known position range in the robot config")
     h = k / rate
     n = pos.shape[0] - 3 * k
     third = pos[3 * k:3 * k + n] - 3 * pos[2 * k:2 * k + n] + 3 * pos[k:k + n] - pos[:n]
@@ -955,7 +966,7 @@ def _limit_margin(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
     pos = ctx.require_position(1)
     cols = ctx.bounded & ~ctx.gripper
     if not cols.any():
-        raise _NotMeasured("no bounded non-gripper joints")
+        raise _NotMeasured("no bounded non-gripper joints with known position limits")
     p = pos[:, cols]
     margin = np.minimum(p - ctx.lo[cols], ctx.hi[cols] - p) / ctx.span[cols]
     margin = margin[np.isfinite(margin)]
@@ -971,7 +982,7 @@ def _limit_margin(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
 def _limit_violations(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
     pos = ctx.require_position(1)
     if not ctx.bounded.any():
-        raise _NotMeasured("no bounded joints")
+        raise _NotMeasured("no bounded joints with known position limits")
     tol = ctx.config.limit_tolerance * ctx.span
     with np.errstate(invalid="ignore"):
         outside = ((pos < ctx.lo - tol) | (pos > ctx.hi + tol))[:, ctx.bounded]
@@ -985,7 +996,10 @@ def _limit_violations(ctx: _Context, _: Sequence[object]) -> tuple[float, float]
     Score from the fraction of steps: 1 at 0, 0 at >= 1 %.""")
 def _velocity_violations(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
     pos = ctx.require_position(3)
-    vmax = np.array([j.velocity_max for j in ctx.ep.raw.config.joints]) * (1 + ctx.config.velocity_tolerance)
+    joints = ctx.ep.raw.config.joints
+    if not any(j.velocity_known for j in joints):
+        raise _NotMeasured("velocity limits unknown in the robot config")
+    vmax = np.array([j.velocity_max for j in joints]) * (1 + ctx.config.velocity_tolerance)
     derived = np.zeros_like(pos)
     derived[1:-1] = _wrapped(pos[2:] - pos[:-2], ctx.continuous) * ctx.ep.rate_hz / 2
     with np.errstate(invalid="ignore"):
@@ -1006,7 +1020,10 @@ def _effort(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
         raise _NotMeasured("no joint efforts")
     if not np.isfinite(effort).any():
         raise _NotMeasured("no finite joint efforts")
-    limit = np.array([j.effort_max for j in ctx.ep.raw.config.joints]) * ctx.config.effort_saturation
+    joints = ctx.ep.raw.config.joints
+    if not any(j.effort_known for j in joints):
+        raise _NotMeasured("effort limits unknown in the robot config")
+    limit = np.array([j.effort_max for j in joints]) * ctx.config.effort_saturation
     with np.errstate(invalid="ignore"):
         value = float(np.mean((np.abs(effort) >= limit).any(axis=1)))
     return value, ramp(value, 0.01, 0.2)
@@ -1108,19 +1125,23 @@ def _black(ctx: _Context, _: Sequence[object]) -> tuple[float, float]:
 
 
 @_indicator("decisions_count", "count", 0.5, description="""
-    Number of decisions the clean stage recorded (repairs, trims, drops). A couple is normal
-    (idle head and tail); many mean the episode needed heavy repair.
-    Score 1 at <= 2, 0 at >= 30.""")
+    Number of decisions the clean stage recorded (repairs, trims, drops; a check it skipped
+    does not count). A couple is normal (idle head and tail); many mean the episode needed
+    heavy repair. Score 1 at <= 2, 0 at >= 30.""")
 def _decisions(ctx: _Context, decisions: Sequence[object]) -> tuple[float, float]:
     kinds: dict[str, int] = {}
+    counted = 0
     for decision in decisions:
         # clean.Decision has a ``kind``; a decision as_dict()-ed has it as a key.
-        kind = decision.get("kind") if isinstance(decision, Mapping) else getattr(decision, "kind", None)
+        as_map = isinstance(decision, Mapping)
+        kind = decision.get("kind") if as_map else getattr(decision, "kind", None)
+        action = decision.get("action") if as_map else getattr(decision, "action", None)
         label = str(kind or type(decision).__name__)
         kinds[label] = kinds.get(label, 0) + 1
+        counted += action != "skip"
     if kinds:
         ctx.notes.append("cleaning decisions: " + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())))
-    value = float(len(decisions))
+    value = float(counted)
     return value, ramp(value, 2.0, 30.0)
 
 
