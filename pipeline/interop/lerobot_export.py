@@ -40,9 +40,10 @@ rate, one frame per 1/fps: frame ``i`` of a file is at ``i / fps`` s, and an
 episode's ``from_timestamp`` is where its first frame lies in its file. The
 default codec is H.264 (libx264, ``crf`` 23), which every FFmpeg decodes (PyAV,
 which LeRobot falls back to, and torchcodec with any system FFmpeg);
-``libsvtav1`` (LeRobot's own default, ``crf`` 30) gives files about a third
-the size at a third of the encoding speed. ``gop`` (keyframe interval) is 2
-by default, as LeRobot's: a random frame costs at most one extra decode.
+``libsvtav1`` is LeRobot's own default (``crf`` 30; at ``gop`` 2 about the
+same size and PSNR here, slower to encode). ``gop`` (keyframe interval) is 2
+by default, as LeRobot's: a random frame costs at most one extra decode; a
+longer one makes files several times smaller and random frames dearer.
 
 Refinery's extras, where LeRobot ignores them:
 
@@ -418,8 +419,8 @@ class _LeRobotWriter:
         features: dict[str, dict[str, Any]] = {}
         for key in self.numeric:
             shape = list(self.shapes[key]) or [1]
-            names = list(joints) if isinstance(joints, list) and len(joints) == shape[0] and len(shape) == 1 and \
-                key != TIMESTAMPS_KEY else None
+            per_joint = isinstance(joints, list) and shape == [len(joints)] and key != TIMESTAMPS_KEY
+            names = list(joints) if per_joint else None
             dtype = "int64" if key == TIMESTAMPS_KEY else "float32"
             features[self.mapping[key]] = {"dtype": dtype, "shape": shape, "names": names}
         for key in self.cameras:
@@ -604,7 +605,7 @@ class _LeRobotWriter:
             "video": {"vcodec": self.video.vcodec, "encoder": self.video.encoder, "crf": self.video.quality,
                       "gop": self.video.gop, "pix_fmt": PIX_FMT},
             "timestamp": "frame_index / fps; the ingest clock of each step is refinery.timestamp_ns when exported",
-            "episode_columns": [c for c in _extra_columns(entries[0])],
+            "episode_columns": list(_extra_columns(entries[0])),
         })
 
     def _write_episodes(self, rows: list[_EpisodeRow]) -> None:
