@@ -190,6 +190,13 @@ class VideoSettings:
             raise DatasetError(str(out), f"crf must be an integer 0-{top} for {self.vcodec}, got {self.crf!r}")
         if isinstance(self.gop, bool) or not isinstance(self.gop, int) or not 1 <= self.gop <= 1000:
             raise DatasetError(str(out), f"gop must be an integer 1-1000, got {self.gop!r}")
+        import av
+
+        try:
+            av.codec.Codec(self.encoder, "w")
+        except Exception as err:  # PyAV raises its own error types for an unknown codec
+            raise DatasetError(str(out), f"this PyAV (FFmpeg {av.ffmpeg_version_info}) has no {self.encoder} "
+                               f"encoder for --vcodec {self.vcodec}: choose another --vcodec") from err
 
 
 @dataclass(frozen=True)
