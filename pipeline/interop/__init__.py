@@ -29,6 +29,7 @@ MODULES = (
     "pipeline.interop.rosbag_import",
     "pipeline.interop.lerobot_import",
     "pipeline.interop.dp_export",
+    "pipeline.interop.lerobot_export",
 )
 """Format modules, in the order the CLI lists them."""
 

@@ -74,14 +74,12 @@ place when complete, so ``out`` is either absent or whole.
 from __future__ import annotations
 
 import argparse
-import builtins
 import json
 import os
 import re
 import shutil
-import uuid
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,14 +94,27 @@ from pipeline.dataset.index import (
     KEY_COUNT_COLUMNS,
     TIMESTAMPS_KEY,
     EpisodeEntry,
-    episode_keys,
     select_episodes,
 )
 from pipeline.dataset.jpeg_codec import decode_jpeg_chunk, read_jpeg_header
 from pipeline.dataset.store import Dataset
 from pipeline.errors import DatasetError
 from pipeline.interop import Format
-from pipeline.interop.selection import output_path, selection_from_args
+from pipeline.interop.selection import (
+    check_image_size,
+    output_path,
+    publish,
+    selection_from_args,
+    size_on_disk,
+    staging_path,
+)
+from pipeline.interop.source_rows import (
+    check_keys_present,
+    common_keys,
+    row_shapes,
+    runs,
+    segment_arrays,
+)
 
 EXPORT_FORMAT = "refinery-diffusion-policy-export"
 EXPORT_FORMAT_VERSION = 1
@@ -167,16 +178,6 @@ class ExportSummary:
         return out
 
 
-@dataclass(frozen=True)
-class _Run:
-    """Selected episodes stored back to back in one data segment: read as one range of rows."""
-
-    segment: str
-    start: int
-    stop: int
-    entries: tuple[EpisodeEntry, ...]
-
-
 def default_key_names(keys: Iterable[str]) -> dict[str, str]:
     """The default replay-buffer name of each dataset key (see the module docstring).
 
@@ -207,7 +208,7 @@ def export_diffusion_policy(
     image_size: tuple[int, int] | None = None,
     image_codec: str = "jpeg",
     jpeg_quality: int = 90,
-    zip: bool = False,  # noqa: A002  (the CLI's word; the builtin is reached as builtins.zip)
+    zip: bool = False,
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> ExportSummary:
@@ -254,7 +255,7 @@ def export_diffusion_policy(
         raise DatasetError(str(out), f"image_codec {image_codec!r} is not supported; use one of {list(IMAGE_CODECS)}")
     if isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
         raise DatasetError(str(out), f"jpeg_quality must be an integer 1-100, got {jpeg_quality!r}")
-    size = _check_image_size(out, image_size)
+    size = check_image_size(out, image_size)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise DatasetError(str(out), "already exists: remove it, choose another path, or pass --overwrite")
 
@@ -263,11 +264,11 @@ def export_diffusion_policy(
         dataset, columns=INDEX_COLUMNS, min_grade=min_grade, models=models, robots=robots, tasks=tasks, split=split
     )
     mapping = _key_mapping(dataset, entries, keys)
-    arrays = _segment_arrays(source, entries, mapping)
-    shapes = _row_shapes(dataset, entries, arrays, size)
+    arrays = segment_arrays(source, entries, mapping)
+    shapes = row_shapes(dataset, entries, arrays, size, "a replay buffer")
     lengths = [e.length for e in entries]
 
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging = staging_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = staging.with_name(staging.name + ".zarr") if zip else staging
     try:
@@ -275,7 +276,7 @@ def export_diffusion_policy(
         if zip:
             _zip_folder(folder, staging)
             shutil.rmtree(folder)
-        _replace(staging, out, overwrite)
+        publish(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         if staging.is_file():
@@ -290,40 +291,19 @@ def export_diffusion_policy(
         steps=total,
         keys=dict(mapping),
         shapes={name: (total, *shapes[key]) for key, name in mapping.items()},
-        bytes=_size_on_disk(out),
+        bytes=size_on_disk(out),
         episode_keys=tuple(e.key for e in entries),
     )
 
 
-def _check_image_size(out: Path, image_size: tuple[int, int] | None) -> tuple[int, int] | None:
-    if image_size is None:
-        return None
-    try:
-        height, width = (int(v) for v in image_size)
-    except (TypeError, ValueError) as err:
-        raise DatasetError(str(out), f"image_size={image_size!r} must be (height, width) integers") from err
-    if not (16 <= height <= 8192 and 16 <= width <= 8192):
-        raise DatasetError(str(out), f"image_size={image_size!r}: height and width must be 16-8192 pixels")
-    return height, width
-
-
 def _key_mapping(dataset: Path, entries: list[EpisodeEntry], keys: Mapping[str, str] | None) -> dict[str, str]:
-    available = [episode_keys(e) for e in entries]
     if keys is None:
-        common = set.intersection(*available)
-        mapping = default_key_names(common)
+        mapping = default_key_names(common_keys(entries))
     else:
         mapping = dict(keys)
         if not mapping:
             raise DatasetError(str(dataset), "keys is empty: name at least one dataset key to export")
-        for key in mapping:
-            for entry, have in builtins.zip(entries, available, strict=True):
-                if key not in have:
-                    problem = (
-                        f"has no key {key!r}; it has {sorted(have)}. Export one robot model at a time "
-                        "(--model) or leave the key out"
-                    )
-                    raise DatasetError(f"{dataset} episode {entry.key!r}", problem)
+        check_keys_present(dataset, entries, mapping)
     names = list(mapping.values())
     for name in names:
         if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -334,78 +314,6 @@ def _key_mapping(dataset: Path, entries: list[EpisodeEntry], keys: Mapping[str, 
     if duplicates:
         raise DatasetError(str(dataset), f"replay-buffer names {duplicates} are given to more than one key")
     return mapping
-
-
-def _segment_arrays(
-    source: Dataset, entries: list[EpisodeEntry], mapping: Mapping[str, str]
-) -> dict[str, dict[str, zarr.Array]]:
-    """The arrays to export of every data segment holding a selected episode, checked against the index."""
-    needed: dict[str, int] = {}
-    for entry in entries:
-        needed[entry.data_segment] = max(needed.get(entry.data_segment, 0), entry.end)
-    arrays: dict[str, dict[str, zarr.Array]] = {}
-    for name, rows in needed.items():
-        group = source.segment(name)
-        arrays[name] = {}
-        for key in mapping:
-            where = f"{source.path} data segment {name!r} key {key!r}"
-            try:
-                node = group[key]
-            except KeyError as err:
-                raise DatasetError(where, "is in the index but not in the store: the dataset is corrupt") from err
-            if not isinstance(node, zarr.Array):
-                raise DatasetError(where, "is a group, not an array: the dataset is corrupt")
-            if node.shape[0] < rows:
-                problem = (f"has {node.shape[0]} steps, the index places episodes up to step {rows}: "
-                           "the dataset is corrupt")
-                raise DatasetError(where, problem)
-            arrays[name][key] = node
-    return arrays
-
-
-def _row_shapes(
-    dataset: Path,
-    entries: list[EpisodeEntry],
-    arrays: Mapping[str, Mapping[str, zarr.Array]],
-    size: tuple[int, int] | None,
-) -> dict[str, tuple[int, ...]]:
-    """The per-step shape of each key, the same in every episode (else a clear error)."""
-    first: dict[str, EpisodeEntry] = {}  # segment -> its first selected episode, to name in errors
-    for entry in entries:
-        first.setdefault(entry.data_segment, entry)
-    shapes: dict[str, tuple[int, ...]] = {}
-    for key in next(iter(arrays.values())):
-        seen: dict[tuple[int, ...], str] = {}
-        for segment, entry in first.items():
-            shape = tuple(int(n) for n in arrays[segment][key].shape[1:])
-            if key.startswith(CAMERA_PREFIX) and size is not None:
-                shape = (*size, 3)
-            seen.setdefault(shape, f"{entry.key!r} ({entry.model})")
-        if len(seen) > 1:
-            found = "; ".join(f"{shape} in {where}" for shape, where in seen.items())
-            fix = (
-                "resize the frames to one size (--resize HxW) or export one robot model at a time (--model)"
-                if key.startswith(CAMERA_PREFIX)
-                else "export one robot model at a time (--model)"
-            )
-            raise DatasetError(
-                f"{dataset} key {key!r}",
-                f"episodes differ in shape ({found}); a replay buffer needs one shape per key: {fix}",
-            )
-        shapes[key] = next(iter(seen))
-    return shapes
-
-
-def _runs(entries: list[EpisodeEntry]) -> Iterator[_Run]:
-    """The selection, in order, as runs of episodes stored back to back in one segment."""
-    group: list[EpisodeEntry] = []
-    for entry in entries:
-        if group and (entry.data_segment != group[-1].data_segment or entry.offset != group[-1].end):
-            yield _Run(group[0].data_segment, group[0].offset, group[-1].end, tuple(group))
-            group = []
-        group.append(entry)
-    if group:
-        yield _Run(group[0].data_segment, group[0].offset, group[-1].end, tuple(group))
 
 
 def _time_chunk(total: int, row_shape: tuple[int, ...], itemsize: int) -> int:
@@ -473,7 +381,7 @@ def _write_buffer(
 
     position = 0  # replay-buffer step of the run's first row
     done = 0
-    for run in _runs(entries):
+    for run in runs(entries):
         source = arrays[run.segment]
         for key, writer in numeric.items():
             for first in range(run.start, run.stop, _ROWS_PER_READ):
@@ -600,29 +508,6 @@ def _zip_folder(folder: Path, archive: Path) -> None:
                 zf.write(path, path.relative_to(folder).as_posix())
     with open(archive, "rb+") as fh:
         os.fsync(fh.fileno())
-
-
-def _replace(staging: Path, out: Path, overwrite: bool) -> None:
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise DatasetError(str(out), "appeared while exporting: remove it or choose another path")
-        if out.is_dir() and not out.is_symlink():
-            shutil.rmtree(out)
-        else:
-            out.unlink()
-    os.rename(staging, out)
-    fd = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _size_on_disk(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:

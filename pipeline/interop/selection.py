@@ -8,10 +8,13 @@ format; a format adds its own in a group of its own (see
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DatasetError
 
 _COMMAND = "refinery export"
 
@@ -86,3 +89,45 @@ def parse_hxw(text: str | None, command: str = _COMMAND) -> tuple[int, int] | No
     except ValueError as err:
         raise ConfigError(command, "--resize", f"{text!r} is not HxW, e.g. 224x224") from err
     return height, width
+
+
+def check_image_size(out: Path, image_size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``image_size`` as ``(height, width)`` integers of 16-8192 pixels, or None."""
+    if image_size is None:
+        return None
+    try:
+        height, width = (int(v) for v in image_size)
+    except (TypeError, ValueError) as err:
+        raise DatasetError(str(out), f"image_size={image_size!r} must be (height, width) integers") from err
+    if not (16 <= height <= 8192 and 16 <= width <= 8192):
+        raise DatasetError(str(out), f"image_size={image_size!r}: height and width must be 16-8192 pixels")
+    return height, width
+
+
+def staging_path(out: Path) -> Path:
+    """A temporary name beside ``out`` to write an export under before :func:`publish`."""
+    return out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+
+
+def publish(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename a complete export into place (replacing ``out`` with ``overwrite``) and make the rename durable."""
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise DatasetError(str(out), "appeared while exporting: remove it or choose another path")
+        if out.is_dir() and not out.is_symlink():
+            shutil.rmtree(out)
+        else:
+            out.unlink()
+    os.rename(staging, out)
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def size_on_disk(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
