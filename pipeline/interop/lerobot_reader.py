@@ -26,22 +26,22 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import RefineryError, StoreError
+from pipeline.interop import lerobot_layout as layout
+from pipeline.interop.lerobot_layout import EPISODES_DIR, INFO_PATH, TASKS_PATH
 from pipeline.streams import RESERVED_STREAMS
 
 log = logging.getLogger("refinery.import")
 
-# LeRobot's on-disk names (lerobot/datasets/utils.py), v3.0 and the v2.x legacy files.
-INFO_PATH = "meta/info.json"
-TASKS_PATH = "meta/tasks.parquet"
-EPISODES_DIR = "meta/episodes"
+# LeRobot's on-disk names (lerobot/datasets/utils.py): v3.0 from the layout module the exporter
+# writes by, and the v2.x legacy files only a reader needs.
 LEGACY_TASKS_PATH = "meta/tasks.jsonl"
 LEGACY_EPISODES_PATH = "meta/episodes.jsonl"
-STATE = "observation.state"
-ACTION_KEY = "action"
+STATE = layout.OBS_STATE
+ACTION_KEY = layout.ACTION
 VELOCITY = "observation.velocity"  # LeRobot's ALOHA datasets have these two
 EFFORT = "observation.effort"
-CAMERA_PREFIX = "observation.images."
-V3 = "v3.0"
+CAMERA_PREFIX = layout.OBS_IMAGES + "."
+V3 = layout.CODEBASE_VERSION
 V2 = ("v2.0", "v2.1")
 
 # Bounds on what a foreign dataset may make us read or hold.
