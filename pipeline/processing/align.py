@@ -223,7 +223,7 @@ class AlignConfig:
     latency: Literal["config", "estimate"] = "config"
     latency_window_s: float = 4.0
     latency_frames: int = 120
-    latency_max_lag_ms: float = 500.0
+    latency_max_lag_ms: float = 1000.0
     latency_min_confidence: float = 0.5
     stamp_tolerance_ms: float = 5.0
 
