@@ -205,8 +205,8 @@ class AlignConfig:
         latency_window_s: seconds of recording per camera the estimate looks
             at, where the joints move most (0: no estimate, no
             ``camera_latency_mismatch`` check).
-        latency_frames: most frames per camera the estimate decodes (of a
-            longer window, its middle).
+        latency_frames: most frames per camera the estimate decodes (a
+            longer window is covered with every 2nd, 3rd, ... frame).
         latency_max_lag_ms: delays searched, ± this much around the configured latency (frames need
             joint samples this far either side, so a short episode may get "unknown").
         latency_min_confidence: an estimate less confident than this is "unknown".
