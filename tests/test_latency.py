@@ -169,8 +169,8 @@ def test_frames_stamped_after_their_arrival_are_a_recorded_fault() -> None:
 
 
 def test_estimator_says_unknown_without_enough_frame_pairs() -> None:
-    t = 600_000_000 + np.arange(10) * 33_333_333
-    joints = np.arange(0, 2_000_000_000, 2_000_000)
+    t = 1_500_000_000 + np.arange(10) * 33_333_333
+    joints = np.arange(0, 3_000_000_000, 2_000_000)
     result = estimate_delay(t[:-1], t[1:], np.ones(9), joints, np.sin(joints[:, None] / 1e9), frame_period_ms=33.3)
     assert result == DelayEstimate(None, 0.0, pairs=9, why=result.why) and "usable frame pairs" in result.why
 
@@ -214,3 +214,30 @@ def test_simulator_injects_camera_delays_and_its_smooth_motion_never_gives_a_wro
     # The simulator's joints are sums of slow sinusoids: shifted by 200 ms they look much alike,
     # so the honest answer is mostly "unknown"; a number, when given, must be right.
     assert found["delay_ms"] is None or abs(found["delay_ms"] - 200) <= PERIOD_MS, found
+
+
+def test_joints_moving_together_waypoint_to_waypoint_still_pin_the_delay() -> None:
+    # An ALOHA-like operator: every joint reaches its next waypoint at the same moment, so the
+    # joints' motion magnitudes look alike over hundreds of ms of lag; the picture's position,
+    # a linear mix of some joints' positions rounded to whole pixels, still pins the delay.
+    rng = np.random.default_rng(7)
+    rate, late_ms = 50.0, 120.0
+    knots = np.cumsum(rng.uniform(0.7, 1.4, 12))
+    targets = rng.uniform(-0.5, 0.5, (knots.shape[0], 4))
+    t_s = np.arange(0.0, float(knots[-1]), 1 / rate)
+
+    def pose(at: np.ndarray) -> np.ndarray:
+        k = np.clip(np.searchsorted(knots, at) - 1, 0, knots.shape[0] - 2)
+        u = np.clip((at - knots[k]) / (knots[k + 1] - knots[k]), 0.0, 1.0)[:, None]
+        return targets[k] + (targets[k + 1] - targets[k]) * (10 * u**3 - 15 * u**4 + 6 * u**5)
+
+    t_ns = np.round(t_s * 1e9).astype(np.int64)
+    seen = pose(t_s - late_ms / 1e3)
+    picture = np.round(np.stack([60 * seen[:, 0] + 40 * seen[:, 1], 45 * seen[:, 2]], axis=1))
+    frames = slice(60, 230)
+    shift = np.diff(picture[frames], axis=0)
+    found = estimate_delay(t_ns[frames][:-1], t_ns[frames][1:], shift, t_ns, pose(t_s), frame_period_ms=1e3 / rate)
+    assert found.delay_ms is not None and abs(found.delay_ms - late_ms) <= 1e3 / rate, found
+    unrelated = estimate_delay(t_ns[frames][:-1], t_ns[frames][1:], rng.permutation(shift), t_ns, pose(t_s),
+                               frame_period_ms=1e3 / rate)
+    assert unrelated.delay_ms is None, unrelated

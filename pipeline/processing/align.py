@@ -205,9 +205,10 @@ class AlignConfig:
         latency_window_s: seconds of recording per camera the estimate looks
             at, where the joints move most (0: no estimate, no
             ``camera_latency_mismatch`` check).
-        latency_frames: most frames per camera the estimate decodes (of a
-            longer window, its middle).
-        latency_max_lag_ms: delays searched, ± this much around the configured latency.
+        latency_frames: most frames per camera the estimate decodes (a
+            longer window is covered with every 2nd, 3rd, ... frame).
+        latency_max_lag_ms: delays searched, ± this much around the configured latency (frames need
+            joint samples this far either side, so a short episode may get "unknown").
         latency_min_confidence: an estimate less confident than this is "unknown".
         stamp_tolerance_ms: a frame stamped (on the ingest clock) more than
             this plus half the best clock round trip after it arrived is a
@@ -223,7 +224,7 @@ class AlignConfig:
     latency: Literal["config", "estimate"] = "config"
     latency_window_s: float = 4.0
     latency_frames: int = 120
-    latency_max_lag_ms: float = 500.0
+    latency_max_lag_ms: float = 750.0
     latency_min_confidence: float = 0.5
     stamp_tolerance_ms: float = 5.0
 
