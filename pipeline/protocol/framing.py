@@ -13,7 +13,6 @@ from typing import Any
 from pipeline.errors import ProtocolError
 from pipeline.protocol.opcode import Opcode
 from pipeline.protocol.records import (
-    CLOCK_PAYLOAD,
     DATA_FIXED,
     MAGIC,
     MAX_HEADER_BYTES,
@@ -33,6 +32,7 @@ from pipeline.protocol.records import (
     TimeReply,
     TimeRequest,
     Welcome,
+    check_payload,
 )
 
 DECODERS: dict[Opcode, Callable[[bytes, list[bytes]], Any]] = {
@@ -140,20 +140,7 @@ def data_header(opcode: Opcode, frames: Sequence[bytes]) -> DataHeader:
     else:
         seq, capture_ns, source_index, rows, cols = DATA_FIXED.unpack_from(head, body_start)
         header = DataHeader(ids[0], ids[1], ids[2], seq, capture_ns, source_index, rows, cols)
-    if opcode == Opcode.SAMPLES:
-        rows, cols = header.rows, header.cols
-        if rows == 0:
-            raise ProtocolError("SAMPLES with zero rows", field="rows")
-        expected = rows * 16 + rows * cols * 8
-        if len(payload) != expected:
-            raise ProtocolError(
-                f"SAMPLES payload is {len(payload)} bytes, header says {rows}x{cols} -> {expected}", field="payload"
-            )
-    elif opcode == Opcode.FRAME:
-        if payload[:2] != b"\xff\xd8":
-            raise ProtocolError("FRAME payload is not JPEG (no SOI marker)", field="payload")
-    elif len(payload) != CLOCK_PAYLOAD.size:
-        raise ProtocolError(f"CLOCK payload must be {CLOCK_PAYLOAD.size} bytes, got {len(payload)}")
+    check_payload(opcode, header, payload)
     return header
 
 

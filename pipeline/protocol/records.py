@@ -366,14 +366,8 @@ class Samples:
     def decode(cls, body: bytes, frames: list[bytes]) -> Samples:
         header = DataHeader.unpack(body)
         payload = _single_payload(frames, "SAMPLES")
+        check_payload(Opcode.SAMPLES, header, payload)
         rows, cols = header.rows, header.cols
-        if rows == 0:
-            raise ProtocolError("SAMPLES with zero rows", field="rows")
-        expected = rows * 16 + rows * cols * 8
-        if len(payload) != expected:
-            raise ProtocolError(
-                f"SAMPLES payload is {len(payload)} bytes, header says {rows}x{cols} -> {expected}", field="payload"
-            )
         capture_ns = np.frombuffer(payload, dtype="<i8", count=rows)
         source_index = np.frombuffer(payload, dtype="<i8", count=rows, offset=rows * 8)
         values = np.frombuffer(payload, dtype="<f8", offset=rows * 16).reshape(rows, cols)
@@ -395,9 +389,7 @@ class Frame:
     def decode(cls, body: bytes, frames: list[bytes]) -> Frame:
         header = DataHeader.unpack(body)
         payload = _single_payload(frames, "FRAME")
-        # Every JPEG starts with the SOI marker; anything else is not a frame.
-        if payload[:2] != b"\xff\xd8":
-            raise ProtocolError("FRAME payload is not JPEG (no SOI marker)", field="payload")
+        check_payload(Opcode.FRAME, header, payload)
         return cls(header, payload)
 
 
@@ -467,9 +459,28 @@ class ClockSample:
     def decode(cls, body: bytes, frames: list[bytes]) -> ClockSample:
         header = DataHeader.unpack(body)
         payload = _single_payload(frames, "CLOCK")
-        if len(payload) != CLOCK_PAYLOAD.size:
-            raise ProtocolError(f"CLOCK payload must be {CLOCK_PAYLOAD.size} bytes, got {len(payload)}")
+        check_payload(Opcode.CLOCK, header, payload)
         return cls(header, *CLOCK_PAYLOAD.unpack(payload))
+
+
+def check_payload(opcode: Opcode, header: DataHeader, payload: bytes | memoryview) -> None:
+    """The payload of a SAMPLES, FRAME or CLOCK message fits its header (what decode and
+    the ingest's header-only path both check), else a ProtocolError naming the field."""
+    if opcode == Opcode.SAMPLES:
+        rows, cols = header.rows, header.cols
+        if rows == 0:
+            raise ProtocolError("SAMPLES with zero rows", field="rows")
+        expected = rows * 16 + rows * cols * 8
+        if len(payload) != expected:
+            raise ProtocolError(
+                f"SAMPLES payload is {len(payload)} bytes, header says {rows}x{cols} -> {expected}", field="payload"
+            )
+    elif opcode == Opcode.FRAME:
+        # Every JPEG starts with the SOI marker; anything else is not a frame.
+        if payload[:2] != b"\xff\xd8":
+            raise ProtocolError("FRAME payload is not JPEG (no SOI marker)", field="payload")
+    elif len(payload) != CLOCK_PAYLOAD.size:
+        raise ProtocolError(f"CLOCK payload must be {CLOCK_PAYLOAD.size} bytes, got {len(payload)}")
 
 
 def _single_payload(frames: list[bytes], what: str) -> bytes:
