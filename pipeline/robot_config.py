@@ -13,8 +13,6 @@ may be ``null`` too (a joint with no standard humanoid name).
 
 from __future__ import annotations
 
-import difflib
-
 import hashlib
 import json
 import math
@@ -26,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.config_fields import Fields
 from pipeline.errors import ConfigError
 from pipeline.standard_joints import STANDARD_INDEX
 from pipeline.streams import RESERVED_STREAMS
@@ -201,8 +200,8 @@ def parse_robot_config(raw: Any, source: str = "<config>") -> RobotConfig:
     _unique(source, "joints", [j.standard for j in joints if j.standard], "standard")
     cameras = tuple(_parse_camera(c, source, i) for i, c in enumerate(fields.list("cameras", allow_empty=True)))
     _unique(source, "cameras", [c.name for c in cameras], "name")
-    fields.no_extra({"model", "vendor", "source", "streams", "joints", "cameras"})
-    streams.no_extra({"joint_state_hz", "action_hz"})
+    fields.only({"model", "vendor", "source", "streams", "joints", "cameras"})
+    streams.only({"joint_state_hz", "action_hz"})
     return RobotConfig(
         model=model,
         vendor=vendor,
@@ -238,7 +237,7 @@ def _parse_joint(raw: Any, source: str, index: int) -> JointSpec:
     velocity = math.inf if f.unknown("velocity") else f.positive("velocity")
     effort = math.inf if f.unknown("effort") else f.positive("effort")
     continuous = f.flag("continuous", default=False)
-    f.no_extra({"name", "standard", "position", "velocity", "effort", "continuous"})
+    f.only({"name", "standard", "position", "velocity", "effort", "continuous"})
     return JointSpec(name, standard, lo, hi, velocity, effort, continuous)
 
 
@@ -252,7 +251,7 @@ def _parse_camera(raw: Any, source: str, index: int) -> CameraSpec:
     height = f.integer("height", 16, 8192)
     fps = f.positive("fps")
     latency = f.number("latency_ms", minimum=0.0)
-    f.no_extra({"name", "width", "height", "fps", "latency_ms"})
+    f.only({"name", "width", "height", "fps", "latency_ms"})
     return CameraSpec(name, width, height, fps, latency)
 
 
@@ -272,23 +271,8 @@ def _number(value: Any, source: str, field: str) -> float:
     return float(value)
 
 
-class _Fields:
-    """Typed access to one mapping of a config, with errors that name the field."""
-
-    def __init__(self, raw: Any, source: str, prefix: str) -> None:
-        if not isinstance(raw, dict):
-            where = prefix.rstrip(".") or "<top level>"
-            raise ConfigError(source, where, f"expected a mapping, got {type(raw).__name__}")
-        self.raw = raw
-        self.source = source
-        self.prefix = prefix
-
-    def _get(self, key: str) -> Any:
-        if key not in self.raw:
-            near = difflib.get_close_matches(key, [str(k) for k in self.raw], n=1, cutoff=0.75)
-            hint = f" (there is a field {self.prefix}{near[0]!r}: misspelled?)" if near else ""
-            raise ConfigError(self.source, self.prefix + key, f"missing{hint}")
-        return self.raw[key]
+class _Fields(Fields):
+    """A mapping of a robot config, with the field types it needs."""
 
     def text(self, key: str) -> str:
         value = self._get(key)
@@ -339,13 +323,3 @@ class _Fields:
         if not isinstance(value, list) or (not value and not allow_empty):
             raise ConfigError(self.source, self.prefix + key, f"expected a non-empty list, got {value!r}")
         return value
-
-    def sub(self, key: str) -> _Fields:
-        return _Fields(self._get(key), self.source, f"{self.prefix}{key}.")
-
-    def no_extra(self, allowed: set[str]) -> None:
-        extra = sorted(set(self.raw) - allowed, key=str)  # YAML keys may be int/bool/None too
-        if extra:
-            raise ConfigError(
-                self.source, self.prefix + str(extra[0]), f"unknown field; allowed: {', '.join(sorted(allowed))}"
-            )

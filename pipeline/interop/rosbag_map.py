@@ -10,7 +10,6 @@ misspelled ``fill_mising`` would otherwise be silently ignored).
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 import yaml
 
 from pipeline import protocol
+from pipeline.config_fields import Fields
 from pipeline.errors import ConfigError, ProtocolError
 from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, text_problem
 from pipeline.streams import RESERVED_STREAMS
@@ -258,31 +258,8 @@ def _check_topic(value: Any, source: str, field: str) -> str:
     return value if value.startswith("/") else "/" + value
 
 
-class _Fields:
-    """Typed access to one mapping of the file, with errors that name the field."""
-
-    def __init__(self, raw: Any, source: str, prefix: str) -> None:
-        if not isinstance(raw, dict):
-            where = prefix.rstrip(".") or "<top level>"
-            raise ConfigError(source, where, f"expected a mapping, got {type(raw).__name__}")
-        self.raw = raw
-        self.source = source
-        self.prefix = prefix
-
-    def only(self, allowed: set[str]) -> None:
-        for key in self.raw:
-            if key not in allowed:
-                near = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.75)
-                hint = f" (did you mean {near[0]!r}?)" if near else f"; allowed: {', '.join(sorted(allowed))}"
-                raise ConfigError(self.source, f"{self.prefix}{key}", f"unknown field{hint}")
-
-    def _get(self, key: str) -> Any:
-        if key not in self.raw:
-            raise ConfigError(self.source, self.prefix + key, "missing")
-        return self.raw[key]
-
-    def sub(self, key: str) -> _Fields:
-        return _Fields(self._get(key), self.source, f"{self.prefix}{key}.")
+class _Fields(Fields):
+    """A mapping of the map file, with the field types it needs."""
 
     def text(self, key: str) -> str:
         value = self._get(key)
