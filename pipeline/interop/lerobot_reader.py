@@ -363,6 +363,19 @@ def _json_lines(path: Path) -> Iterator[dict]:
             yield row
 
 
+def _require_columns(path: Path, columns: list[str], what: str) -> None:
+    """The Parquet file's footer is readable and names every one of ``columns``."""
+    import pyarrow.parquet as pq
+
+    try:
+        present = set(pq.read_schema(path).names)
+    except Exception as err:  # pyarrow raises several types for a broken footer
+        raise LeRobotFormatError(path, "/", f"not a readable Parquet file: {err}") from err
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise LeRobotFormatError(path, missing[0], f"column missing from {what}")
+
+
 def _read_parquet(path: Path, columns: list[str] | None, limit: int = MAX_META_PARQUET_BYTES) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -388,15 +401,7 @@ def read_episodes(layout: Layout) -> list[EpisodeRef]:
             columns = ["episode_index", "length", "data/chunk_index", "data/file_index", "dataset_from_index"]
             for camera in layout.cameras:
                 columns += [f"videos/{camera.key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp")]
-            import pyarrow.parquet as pq
-
-            try:
-                present = set(pq.read_schema(path).names)
-            except Exception as err:  # pyarrow raises several types for a broken footer
-                raise LeRobotFormatError(path, "/", f"not a readable Parquet file: {err}") from err
-            missing = [c for c in columns if c not in present]
-            if missing:
-                raise LeRobotFormatError(path, missing[0], "column missing from the episode table")
+            _require_columns(path, columns, "the episode table")
             table = _read_parquet(path, columns)
             rows += [(path, row) for row in table.to_pylist()]
             if len(rows) > MAX_EPISODES:
@@ -470,19 +475,12 @@ def _v2_episode(layout: Layout, path: Path, row: dict) -> EpisodeRef:
 
 def check_files(layout: Layout, episodes: list[EpisodeRef]) -> None:
     """Every data file has the columns, every video file a stream of the camera's size."""
-    import pyarrow.parquet as pq
 
     needed = [STATE, ACTION_KEY, "timestamp", "episode_index", "frame_index"]
     for path in sorted({e.data_file for e in episodes}):
         if not path.is_file():
             raise LeRobotFormatError(path, "/", "data file missing (the episode table points at it)")
-        try:
-            present = set(pq.read_schema(path).names)
-        except Exception as err:  # pyarrow raises several types for a broken footer
-            raise LeRobotFormatError(path, "/", f"not a readable Parquet file: {err}") from err
-        missing = [c for c in needed if c not in present]
-        if missing:
-            raise LeRobotFormatError(path, missing[0], "column missing from the data file")
+        _require_columns(path, needed, "the data file")
     by_file = {(name, video[0]) for e in episodes for name, video in e.videos.items()}
     cameras = {c.name: c for c in layout.cameras}
     for name, path in sorted(by_file):
