@@ -7,7 +7,8 @@ accepted one to its episode's journal on the writer thread
 (:mod:`pipeline.journal_writer`: CRC and ``writev`` run beside the loop);
 every ``commit_interval`` the dirty journals are fsynced together (group
 commit, once the writer has passed the commit's barrier) and only then does
-each collector get one cumulative acknowledgement per stream. A collector never has more than
+each collector get one cumulative acknowledgement per stream, sent as soon as
+the fsyncs are done (the commit's worker wakes the loop through a pipe). A collector never has more than
 ``window`` unacknowledged messages in flight, so a slow disk slows the acks
 and therefore the collectors (which spool), and the ingest's memory stays
 bounded. Episodes are sealed into HDF5 on a worker thread once their stop
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,11 +45,13 @@ from pipeline.journal import (
     quarantine_journal,
     quarantine_path,
 )
+from pipeline.heap import trim_heap
 from pipeline.journal_writer import JournalWriter
 from pipeline.observability.ingest_counters import IngestCounters, RobotCounters
 from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, MAX_JSON_BYTES, StreamRules, screen_event_body
 from pipeline.raw_store import raw_path, seal_recovered
 from pipeline.robot_config import parse_robot_config
+from pipeline.thread_names import name_os_thread
 
 log = logging.getLogger("refinery.ingest")
 
@@ -57,6 +61,8 @@ _EVENT = protocol.Opcode.EVENT
 DEFAULT_WINDOW = 128  # messages; a robot needs ~10 in flight at 190 msg/s, and memory is window x collectors
 MAX_ACKS_PER_MESSAGE = 4096
 ZERO_COPY_BYTES = 64 * 1024  # pyzmq: a view pays off above about 64 KB, a copy is cheaper below
+RECEIVE_BATCH = 256  # messages received in a row before the loop looks at its commit and timers again
+HEAP_TRIM_ROUNDS = 10  # housekeeping rounds (seconds) between returning freed heap memory to the OS
 HELLO_BURST = 5  # HELLOs one connection may send at once; then one a second (a HELLO may ask about 4,096 episodes)
 
 
@@ -161,9 +167,9 @@ class IngestServer:
         self.last_activity: dict[tuple[str, str], float] = {}
         self._dirty_journals: set[tuple[str, str]] = set()
         self._stop = threading.Event()
-        self._seal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal")
-        self._fsync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
-        self._sync_workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+        self._seal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal", initializer=name_os_thread)
+        self._fsync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit", initializer=name_os_thread)
+        self._sync_workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync", initializer=name_os_thread)
         self._journal_writer: JournalWriter | None = None  # started by run(); without it appends are synchronous
         self._commit_future: Future[list[OSError | None]] | None = None
         self._commit_snapshot: tuple[list[tuple[tuple[str, str], EpisodeJournal]],
@@ -177,6 +183,7 @@ class IngestServer:
         self._hello_budget: dict[bytes, tuple[float, float]] = {}  # identity -> (HELLOs left, when)
         self.endpoint = ""
         self.ready = threading.Event()
+        self._wake_read = self._wake_write = -1  # a pipe while run() serves: commit workers wake the loop
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -222,6 +229,9 @@ class IngestServer:
             Exception: anything unexpected; the caller must exit non-zero.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
         context = zmq.Context()
         sock = context.socket(zmq.ROUTER)
         auth = None
@@ -257,6 +267,8 @@ class IngestServer:
                 if auth is not None:
                     auth.stop()
                 context.term()
+                os.close(self._wake_read)
+                os.close(self._wake_write)
 
     def _bind(self, sock: zmq.Socket) -> None:
         endpoint = self.config.bind
@@ -277,38 +289,69 @@ class IngestServer:
     def _loop(self, sock: zmq.Socket) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_read, zmq.POLLIN)
         interval = self.config.commit_interval_s
         next_commit = time.monotonic() + interval
         next_housekeeping = time.monotonic() + 1.0
+        housekeeping_rounds = 0
         # With CURVE every message carries its sender's key as the User-Id
         # property, readable only from frames received without copying.
         authenticated = self.config.keys is not None
         while not self._stop.is_set():
-            timeout_ms = max(0.0, (next_commit - time.monotonic()) * 1000)
-            if poller.poll(timeout_ms):
-                # Drain what is queued, but commit on schedule even under full load.
-                while time.monotonic() < next_commit:
-                    try:
-                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    key = ""
-                    if authenticated:
-                        try:
-                            key = parts[0].get("User-Id") or ""
-                        except zmq.ZMQError:
-                            key = ""  # no key: the allow-list refuses it
-                    # Large frames (camera JPEGs) are journaled from ZeroMQ's own buffer;
-                    # below ZERO_COPY_BYTES a copy costs less than the view.
-                    frames = [p.bytes if len(p) < ZERO_COPY_BYTES else p.buffer for p in parts]
-                    self._handle(sock, frames[0], key, frames[1:])
+            # A commit's acknowledgements go out as soon as its fsyncs are done (its
+            # worker wakes the poll), and the next commit starts then or at its
+            # tick, whichever is later: under load, commits follow each other.
+            if self._commit_future is not None and self._commit_future.done():
+                self._finish_commit(sock)
             now = time.monotonic()
-            if now >= next_commit:
+            if now >= next_commit and self._commit_future is None:
                 self._commit(sock)
                 next_commit = now + interval
             if now >= next_housekeeping:
                 self._housekeeping(sock)
                 next_housekeeping = now + 1.0
+                housekeeping_rounds += 1
+                if housekeeping_rounds % HEAP_TRIM_ROUNDS == 0:
+                    trim_heap()
+            wait_until = next_housekeeping if self._commit_future is not None else min(next_commit, next_housekeeping)
+            ready = dict(poller.poll(max(0.0, (wait_until - now) * 1000)))
+            if ready.get(self._wake_read):
+                try:
+                    os.read(self._wake_read, 4096)
+                except BlockingIOError:
+                    pass
+            if not ready.get(sock):
+                continue
+            # A bounded batch, then the commit and the timers get their turn again.
+            recv = sock.recv
+            for _ in range(RECEIVE_BATCH):
+                try:
+                    frame = recv(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                # The parts of a multipart message arrive together; Frame.more is
+                # cheaper than recv_multipart's RCVMORE query per part.
+                parts = [frame]
+                while frame.more:
+                    frame = recv(zmq.NOBLOCK, copy=False)
+                    parts.append(frame)
+                key = ""
+                if authenticated:
+                    try:
+                        key = parts[0].get("User-Id") or ""
+                    except zmq.ZMQError:
+                        key = ""  # no key: the allow-list refuses it
+                # Large frames (camera JPEGs) are journaled from ZeroMQ's own buffer;
+                # below ZERO_COPY_BYTES a copy costs less than the view.
+                frames = [p.bytes if len(p) < ZERO_COPY_BYTES else p.buffer for p in parts]
+                self._handle(sock, frames[0], key, frames[1:])
+
+    def _wake_loop(self, _: object = None) -> None:
+        """Interrupt the event loop's poll (from a commit worker, once its fsyncs are done)."""
+        try:
+            os.write(self._wake_write, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already woken (the pipe holds bytes), or shutting down: the loop checks the future anyway
 
     # ------------------------------------------------------------------ messages
 
@@ -717,6 +760,7 @@ class IngestServer:
         self._commit_snapshot = (dirty, acks, complete)
         barrier = self._journal_writer.barrier() if self._journal_writer is not None else None
         self._commit_future = self._fsync_pool.submit(self._sync_all, [journal for _, journal in dirty], barrier)
+        self._commit_future.add_done_callback(self._wake_loop)
         self.counters.commit_started()
         if wait:
             self._finish_commit(sock)

@@ -1,10 +1,18 @@
 """Append-only record files that survive ``kill -9``: the ingest's journal and
 the collector's spool segments share this framing.
 
-Each record is ``u32 length | u32 crc32(payload) | payload``. A reader stops at
-the first record that is short or fails its CRC: that is the torn tail of a
-write the process did not finish, and :func:`recover` truncates it away.
-Records hold ZeroMQ multipart messages as ``u8 count | u32 len * count | frames``.
+Each record is ``u32 length | u32 checksum(payload) | payload``. A reader
+stops at the first record that is short or fails its checksum: that is the torn
+tail of a write the process did not finish, and :func:`recover` truncates it
+away. Records hold ZeroMQ multipart messages as ``u8 count | u32 len * count | frames``.
+
+The checksum is CRC-32C (Castagnoli; the CPU's own instruction, about 8x
+faster than zlib's CRC-32 here, so a journal append costs a few microseconds
+for a camera frame), marked by the length field's top bit (records are at
+most 256 MB, so that bit is free). Records written before that mark existed
+carry zlib's CRC-32 and are still read. A Refinery older than the mark stops
+reading at the first marked record (to it, a torn tail): drain journals and
+spools before downgrading.
 """
 
 from __future__ import annotations
@@ -17,10 +25,35 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from crc32c import crc32c
+
 from pipeline.errors import StoreError
 
 RECORD_HEAD = struct.Struct("<II")
 MAX_RECORD_BYTES = 256 * 1024 * 1024
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16  # buffers per writev
+CRC32C_MARK = 0x8000_0000  # in the length field: the checksum is CRC-32C
+_HOLD_GIL = 0  # crc32c's gil_release_mode: never release (a frame takes microseconds; a GIL handoff costs more)
+
+
+def checksum(payload: bytes | memoryview, value: int = 0) -> int:
+    """The CRC-32C of ``payload`` (continuing from ``value``), as records carry it."""
+    return crc32c(payload, value, _HOLD_GIL)
+
+
+def record_head(length: int, payload_checksum: int) -> bytes:
+    """The 8 bytes before a payload of ``length`` bytes whose :func:`checksum` is given."""
+    return RECORD_HEAD.pack(length | CRC32C_MARK, payload_checksum)
+
+
+def _parse_head(head: bytes | memoryview, offset: int = 0) -> tuple[int, int, bool]:
+    """(length, checksum, is CRC-32C) of a record head."""
+    field, crc = RECORD_HEAD.unpack_from(head, offset)
+    return field & ~CRC32C_MARK, crc, bool(field & CRC32C_MARK)
+
+
+def _intact(payload: bytes | memoryview, crc: int, castagnoli: bool) -> bool:
+    return (checksum(payload) if castagnoli else zlib.crc32(payload)) == crc
 
 
 def pack_frames(frames: Sequence[bytes]) -> bytes:
@@ -45,7 +78,7 @@ def unpack_frames(data: bytes | memoryview) -> list[bytes]:
 
 
 def frame_record(payload: bytes) -> bytes:
-    return RECORD_HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+    return record_head(len(payload), checksum(payload)) + payload
 
 
 @dataclass(frozen=True)
@@ -68,12 +101,12 @@ def scan(path: Path) -> tuple[list[LogEntry], int]:
     offset = 0
     view = memoryview(data)
     while offset + RECORD_HEAD.size <= len(data):
-        length, crc = RECORD_HEAD.unpack_from(data, offset)
+        length, crc, castagnoli = _parse_head(data, offset)
         start = offset + RECORD_HEAD.size
         if length > MAX_RECORD_BYTES or start + length > len(data):
             break
         payload = bytes(view[start : start + length])
-        if zlib.crc32(payload) != crc:
+        if not _intact(payload, crc, castagnoli):
             break
         entries.append(LogEntry(offset, payload))
         offset = start + length
@@ -97,11 +130,11 @@ def iter_log(path: Path) -> Iterator[LogEntry]:
             head = fh.read(RECORD_HEAD.size)
             if len(head) < RECORD_HEAD.size:
                 return
-            length, crc = RECORD_HEAD.unpack(head)
+            length, crc, castagnoli = _parse_head(head)
             if length > MAX_RECORD_BYTES:
                 return
             payload = fh.read(length)
-            if len(payload) != length or zlib.crc32(payload) != crc:
+            if len(payload) != length or not _intact(payload, crc, castagnoli):
                 return
             yield LogEntry(offset, payload)
             offset += RECORD_HEAD.size + length
@@ -132,9 +165,9 @@ def read_at(path: Path, offset: int) -> bytes:
         head = fh.read(RECORD_HEAD.size)
         if len(head) != RECORD_HEAD.size:
             raise StoreError(str(path), f"no record at offset {offset}")
-        length, crc = RECORD_HEAD.unpack(head)
-        payload = fh.read(length)
-    if len(payload) != length or zlib.crc32(payload) != crc:
+        length, crc, castagnoli = _parse_head(head)
+        payload = fh.read(length) if length <= MAX_RECORD_BYTES else b""
+    if len(payload) != length or not _intact(payload, crc, castagnoli):
         raise StoreError(str(path), f"record at offset {offset} is damaged (length or CRC)")
     return payload
 
@@ -161,24 +194,37 @@ class RecordWriter:
 
     def append_parts(self, parts: Sequence[bytes]) -> int:
         """Append one record whose payload is ``parts`` joined, without joining them."""
-        length = 0
-        crc = 0
-        for part in parts:
-            length += len(part)
-            crc = zlib.crc32(part, crc)
-        head = RECORD_HEAD.pack(length, crc)
         offset = self.size
-        total = len(head) + length
-        try:
-            written = os.writev(self._fd, [head, *parts])
-            if written != total:
-                raise OSError(errno.ENOSPC, f"short write ({written} of {total} bytes)")
-        except OSError:
-            os.ftruncate(self._fd, offset)
-            raise
-        self.size += total
-        self._dirty = True
+        self.append_records((parts,))
         return offset
+
+    def append_records(self, records: Sequence[Sequence[bytes]]) -> None:
+        """Append several records (each a payload given as parts) with as few ``writev``
+        calls as the kernel's vector limit allows: all of them, or none (a failed
+        write is rolled back to where they started, and OSError raised)."""
+        vector: list[bytes] = []
+        for parts in records:
+            length = 0
+            crc = 0
+            for part in parts:
+                length += len(part)
+                crc = checksum(part, crc)
+            vector.append(record_head(length, crc))
+            vector.extend(parts)
+        start = self.size
+        try:
+            for lo in range(0, len(vector), _IOV_MAX):
+                chunk = vector[lo : lo + _IOV_MAX]
+                total = sum(map(len, chunk))
+                written = os.writev(self._fd, chunk)
+                if written != total:
+                    raise OSError(errno.ENOSPC, f"short write ({written} of {total} bytes)")
+                self.size += total
+        except OSError:
+            os.ftruncate(self._fd, start)
+            self.size = start
+            raise
+        self._dirty = True
 
     def sync(self) -> None:
         if self._dirty:

@@ -17,7 +17,7 @@ from pipeline.process_job import find_raw_inputs
 from pipeline.raw_store import RawEpisodeReader
 from tests.conftest import record_episode
 from tests.processes import RUNNING, IngestProcess, RefineryProcess, free_port
-from tests.test_faults import assert_exactly_once, wait_for
+from tests.test_faults import assert_exactly_once, small_disk, wait_for  # noqa: F401 (small_disk: a fixture)
 
 
 def free_ports(n: int) -> int:
@@ -117,6 +117,43 @@ def test_a_killed_ingest_keeps_its_open_episode_and_the_next_goes_to_a_live_one(
         assert_exactly_once(path, tiny_robot)
         with RawEpisodeReader(path) as ep:
             assert ep.attrs["status"] == "complete"
+    for ingest in ingests:
+        ingest.stop()
+
+
+def test_a_full_disk_under_one_ingest_holds_its_robots_in_their_spools_and_spares_the_others(
+    tmp_path, small_disk, make_collector, tiny_robot
+) -> None:
+    ingests = [IngestProcess(small_disk / "ingest-0", free_port()), IngestProcess(tmp_path / "ingest-1", free_port())]
+    ingests[0].log_path = tmp_path / "ingest-0.log"  # not on the disk about to be full
+    for ingest in ingests:
+        ingest.start()
+    filler = small_disk / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            fh.write(b"\0" * (6 << 20))
+        except OSError:
+            pass  # ingest 0's disk is full now
+    homed = robot_ids_homed(1, 2)
+    endpoints = ",".join(i.endpoint for i in ingests)
+    on_full, on_free = (make_collector(endpoints, robot_id=homed[i][0], resend_timeout_s=1.0) for i in (0, 1))
+    for c in (on_full, on_free):
+        c.start()
+    wait_for(lambda: all("2/2 ingests up" in c.link_state for c in (on_full, on_free)), 20, "every link up")
+    held = on_full.start_episode()
+    wait_for(lambda: "disk full" in on_full.status().error, 20, "the collector to hear its ingest's disk is full")
+    spared = record_episode(on_free, 0.4)
+    assert on_free.drain(30), on_free.status()  # the other ingest goes on as if nothing happened
+    assert on_full.spool.unacked() > 0
+    filler.unlink()  # space returns
+    on_full.stop_episode("success")
+    assert on_full.drain(60), on_full.status()
+    (full_path,) = ingests[0].raw_files()
+    (free_path,) = ingests[1].raw_files()
+    assert (full_path.stem, free_path.stem) == (held, spared)
+    for path in (full_path, free_path):
+        assert_exactly_once(path, tiny_robot)
+    assert "disk full" in ingests[0].log() and "disk full" not in ingests[1].log()
     for ingest in ingests:
         ingest.stop()
 

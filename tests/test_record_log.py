@@ -60,3 +60,45 @@ def test_read_at_checks_the_crc(tmp_path: Path) -> None:
 def test_multipart_frames_round_trip() -> None:
     frames = [b"header", b"", b"\x00" * 1000]
     assert unpack_frames(pack_frames(frames)) == frames
+
+
+def _zlib_record(payload: bytes) -> bytes:
+    """A record as Refinery wrote them before CRC-32C: no mark, zlib's CRC-32."""
+    import struct
+    import zlib
+
+    return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+
+
+def test_records_carry_crc32c_marked_in_the_length_field(tmp_path: Path) -> None:
+    import struct
+
+    from crc32c import crc32c
+
+    path = tmp_path / "log"
+    write(path, [b"hello"])
+    field, crc = struct.unpack_from("<II", path.read_bytes())
+    assert field == 0x8000_0000 | 5
+    assert crc == crc32c(b"hello")
+
+
+def test_logs_written_with_zlib_crc32_are_still_read_and_appended_to(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(_zlib_record(b"old one") + _zlib_record(b"old two"))
+    assert [e.payload for e in recover(path)] == [b"old one", b"old two"]
+    write(path, [b"new"])
+    entries = scan(path)[0]
+    assert [e.payload for e in entries] == [b"old one", b"old two", b"new"]
+    assert read_at(path, entries[1].offset) == b"old two"
+    assert read_at(path, entries[2].offset) == b"new"
+
+
+def test_a_marked_record_with_a_zlib_checksum_is_a_torn_tail(tmp_path: Path) -> None:
+    import struct
+    import zlib
+
+    path = tmp_path / "log"
+    write(path, [b"good"])
+    with open(path, "ab") as fh:
+        fh.write(struct.pack("<II", 0x8000_0000 | 3, zlib.crc32(b"bad")) + b"bad")
+    assert [e.payload for e in recover(path)] == [b"good"]

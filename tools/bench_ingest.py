@@ -65,6 +65,7 @@ import multiprocessing as mp
 import os
 import platform
 import queue
+import re
 import shlex
 import shutil
 import signal
@@ -999,6 +1000,24 @@ def _proc_cpu_s(pid: int) -> float:
         return float("nan")
 
 
+def _thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name of one process (threads of one name summed; digits dropped)."""
+    out: dict[str, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            text = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = re.sub(r"[0-9_-]+$", "", text[text.find("(") + 1 : text.rfind(")")]) or "?"
+        fields = text.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def _proc_peak_rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -1038,6 +1057,7 @@ class Window:
         self.pids, self.work = pids, work
         self.t = time.monotonic()
         self.cpu = sum(_proc_cpu_s(p) for p in pids)
+        self.threads = [_thread_cpu_s(p) for p in pids]
         self.host = _host_cpu()
         self.disk = _disk_written_bytes(work)
 
@@ -1046,6 +1066,11 @@ class Window:
         host = _host_cpu()
         total = max(host[2] - self.host[2], 1)
         disk = _disk_written_bytes(self.work)
+        threads: dict[str, float] = {}
+        for pid, before in zip(self.pids, self.threads, strict=True):
+            for name, cpu in _thread_cpu_s(pid).items():
+                threads[name] = threads.get(name, 0.0) + 100 * (cpu - before.get(name, 0.0)) / dt
+        self.thread_pct = threads
         return {
             "proc_cpu_pct": 100 * (sum(_proc_cpu_s(p) for p in self.pids) - self.cpu) / dt,
             "host_busy_pct": 100 * (host[0] - self.host[0]) / total,
@@ -1145,6 +1170,7 @@ class RunResult:
     notices: int = 0
     gen_cpu_pct: list[float] = field(default_factory=list)
     cpu: dict[str, float | None] = field(default_factory=dict)
+    thread_cpu_pct: dict[str, float] = field(default_factory=dict)  # % of a core per thread name, processes under test
     peak_rss_mb: float = float("nan")
     verdict: str = ""
     reasons: list[str] = field(default_factory=list)
@@ -1250,6 +1276,7 @@ def run_once(target: str, pace: str, robots: int, seconds: float, opts: argparse
         window = Window(pids, work)
         time.sleep(max(0.0, (start_ns + int(seconds * NS) - time.time_ns()) / NS))
         result.cpu = window.close()
+        result.thread_cpu_pct = window.thread_pct
         if ingest is not None:
             result.peak_rss_mb = max(_proc_peak_rss_mb(p) for p in pids)
         wait = seconds + drain_timeout + seal_timeout + 120
@@ -1634,9 +1661,11 @@ def _run(target: str, pace: str, robots: int, seconds: float, opts: argparse.Nam
     r.cpu["host_before_pct"] = idle_busy
     if pace == "realtime":
         _log(f"  -> {r.verdict}: offered {r.offered_mbps:.1f} MB/s, durable {r.durable_mbps:.1f} MB/s, "
-             f"p99 {_f(r.p99_ms)} ms, lost {r.lost}, drain {_f(r.drain_s, '{:.2f}')} s, seal {_f(r.seal_s)} s")
+             f"p99 {_f(r.p99_ms)} ms, generator lag p99 {_f(r.lag_p99_ms)} ms, lost {r.lost}, drain {_f(r.drain_s, '{:.2f}')} s, seal {_f(r.seal_s)} s")
     else:
         _log(f"  -> {r.window_mbps:.1f} MB/s durable, lost {r.lost}")
+    busy = sorted(r.thread_cpu_pct.items(), key=lambda kv: -kv[1])
+    _log("     CPU % of a core by thread: " + ", ".join(f"{name} {pct:.0f}" for name, pct in busy if pct >= 0.5))
     return r
 
 
