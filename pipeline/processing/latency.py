@@ -74,10 +74,12 @@ class LatencySettings:
             away is the alternative the prominence is measured against.
         full_prominence: a peak explaining this share of the best outside
             lag's unexplained motion gives confidence 1.
-        flat_share: lags leaving at most this much more unexplained than the
-            best one are as good; when they span more than 3/4 of a frame
-            period, the peak cannot be placed within one: unknown.
         min_confidence: below this the estimate is reported as unknown.
+        blocks: the frames are cut into this many consecutive stretches; each
+            is predicted by a fit to the others (the curve is out of sample),
+            and the peak is found again with each left out (its spread).
+        max_spread: the estimate is unknown when its jackknife standard error
+            over the stretches exceeds this share of a frame period.
     """
 
     max_lag_ms: float = 750.0
@@ -87,8 +89,9 @@ class LatencySettings:
     still_px: float = 1.0
     lobe_ms: float = 100.0
     full_prominence: float = 0.6
-    flat_share: float = 0.05
     min_confidence: float = 0.5
+    blocks: int = 8
+    max_spread: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ class DelayEstimate:
         prominence: the share of the best lag outside the peak's lobe's
             unexplained image motion that the peak explains (0..1).
         pairs: frame pairs used.
+        spread_ms: the estimate's jackknife standard error (0 when not computed).
         why: for an unknown estimate, the reason.
     """
 
@@ -110,6 +114,7 @@ class DelayEstimate:
     correlation: float = 0.0
     prominence: float = 0.0
     pairs: int = 0
+    spread_ms: float = 0.0
     why: str = ""
 
     @property
@@ -119,7 +124,7 @@ class DelayEstimate:
     def as_dict(self) -> dict[str, Any]:
         return {
             "delay_ms": self.delay_ms, "confidence": self.confidence, "correlation": self.correlation,
-            "prominence": self.prominence, "pairs": self.pairs, "why": self.why,
+            "prominence": self.prominence, "pairs": self.pairs, "spread_ms": self.spread_ms, "why": self.why,
         }
 
 
@@ -264,13 +269,19 @@ def estimate_delay(
 
     lags = np.arange(-s.max_lag_ms, s.max_lag_ms + s.step_ms / 2, s.step_ms)
     moving = np.flatnonzero(span > s.still_rad)
-    unexplained = _unexplained(image, t, lags, jms, q[:, moving])
+    if t.shape[0] < 2 * s.blocks:
+        return DelayEstimate(None, 0.0, pairs=pairs, why=f"{t.shape[0]} frames cannot make {s.blocks} stretches of 2")
+    unexplained, fitted, alone = _unexplained(image, t, lags, jms, q[:, moving], s.blocks)
     peak = int(np.argmin(unexplained))
     r = float(np.sqrt(max(0.0, 1.0 - unexplained[peak])))
-    if peak < 2 or peak > lags.shape[0] - 3:
+    # The out-of-sample curve picks the lobe; within it, the fit to all frames places the peak
+    # (prediction errors of held-out stretches are noisier than the residuals of one fit).
+    lobe = np.flatnonzero(np.abs(lags - lags[peak]) <= s.lobe_ms)
+    best = int(lobe[np.argmin(fitted[lobe])])
+    if min(peak, best) < 2 or max(peak, best) > lags.shape[0] - 3:
         return DelayEstimate(None, 0.0, r, 0.0, pairs, why=(
             f"the best lag is at the edge of the search range (±{s.max_lag_ms:g} ms)"))
-    delay = float(lags[peak] + s.step_ms * _parabola_offset(-unexplained[peak - 1:peak + 2]))
+    delay = _refined(lags, fitted, best)
     outside = np.abs(lags - lags[peak]) > s.lobe_ms
     alternative = float(unexplained[outside].min()) if outside.any() else float(unexplained[peak])
     prominence = float(np.clip(1.0 - unexplained[peak] / alternative, 0.0, 1.0)) if alternative > 0 else 0.0
@@ -279,36 +290,15 @@ def estimate_delay(
         return DelayEstimate(None, confidence, r, prominence, pairs, why=(
             f"no clear peak (a lag {s.lobe_ms:g} ms or more away explains the image almost as well: the peak "
             f"explains {prominence:.0%} of its unexplained motion; confidence {confidence:.2f} < {s.min_confidence:g})"))
-    # Noise flattens the bottom: where lags most of a frame period apart explain the image about
-    # as well, the estimate cannot be placed within a frame period.
-    near = unexplained <= unexplained[peak] * (1 + s.flat_share)
-    width = s.step_ms * (_run_length(near, peak) - 1)
-    if width > 0.75 * frame_period_ms:
+    # Jackknife: the peak found again with each stretch of frames left out, within the peak's own
+    # lobe. A lag found by chance, or one that noise could move by a frame period, spreads widely.
+    again = np.array([_refined(lags[lobe], u[lobe], int(np.argmin(u[lobe]))) for u in alone])
+    spread = float(np.sqrt((s.blocks - 1) / s.blocks * ((again - again.mean()) ** 2).sum()))
+    if spread > s.max_spread * frame_period_ms:
         return DelayEstimate(None, 0.0, r, prominence, pairs, why=(
-            f"the peak is too flat to place within a frame period (lags over {width:.0f} ms explain the image "
-            f"within {s.flat_share:.0%} as well)"))
-    # Each half of the frames on its own must peak near the same lag (within its lobe; half the
-    # frames place it half as well): a fit that found a lag by chance rarely does so twice.
-    half = t.shape[0] // 2
-    lobe = np.abs(lags - delay) <= s.lobe_ms
-    for part in (slice(0, half + 1), slice(half, t.shape[0])):
-        alone = _unexplained(image[part], t[part], lags[lobe], jms, q[:, moving])
-        lag = float(lags[lobe][int(np.argmin(alone))])
-        if abs(lag - delay) > 2 * frame_period_ms:
-            return DelayEstimate(None, 0.0, r, prominence, pairs, why=(
-                f"the two halves of the frames disagree (peak {delay:.0f} ms overall, {lag:.0f} ms in one half)"))
-    return DelayEstimate(delay, confidence, r, prominence, pairs)
-
-
-def _run_length(flags: np.ndarray, at: int) -> int:
-    """How many consecutive ``flags`` around index ``at`` (included) are true."""
-    lo = at
-    while lo > 0 and flags[lo - 1]:
-        lo -= 1
-    hi = at
-    while hi < flags.shape[0] - 1 and flags[hi + 1]:
-        hi += 1
-    return hi - lo + 1
+            f"the estimate is unstable: with any 1/{s.blocks} of the frames left out the peak moves by ±{spread:.1f} "
+            f"ms (standard error), more than {s.max_spread:.0%} of a frame period ({frame_period_ms:.0f} ms)"))
+    return DelayEstimate(delay, confidence, r, prominence, pairs, spread)
 
 
 def _longest_chain(start_ns: np.ndarray, end_ns: np.ndarray, usable: np.ndarray) -> slice:
@@ -347,34 +337,63 @@ def _interp_rows(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
 
 
 def _design(t: np.ndarray, lags: np.ndarray, jms: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Per lag, the centred regressors: joint positions at ``t - lag`` and a slow drift."""
+    """Per lag, the regressors: joint positions at ``t - lag``, a constant, and a linear and quadratic drift."""
     qt = _interp_rows(t[None, :] - lags[:, None], jms, q)  # (lags, frames, joints)
     drift = (t - t.mean()) / max(float(np.ptp(t)), 1e-9)
-    drift = np.stack([drift, drift**2], axis=1)
-    x = np.concatenate([qt, np.broadcast_to(drift[None], qt.shape[:2] + (2,))], axis=2)
-    return x - x.mean(axis=1, keepdims=True)  # the constant
+    extra = np.stack([np.ones_like(drift), drift, drift**2], axis=1)
+    return np.concatenate([qt, np.broadcast_to(extra[None], qt.shape[:2] + (3,))], axis=2)
 
 
-def _unexplained(image: np.ndarray, t: np.ndarray, lags: np.ndarray, jms: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Per lag, the share of the image position's variance that the lagged joint positions leave unexplained.
+def _unexplained(image: np.ndarray, t: np.ndarray, lags: np.ndarray, jms: np.ndarray, q: np.ndarray,
+                 blocks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per lag, the share of the image position's variance the lagged joints leave unexplained, out of sample.
 
-    ``image`` (frames, axes) is fitted by least squares, all axes at once, as
-    a linear mix of ``q`` at ``t - lag``, a constant and a linear and a
-    quadratic drift in time (the summed flow drifts). Returns values in [0, 1].
+    The frames are cut into ``blocks`` consecutive stretches. ``image``
+    (frames, axes) is fitted by least squares, all axes at once, as a linear
+    mix of ``q`` at ``t - lag``, a constant and a linear and a quadratic drift
+    (the summed flow drifts), on all stretches but one, and that fit predicts
+    the one left out. In sample, a fit with a weight per joint explains
+    alike the few reaches of a short recording shifted by about one reach
+    (the joints go waypoint to waypoint together, so every reach has the same
+    shape); only the true lag's weights also predict a reach they were not
+    fitted to. Returns the out-of-sample share (lags,), clipped to [0, 1], and
+    each fit's in-sample share (blocks, lags), for the jackknife.
+
+    Every stretch's sums are computed once; a fit leaving one out subtracts
+    them, so the cost is one pass over the frames plus ``blocks`` small solves per lag.
     """
-    x = _design(t, lags, jms, q)
+    x = _design(t, lags, jms, q)  # (lags, frames, params)
     y = image - image.mean(axis=0)
-    total = float((y**2).sum())
+    edges = np.linspace(0, t.shape[0], blocks + 1).round().astype(int).tolist()
+    parts = [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    gram_k = np.stack([np.einsum("lfp,lfq->lpq", x[:, p], x[:, p]) for p in parts])  # (blocks, lags, P, P)
+    cross_k = np.stack([np.einsum("lfp,fc->lpc", x[:, p], y[p]) for p in parts])  # (blocks, lags, P, axes)
+    yy_k = np.array([float((y[p] ** 2).sum()) for p in parts])
+    total = float(yy_k.sum())
     if total <= 0:
-        return np.ones(lags.shape[0])
-    xt = x.transpose(0, 2, 1)
-    gram = xt @ x
-    cross = xt @ y
-    scale = np.maximum(np.einsum("lii->li", gram), 1e-300)
-    ridge = 1e-9 * scale[:, :, None] * np.eye(gram.shape[1])  # joints standing still at some lags
-    weights = np.linalg.solve(gram + ridge, cross)
-    explained = np.einsum("lic,lic->l", weights, cross)
-    return np.clip(1.0 - explained / total, 0.0, 1.0)
+        return np.ones(lags.shape[0]), np.ones(lags.shape[0]), np.ones((blocks, lags.shape[0]))
+    gram = gram_k.sum(axis=0) - gram_k
+    cross = cross_k.sum(axis=0) - cross_k
+    scale = np.maximum(np.einsum("klii->kli", gram), 1e-300)
+    ridge = 1e-9 * scale[..., None] * np.eye(gram.shape[-1])  # joints standing still at some lags
+    beta = np.linalg.solve(gram + ridge, cross)  # (blocks, lags, P, axes)
+    gram_all, cross_all = gram_k.sum(axis=0), cross_k.sum(axis=0)
+    ridge_all = 1e-9 * np.maximum(np.einsum("lii->li", gram_all), 1e-300)[..., None] * np.eye(gram.shape[-1])
+    beta_all = np.linalg.solve(gram_all + ridge_all, cross_all)
+    fitted_all = np.clip(1.0 - np.einsum("lpc,lpc->l", beta_all, cross_all) / total, 0.0, 1.0)
+    held_out = (yy_k[:, None] - 2 * np.einsum("klpc,klpc->kl", beta, cross_k)
+                + np.einsum("klpc,klpq,klqc->kl", beta, gram_k, beta))
+    fitted = (total - yy_k)[:, None]
+    in_sample = (fitted - np.einsum("klpc,klpc->kl", beta, cross)) / np.maximum(fitted, 1e-300)
+    inner = held_out[1:-1].sum(axis=0) / max(float(yy_k[1:-1].sum()), 1e-300)  # interpolated, not extrapolated
+    return np.clip(inner, 0.0, 1.0), fitted_all, in_sample
+
+
+def _refined(lags: np.ndarray, curve: np.ndarray, at: int) -> float:
+    """The lag of the curve's minimum at index ``at``, placed between the searched lags by a parabola."""
+    if 0 < at < lags.shape[0] - 1:
+        return float(lags[at] + (lags[1] - lags[0]) * _parabola_offset(-curve[at - 1:at + 2]))
+    return float(lags[at])
 
 
 def _parabola_offset(y: np.ndarray) -> float:
