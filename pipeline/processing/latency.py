@@ -366,8 +366,9 @@ def _unexplained(image: np.ndarray, t: np.ndarray, lags: np.ndarray, jms: np.nda
     y = image - image.mean(axis=0)
     edges = np.linspace(0, t.shape[0], blocks + 1).round().astype(int).tolist()
     parts = [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-    gram_k = np.stack([np.einsum("lfp,lfq->lpq", x[:, p], x[:, p]) for p in parts])  # (blocks, lags, P, P)
-    cross_k = np.stack([np.einsum("lfp,fc->lpc", x[:, p], y[p]) for p in parts])  # (blocks, lags, P, axes)
+    xt = np.swapaxes(x, 1, 2)
+    gram_k = np.stack([xt[:, :, p] @ x[:, p] for p in parts])  # (blocks, lags, P, P)
+    cross_k = np.stack([xt[:, :, p] @ y[p] for p in parts])  # (blocks, lags, P, axes)
     yy_k = np.array([float((y[p] ** 2).sum()) for p in parts])
     total = float(yy_k.sum())
     if total <= 0:
@@ -380,11 +381,10 @@ def _unexplained(image: np.ndarray, t: np.ndarray, lags: np.ndarray, jms: np.nda
     gram_all, cross_all = gram_k.sum(axis=0), cross_k.sum(axis=0)
     ridge_all = 1e-9 * np.maximum(np.einsum("lii->li", gram_all), 1e-300)[..., None] * np.eye(gram.shape[-1])
     beta_all = np.linalg.solve(gram_all + ridge_all, cross_all)
-    fitted_all = np.clip(1.0 - np.einsum("lpc,lpc->l", beta_all, cross_all) / total, 0.0, 1.0)
-    held_out = (yy_k[:, None] - 2 * np.einsum("klpc,klpc->kl", beta, cross_k)
-                + np.einsum("klpc,klpq,klqc->kl", beta, gram_k, beta))
+    fitted_all = np.clip(1.0 - (beta_all * cross_all).sum(axis=(1, 2)) / total, 0.0, 1.0)
+    held_out = yy_k[:, None] + ((gram_k @ beta - 2 * cross_k) * beta).sum(axis=(2, 3))
     fitted = (total - yy_k)[:, None]
-    in_sample = (fitted - np.einsum("klpc,klpc->kl", beta, cross)) / np.maximum(fitted, 1e-300)
+    in_sample = (fitted - (beta * cross).sum(axis=(2, 3))) / np.maximum(fitted, 1e-300)
     inner = held_out[1:-1].sum(axis=0) / max(float(yy_k[1:-1].sum()), 1e-300)  # interpolated, not extrapolated
     return np.clip(inner, 0.0, 1.0), fitted_all, in_sample
 
