@@ -84,6 +84,7 @@ class LatencySettings:
 
     max_lag_ms: float = 750.0
     step_ms: float = 4.0
+    coarse_step_ms: float = 12.0
     min_pairs: int = 24
     still_rad: float = 0.02
     still_px: float = 1.0
@@ -91,7 +92,7 @@ class LatencySettings:
     full_prominence: float = 0.6
     min_confidence: float = 0.5
     blocks: int = 8
-    max_spread: float = 0.25
+    max_spread: float = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -267,22 +268,24 @@ def estimate_delay(
     if not (np.ptp(image, axis=0) >= s.still_px).any():
         return DelayEstimate(None, 0.0, pairs=pairs, why="the image does not move over the frames used")
 
-    lags = np.arange(-s.max_lag_ms, s.max_lag_ms + s.step_ms / 2, s.step_ms)
     moving = np.flatnonzero(span > s.still_rad)
     if t.shape[0] < 2 * s.blocks:
         return DelayEstimate(None, 0.0, pairs=pairs, why=f"{t.shape[0]} frames cannot make {s.blocks} stretches of 2")
-    unexplained, fitted, alone = _unexplained(image, t, lags, jms, q[:, moving], s.blocks)
+    # The out-of-sample curve, on a coarse grid, picks the lobe; within it, the in-sample fits
+    # place the peak (held-out prediction errors are noisier than the residuals of a fit).
+    coarse = np.arange(-s.max_lag_ms, s.max_lag_ms + s.coarse_step_ms / 2, s.coarse_step_ms)
+    unexplained, _ = _unexplained(image, t, coarse, jms, q[:, moving], s.blocks)
     peak = int(np.argmin(unexplained))
     r = float(np.sqrt(max(0.0, 1.0 - unexplained[peak])))
-    # The out-of-sample curve picks the lobe; within it, the fit to all frames places the peak
-    # (prediction errors of held-out stretches are noisier than the residuals of one fit).
-    lobe = np.flatnonzero(np.abs(lags - lags[peak]) <= s.lobe_ms)
-    best = int(lobe[np.argmin(fitted[lobe])])
-    if min(peak, best) < 2 or max(peak, best) > lags.shape[0] - 3:
+    lags = np.arange(max(-s.max_lag_ms, coarse[peak] - s.lobe_ms), min(s.max_lag_ms, coarse[peak] + s.lobe_ms)
+                     + s.step_ms / 2, s.step_ms)
+    _, alone = _unexplained(image, t, lags, jms, q[:, moving], s.blocks)
+    fitted = alone.mean(axis=0)  # every frame is in all but one of the fits
+    delay = _refined(lags, fitted, int(np.argmin(fitted)))
+    if abs(delay) > s.max_lag_ms - 2 * s.step_ms:
         return DelayEstimate(None, 0.0, r, 0.0, pairs, why=(
             f"the best lag is at the edge of the search range (±{s.max_lag_ms:g} ms)"))
-    delay = _refined(lags, fitted, best)
-    outside = np.abs(lags - lags[peak]) > s.lobe_ms
+    outside = np.abs(coarse - coarse[peak]) > s.lobe_ms
     alternative = float(unexplained[outside].min()) if outside.any() else float(unexplained[peak])
     prominence = float(np.clip(1.0 - unexplained[peak] / alternative, 0.0, 1.0)) if alternative > 0 else 0.0
     confidence = float(np.clip(prominence / s.full_prominence, 0.0, 1.0))
@@ -292,7 +295,7 @@ def estimate_delay(
             f"explains {prominence:.0%} of its unexplained motion; confidence {confidence:.2f} < {s.min_confidence:g})"))
     # Jackknife: the peak found again with each stretch of frames left out, within the peak's own
     # lobe. A lag found by chance, or one that noise could move by a frame period, spreads widely.
-    again = np.array([_refined(lags[lobe], u[lobe], int(np.argmin(u[lobe]))) for u in alone])
+    again = np.array([_refined(lags, u, int(np.argmin(u))) for u in alone])
     spread = float(np.sqrt((s.blocks - 1) / s.blocks * ((again - again.mean()) ** 2).sum()))
     if spread > s.max_spread * frame_period_ms:
         return DelayEstimate(None, 0.0, r, prominence, pairs, why=(
@@ -317,7 +320,10 @@ def _smoothed(t_ns: np.ndarray, q: np.ndarray, width_ms: float) -> np.ndarray:
     t = np.asarray(t_ns, dtype=np.float64) / 1e6
     if t.shape[0] < 3 or width_ms <= 0:
         return q
-    step = max(float(np.median(np.diff(t))), 1e-3)
+    # A grid finer than the samples: with joints sampled about once a frame period, a running mean
+    # of whole samples would be one sample wide (no smoothing), and linearly interpolated positions
+    # would be noisier at lags that hit a sample than between two, which biases the best lag.
+    step = max(min(float(np.median(np.diff(t))), width_ms / 4), 1e-3)
     half = round(width_ms / step / 2)
     if half < 1:
         return q
@@ -345,7 +351,7 @@ def _design(t: np.ndarray, lags: np.ndarray, jms: np.ndarray, q: np.ndarray) -> 
 
 
 def _unexplained(image: np.ndarray, t: np.ndarray, lags: np.ndarray, jms: np.ndarray, q: np.ndarray,
-                 blocks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 blocks: int) -> tuple[np.ndarray, np.ndarray]:
     """Per lag, the share of the image position's variance the lagged joints leave unexplained, out of sample.
 
     The frames are cut into ``blocks`` consecutive stretches. ``image``
@@ -372,21 +378,17 @@ def _unexplained(image: np.ndarray, t: np.ndarray, lags: np.ndarray, jms: np.nda
     yy_k = np.array([float((y[p] ** 2).sum()) for p in parts])
     total = float(yy_k.sum())
     if total <= 0:
-        return np.ones(lags.shape[0]), np.ones(lags.shape[0]), np.ones((blocks, lags.shape[0]))
+        return np.ones(lags.shape[0]), np.ones((blocks, lags.shape[0]))
     gram = gram_k.sum(axis=0) - gram_k
     cross = cross_k.sum(axis=0) - cross_k
     scale = np.maximum(np.einsum("klii->kli", gram), 1e-300)
     ridge = 1e-9 * scale[..., None] * np.eye(gram.shape[-1])  # joints standing still at some lags
     beta = np.linalg.solve(gram + ridge, cross)  # (blocks, lags, P, axes)
-    gram_all, cross_all = gram_k.sum(axis=0), cross_k.sum(axis=0)
-    ridge_all = 1e-9 * np.maximum(np.einsum("lii->li", gram_all), 1e-300)[..., None] * np.eye(gram.shape[-1])
-    beta_all = np.linalg.solve(gram_all + ridge_all, cross_all)
-    fitted_all = np.clip(1.0 - (beta_all * cross_all).sum(axis=(1, 2)) / total, 0.0, 1.0)
     held_out = yy_k[:, None] + ((gram_k @ beta - 2 * cross_k) * beta).sum(axis=(2, 3))
     fitted = (total - yy_k)[:, None]
     in_sample = (fitted - (beta * cross).sum(axis=(2, 3))) / np.maximum(fitted, 1e-300)
     inner = held_out[1:-1].sum(axis=0) / max(float(yy_k[1:-1].sum()), 1e-300)  # interpolated, not extrapolated
-    return np.clip(inner, 0.0, 1.0), fitted_all, in_sample
+    return np.clip(inner, 0.0, 1.0), in_sample
 
 
 def _refined(lags: np.ndarray, curve: np.ndarray, at: int) -> float:
