@@ -17,8 +17,8 @@ compares
 
 over candidate lags. At each lag the image position is fitted by least
 squares as a linear mix of the moving joints' positions, a constant and a
-slow drift (the summed flow drifts); the lag that leaves the least motion
-unexplained is the *residual delay*: how much earlier the scene happened than
+slow drift (the summed flow drifts); the lag at which the fit best predicts
+the image is the *residual delay*: how much earlier the scene happened than
 the frame times say. ``delay_ms > 0`` means the camera's true latency is the
 configured one plus ``delay_ms`` (or its stamps are that much late).
 Positions, not per-frame motion: one frame's motion is a pixel or less and
@@ -26,16 +26,23 @@ mostly rounding, and motion magnitudes of joints that move together (as a
 teleoperator's do, waypoint to waypoint) look alike over hundreds of
 milliseconds of lag, so their correlation curve is high and flat.
 
+Out of sample, then in sample: the frames are cut into ``blocks``
+consecutive stretches. On a coarse grid of lags, a fit to all stretches but
+one predicts the one left out; the best such lag picks the lobe (in sample,
+a weight per joint fits a short recording's few same-shaped reaches about as
+well one reach away). Within that lobe the fits leaving one stretch out
+place the peak on the fine grid (their mean curve), and the spread of their
+own peaks is the estimate's jackknife standard error (``spread_ms``).
+
 The answer is "unknown" (``delay_ms`` None), never a guessed number, when
 the robot is still, the image does not move, too few consecutive frame pairs
 are usable, the best lag is at the edge of the search range, some lag
-outside the best one's own lobe (``lobe_ms`` either side) explains the image
+outside the best one's own lobe (``lobe_ms`` either side) predicts the image
 almost as well (slow or periodic motion, or images unrelated to the joints),
-lags most of a frame period apart explain it about as well (too flat to
-place within a frame period), or either half of the frames, on its own,
-peaks more than two frame periods away.
+or the standard error exceeds ``max_spread`` of a frame period (the peak
+cannot be placed within a frame period).
 ``confidence`` in [0, 1] grows with the *prominence*: the share of the best
-outside lag's unexplained image motion that the peak explains.
+outside lag's unexplained image motion (out of sample) that the peak explains.
 
 Everything here is a pure function over numpy arrays and JPEG bytes.
 """
@@ -63,7 +70,8 @@ class LatencySettings:
 
     Attributes:
         max_lag_ms: lags searched, ``-max_lag_ms .. +max_lag_ms``.
-        step_ms: spacing of the searched lags; the peak is refined between them.
+        step_ms: spacing of the lags searched within the best lobe; the peak is refined between them.
+        coarse_step_ms: spacing of the lags of the out-of-sample search for the lobe.
         min_pairs: fewest consecutive usable frame pairs for an answer.
         still_rad: the robot counts as still when no joint's smoothed position
             spans more than this over the frames used.
@@ -79,7 +87,8 @@ class LatencySettings:
             is predicted by a fit to the others (the curve is out of sample),
             and the peak is found again with each left out (its spread).
         max_spread: the estimate is unknown when its jackknife standard error
-            over the stretches exceeds this share of a frame period.
+            over the stretches exceeds this share of a frame period (a third:
+            three standard errors still within one frame period).
     """
 
     max_lag_ms: float = 750.0
@@ -102,7 +111,7 @@ class DelayEstimate:
     Attributes:
         delay_ms: residual delay (scene time = frame time - delay_ms); None = unknown.
         confidence: 0 (no evidence) .. 1 (clear, strong peak).
-        correlation: multiple correlation of the fit at the peak (0 when not computed).
+        correlation: multiple correlation of the out-of-sample prediction at the peak (0 when not computed).
         prominence: the share of the best lag outside the peak's lobe's
             unexplained image motion that the peak explains (0..1).
         pairs: frame pairs used.
@@ -282,7 +291,7 @@ def estimate_delay(
     _, alone = _unexplained(image, t, lags, jms, q[:, moving], s.blocks)
     fitted = alone.mean(axis=0)  # every frame is in all but one of the fits
     delay = _refined(lags, fitted, int(np.argmin(fitted)))
-    if abs(delay) > s.max_lag_ms - 2 * s.step_ms:
+    if peak in (0, coarse.shape[0] - 1) or abs(delay) > s.max_lag_ms - 2 * s.step_ms:
         return DelayEstimate(None, 0.0, r, 0.0, pairs, why=(
             f"the best lag is at the edge of the search range (±{s.max_lag_ms:g} ms)"))
     outside = np.abs(coarse - coarse[peak]) > s.lobe_ms
@@ -362,8 +371,10 @@ def _unexplained(image: np.ndarray, t: np.ndarray, lags: np.ndarray, jms: np.nda
     alike the few reaches of a short recording shifted by about one reach
     (the joints go waypoint to waypoint together, so every reach has the same
     shape); only the true lag's weights also predict a reach they were not
-    fitted to. Returns the out-of-sample share (lags,), clipped to [0, 1], and
-    each fit's in-sample share (blocks, lags), for the jackknife.
+    fitted to. Only interior stretches are predicted: predicting the first or
+    last would extrapolate the drift. Returns the out-of-sample share (lags,),
+    clipped to [0, 1], and each fit's in-sample share (blocks, lags), for the
+    peak's place and its jackknife.
 
     Every stretch's sums are computed once; a fit leaving one out subtracts
     them, so the cost is one pass over the frames plus ``blocks`` small solves per lag.
