@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import cv2
@@ -382,7 +383,7 @@ def _unexplained(image: np.ndarray, t: np.ndarray, lags: np.ndarray, jms: np.nda
     x = _design(t, lags, jms, q)  # (lags, frames, params)
     y = image - image.mean(axis=0)
     edges = np.linspace(0, t.shape[0], blocks + 1).round().astype(int).tolist()
-    parts = [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    parts = [slice(a, b) for a, b in pairwise(edges)]
     xt = np.swapaxes(x, 1, 2)
     gram_k = np.stack([xt[:, :, p] @ x[:, p] for p in parts])  # (blocks, lags, P, P)
     cross_k = np.stack([xt[:, :, p] @ y[p] for p in parts])  # (blocks, lags, P, axes)
