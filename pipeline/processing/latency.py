@@ -241,7 +241,7 @@ def estimate_delay(
         position: joint positions ``(len(joint_t_ns), dof)``, continuous joints unwrapped.
         frame_period_ms: the camera's frame period: joint positions are
             smoothed over it, as an exposure and a frame interval average
-            motion; halves of the frames must agree within it.
+            motion; the estimate's standard error must stay within a share of it.
         settings: search range and thresholds.
     """
     s = settings
