@@ -164,13 +164,7 @@ def _missed(outcomes: list[Outcome]) -> list[str]:
     return [f"{o.fault} {o.level} #{o.seed}: {o.what}; decisions {o.kinds}" for o in outcomes if not o.found]
 
 
-_CAMERA_TIMING_NOT_MET = ("goal not met yet (issue 14 open): the camera delay estimator finds 8 of the 12 "
-                          "camera-timing faults (unknown, never a wrong number, on the rest, which keep an A); "
-                          "every other class is found 120 of 120")
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=_CAMERA_TIMING_NOT_MET)
 def test_fault_corpus_finds_99_percent_of_all_faults(outcomes: list[Outcome]) -> None:
     print("\n" + _table(outcomes))
     counted = [o for o in outcomes if o.fault != "clean"]
@@ -178,7 +172,6 @@ def test_fault_corpus_finds_99_percent_of_all_faults(outcomes: list[Outcome]) ->
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=_CAMERA_TIMING_NOT_MET)
 def test_no_camera_timing_fault_keeps_an_a_unless_the_grade_rules_say_why(outcomes: list[Outcome]) -> None:
     counted = [o for o in outcomes if o.fault in CAMERA_TIMING]
     unexplained = [f"{o.fault} {o.level} #{o.seed}: {o.a_unexplained}" for o in counted if o.a_unexplained]

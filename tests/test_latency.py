@@ -23,7 +23,7 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.processing.align import AlignConfig, align
 from pipeline.processing.episode import RawEpisode
-from pipeline.processing.latency import DelayEstimate, estimate_delay
+from pipeline.processing.latency import DelayEstimate, LatencySettings, estimate_delay
 from tests.synthetic import NS, CameraDef, encode, make_episode, make_robot_config
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -241,3 +241,21 @@ def test_joints_moving_together_waypoint_to_waypoint_still_pin_the_delay() -> No
     unrelated = estimate_delay(t_ns[frames][:-1], t_ns[frames][1:], rng.permutation(shift), t_ns, pose(t_s),
                                frame_period_ms=1e3 / rate)
     assert unrelated.delay_ms is None, unrelated
+
+
+def test_an_estimate_carries_its_standard_error_and_a_shaky_one_is_unknown() -> None:
+    raw, _ = photo_episode(stamp_offset_ms=60)
+    found = align(raw).report["latency"]["head"]
+    assert found["delay_ms"] is not None and 0 < found["spread_ms"] <= PERIOD_MS / 3, found
+    # The same evidence, with a standard error allowed of 1 % of a frame period: too shaky to give.
+    rng = np.random.default_rng(3)
+    t_ns = np.arange(0, 8_000_000_000, 20_000_000)
+    q = teleop_motion(t_ns / NS, 3, 2)
+    seen = teleop_motion(t_ns / NS - 0.06, 3, 2)
+    shift = np.diff(60 * seen[100:300], axis=0) + rng.normal(0, 0.05, (199, 2))
+    frames = t_ns[100:300]
+    loose = estimate_delay(frames[:-1], frames[1:], shift, t_ns, q, frame_period_ms=20.0)
+    strict = estimate_delay(frames[:-1], frames[1:], shift, t_ns, q, frame_period_ms=20.0,
+                            settings=LatencySettings(max_spread=0.01))
+    assert loose.delay_ms is not None and abs(loose.delay_ms - 60) <= 20, loose
+    assert strict.delay_ms is None and "standard error" in strict.why, strict

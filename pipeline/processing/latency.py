@@ -17,8 +17,8 @@ compares
 
 over candidate lags. At each lag the image position is fitted by least
 squares as a linear mix of the moving joints' positions, a constant and a
-slow drift (the summed flow drifts); the lag that leaves the least motion
-unexplained is the *residual delay*: how much earlier the scene happened than
+slow drift (the summed flow drifts); the lag at which the fit best predicts
+the image is the *residual delay*: how much earlier the scene happened than
 the frame times say. ``delay_ms > 0`` means the camera's true latency is the
 configured one plus ``delay_ms`` (or its stamps are that much late).
 Positions, not per-frame motion: one frame's motion is a pixel or less and
@@ -26,16 +26,23 @@ mostly rounding, and motion magnitudes of joints that move together (as a
 teleoperator's do, waypoint to waypoint) look alike over hundreds of
 milliseconds of lag, so their correlation curve is high and flat.
 
+Out of sample, then in sample: the frames are cut into ``blocks``
+consecutive stretches. On a coarse grid of lags, a fit to all stretches but
+one predicts the one left out; the best such lag picks the lobe (in sample,
+a weight per joint fits a short recording's few same-shaped reaches about as
+well one reach away). Within that lobe the fits leaving one stretch out
+place the peak on the fine grid (their mean curve), and the spread of their
+own peaks is the estimate's jackknife standard error (``spread_ms``).
+
 The answer is "unknown" (``delay_ms`` None), never a guessed number, when
 the robot is still, the image does not move, too few consecutive frame pairs
 are usable, the best lag is at the edge of the search range, some lag
-outside the best one's own lobe (``lobe_ms`` either side) explains the image
+outside the best one's own lobe (``lobe_ms`` either side) predicts the image
 almost as well (slow or periodic motion, or images unrelated to the joints),
-lags most of a frame period apart explain it about as well (too flat to
-place within a frame period), or either half of the frames, on its own,
-peaks more than two frame periods away.
+or the standard error exceeds ``max_spread`` of a frame period (the peak
+cannot be placed within a frame period).
 ``confidence`` in [0, 1] grows with the *prominence*: the share of the best
-outside lag's unexplained image motion that the peak explains.
+outside lag's unexplained image motion (out of sample) that the peak explains.
 
 Everything here is a pure function over numpy arrays and JPEG bytes.
 """
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import cv2
@@ -63,7 +71,8 @@ class LatencySettings:
 
     Attributes:
         max_lag_ms: lags searched, ``-max_lag_ms .. +max_lag_ms``.
-        step_ms: spacing of the searched lags; the peak is refined between them.
+        step_ms: spacing of the lags searched within the best lobe; the peak is refined between them.
+        coarse_step_ms: spacing of the lags of the out-of-sample search for the lobe.
         min_pairs: fewest consecutive usable frame pairs for an answer.
         still_rad: the robot counts as still when no joint's smoothed position
             spans more than this over the frames used.
@@ -74,21 +83,26 @@ class LatencySettings:
             away is the alternative the prominence is measured against.
         full_prominence: a peak explaining this share of the best outside
             lag's unexplained motion gives confidence 1.
-        flat_share: lags leaving at most this much more unexplained than the
-            best one are as good; when they span more than 3/4 of a frame
-            period, the peak cannot be placed within one: unknown.
         min_confidence: below this the estimate is reported as unknown.
+        blocks: the frames are cut into this many consecutive stretches; each
+            is predicted by a fit to the others (the curve is out of sample),
+            and the peak is found again with each left out (its spread).
+        max_spread: the estimate is unknown when its jackknife standard error
+            over the stretches exceeds this share of a frame period (a third:
+            three standard errors still within one frame period).
     """
 
     max_lag_ms: float = 750.0
     step_ms: float = 4.0
+    coarse_step_ms: float = 12.0
     min_pairs: int = 24
     still_rad: float = 0.02
     still_px: float = 1.0
     lobe_ms: float = 100.0
     full_prominence: float = 0.6
-    flat_share: float = 0.05
     min_confidence: float = 0.5
+    blocks: int = 8
+    max_spread: float = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -98,10 +112,11 @@ class DelayEstimate:
     Attributes:
         delay_ms: residual delay (scene time = frame time - delay_ms); None = unknown.
         confidence: 0 (no evidence) .. 1 (clear, strong peak).
-        correlation: multiple correlation of the fit at the peak (0 when not computed).
+        correlation: multiple correlation of the out-of-sample prediction at the peak (0 when not computed).
         prominence: the share of the best lag outside the peak's lobe's
             unexplained image motion that the peak explains (0..1).
         pairs: frame pairs used.
+        spread_ms: the estimate's jackknife standard error (0 when not computed).
         why: for an unknown estimate, the reason.
     """
 
@@ -110,6 +125,7 @@ class DelayEstimate:
     correlation: float = 0.0
     prominence: float = 0.0
     pairs: int = 0
+    spread_ms: float = 0.0
     why: str = ""
 
     @property
@@ -119,7 +135,7 @@ class DelayEstimate:
     def as_dict(self) -> dict[str, Any]:
         return {
             "delay_ms": self.delay_ms, "confidence": self.confidence, "correlation": self.correlation,
-            "prominence": self.prominence, "pairs": self.pairs, "why": self.why,
+            "prominence": self.prominence, "pairs": self.pairs, "spread_ms": self.spread_ms, "why": self.why,
         }
 
 
@@ -225,7 +241,7 @@ def estimate_delay(
         position: joint positions ``(len(joint_t_ns), dof)``, continuous joints unwrapped.
         frame_period_ms: the camera's frame period: joint positions are
             smoothed over it, as an exposure and a frame interval average
-            motion; halves of the frames must agree within it.
+            motion; the estimate's standard error must stay within a share of it.
         settings: search range and thresholds.
     """
     s = settings
@@ -262,16 +278,24 @@ def estimate_delay(
     if not (np.ptp(image, axis=0) >= s.still_px).any():
         return DelayEstimate(None, 0.0, pairs=pairs, why="the image does not move over the frames used")
 
-    lags = np.arange(-s.max_lag_ms, s.max_lag_ms + s.step_ms / 2, s.step_ms)
     moving = np.flatnonzero(span > s.still_rad)
-    unexplained = _unexplained(image, t, lags, jms, q[:, moving])
+    if t.shape[0] < 2 * s.blocks:
+        return DelayEstimate(None, 0.0, pairs=pairs, why=f"{t.shape[0]} frames cannot make {s.blocks} stretches of 2")
+    # The out-of-sample curve, on a coarse grid, picks the lobe; within it, the in-sample fits
+    # place the peak (held-out prediction errors are noisier than the residuals of a fit).
+    coarse = np.arange(-s.max_lag_ms, s.max_lag_ms + s.coarse_step_ms / 2, s.coarse_step_ms)
+    unexplained, _ = _unexplained(image, t, coarse, jms, q[:, moving], s.blocks)
     peak = int(np.argmin(unexplained))
     r = float(np.sqrt(max(0.0, 1.0 - unexplained[peak])))
-    if peak < 2 or peak > lags.shape[0] - 3:
+    lags = np.arange(max(-s.max_lag_ms, coarse[peak] - s.lobe_ms), min(s.max_lag_ms, coarse[peak] + s.lobe_ms)
+                     + s.step_ms / 2, s.step_ms)
+    _, alone = _unexplained(image, t, lags, jms, q[:, moving], s.blocks)
+    fitted = alone.mean(axis=0)  # every frame is in all but one of the fits
+    delay = _refined(lags, fitted, int(np.argmin(fitted)))
+    if peak in (0, coarse.shape[0] - 1) or abs(delay) > s.max_lag_ms - 2 * s.step_ms:
         return DelayEstimate(None, 0.0, r, 0.0, pairs, why=(
             f"the best lag is at the edge of the search range (±{s.max_lag_ms:g} ms)"))
-    delay = float(lags[peak] + s.step_ms * _parabola_offset(-unexplained[peak - 1:peak + 2]))
-    outside = np.abs(lags - lags[peak]) > s.lobe_ms
+    outside = np.abs(coarse - coarse[peak]) > s.lobe_ms
     alternative = float(unexplained[outside].min()) if outside.any() else float(unexplained[peak])
     prominence = float(np.clip(1.0 - unexplained[peak] / alternative, 0.0, 1.0)) if alternative > 0 else 0.0
     confidence = float(np.clip(prominence / s.full_prominence, 0.0, 1.0))
@@ -279,36 +303,15 @@ def estimate_delay(
         return DelayEstimate(None, confidence, r, prominence, pairs, why=(
             f"no clear peak (a lag {s.lobe_ms:g} ms or more away explains the image almost as well: the peak "
             f"explains {prominence:.0%} of its unexplained motion; confidence {confidence:.2f} < {s.min_confidence:g})"))
-    # Noise flattens the bottom: where lags most of a frame period apart explain the image about
-    # as well, the estimate cannot be placed within a frame period.
-    near = unexplained <= unexplained[peak] * (1 + s.flat_share)
-    width = s.step_ms * (_run_length(near, peak) - 1)
-    if width > 0.75 * frame_period_ms:
+    # Jackknife: the peak found again with each stretch of frames left out, within the peak's own
+    # lobe. A lag found by chance, or one that noise could move by a frame period, spreads widely.
+    again = np.array([_refined(lags, u, int(np.argmin(u))) for u in alone])
+    spread = float(np.sqrt((s.blocks - 1) / s.blocks * ((again - again.mean()) ** 2).sum()))
+    if spread > s.max_spread * frame_period_ms:
         return DelayEstimate(None, 0.0, r, prominence, pairs, why=(
-            f"the peak is too flat to place within a frame period (lags over {width:.0f} ms explain the image "
-            f"within {s.flat_share:.0%} as well)"))
-    # Each half of the frames on its own must peak near the same lag (within its lobe; half the
-    # frames place it half as well): a fit that found a lag by chance rarely does so twice.
-    half = t.shape[0] // 2
-    lobe = np.abs(lags - delay) <= s.lobe_ms
-    for part in (slice(0, half + 1), slice(half, t.shape[0])):
-        alone = _unexplained(image[part], t[part], lags[lobe], jms, q[:, moving])
-        lag = float(lags[lobe][int(np.argmin(alone))])
-        if abs(lag - delay) > 2 * frame_period_ms:
-            return DelayEstimate(None, 0.0, r, prominence, pairs, why=(
-                f"the two halves of the frames disagree (peak {delay:.0f} ms overall, {lag:.0f} ms in one half)"))
-    return DelayEstimate(delay, confidence, r, prominence, pairs)
-
-
-def _run_length(flags: np.ndarray, at: int) -> int:
-    """How many consecutive ``flags`` around index ``at`` (included) are true."""
-    lo = at
-    while lo > 0 and flags[lo - 1]:
-        lo -= 1
-    hi = at
-    while hi < flags.shape[0] - 1 and flags[hi + 1]:
-        hi += 1
-    return hi - lo + 1
+            f"the estimate is unstable: with any 1/{s.blocks} of the frames left out the peak moves by ±{spread:.1f} "
+            f"ms (standard error), more than {s.max_spread:.0%} of a frame period ({frame_period_ms:.0f} ms)"))
+    return DelayEstimate(delay, confidence, r, prominence, pairs, spread)
 
 
 def _longest_chain(start_ns: np.ndarray, end_ns: np.ndarray, usable: np.ndarray) -> slice:
@@ -327,7 +330,10 @@ def _smoothed(t_ns: np.ndarray, q: np.ndarray, width_ms: float) -> np.ndarray:
     t = np.asarray(t_ns, dtype=np.float64) / 1e6
     if t.shape[0] < 3 or width_ms <= 0:
         return q
-    step = max(float(np.median(np.diff(t))), 1e-3)
+    # A grid finer than the samples: with joints sampled about once a frame period, a running mean
+    # of whole samples would be one sample wide (no smoothing), and linearly interpolated positions
+    # would be noisier at lags that hit a sample than between two, which biases the best lag.
+    step = max(min(float(np.median(np.diff(t))), width_ms / 4), 1e-3)
     half = round(width_ms / step / 2)
     if half < 1:
         return q
@@ -347,34 +353,61 @@ def _interp_rows(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
 
 
 def _design(t: np.ndarray, lags: np.ndarray, jms: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Per lag, the centred regressors: joint positions at ``t - lag`` and a slow drift."""
+    """Per lag, the regressors: joint positions at ``t - lag``, a constant, and a linear and quadratic drift."""
     qt = _interp_rows(t[None, :] - lags[:, None], jms, q)  # (lags, frames, joints)
     drift = (t - t.mean()) / max(float(np.ptp(t)), 1e-9)
-    drift = np.stack([drift, drift**2], axis=1)
-    x = np.concatenate([qt, np.broadcast_to(drift[None], qt.shape[:2] + (2,))], axis=2)
-    return x - x.mean(axis=1, keepdims=True)  # the constant
+    extra = np.stack([np.ones_like(drift), drift, drift**2], axis=1)
+    return np.concatenate([qt, np.broadcast_to(extra[None], qt.shape[:2] + (3,))], axis=2)
 
 
-def _unexplained(image: np.ndarray, t: np.ndarray, lags: np.ndarray, jms: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Per lag, the share of the image position's variance that the lagged joint positions leave unexplained.
+def _unexplained(image: np.ndarray, t: np.ndarray, lags: np.ndarray, jms: np.ndarray, q: np.ndarray,
+                 blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per lag, the share of the image position's variance the lagged joints leave unexplained, out of sample.
 
-    ``image`` (frames, axes) is fitted by least squares, all axes at once, as
-    a linear mix of ``q`` at ``t - lag``, a constant and a linear and a
-    quadratic drift in time (the summed flow drifts). Returns values in [0, 1].
+    The frames are cut into ``blocks`` consecutive stretches. ``image``
+    (frames, axes) is fitted by least squares, all axes at once, as a linear
+    mix of ``q`` at ``t - lag``, a constant and a linear and a quadratic drift
+    (the summed flow drifts), on all stretches but one, and that fit predicts
+    the one left out. In sample, a fit with a weight per joint explains
+    alike the few reaches of a short recording shifted by about one reach
+    (the joints go waypoint to waypoint together, so every reach has the same
+    shape); only the true lag's weights also predict a reach they were not
+    fitted to. Only interior stretches are predicted: predicting the first or
+    last would extrapolate the drift. Returns the out-of-sample share (lags,),
+    clipped to [0, 1], and each fit's in-sample share (blocks, lags), for the
+    peak's place and its jackknife.
+
+    Every stretch's sums are computed once; a fit leaving one out subtracts
+    them, so the cost is one pass over the frames plus ``blocks`` small solves per lag.
     """
-    x = _design(t, lags, jms, q)
+    x = _design(t, lags, jms, q)  # (lags, frames, params)
     y = image - image.mean(axis=0)
-    total = float((y**2).sum())
+    edges = np.linspace(0, t.shape[0], blocks + 1).round().astype(int).tolist()
+    parts = [slice(a, b) for a, b in pairwise(edges)]
+    xt = np.swapaxes(x, 1, 2)
+    gram_k = np.stack([xt[:, :, p] @ x[:, p] for p in parts])  # (blocks, lags, P, P)
+    cross_k = np.stack([xt[:, :, p] @ y[p] for p in parts])  # (blocks, lags, P, axes)
+    yy_k = np.array([float((y[p] ** 2).sum()) for p in parts])
+    total = float(yy_k.sum())
     if total <= 0:
-        return np.ones(lags.shape[0])
-    xt = x.transpose(0, 2, 1)
-    gram = xt @ x
-    cross = xt @ y
-    scale = np.maximum(np.einsum("lii->li", gram), 1e-300)
-    ridge = 1e-9 * scale[:, :, None] * np.eye(gram.shape[1])  # joints standing still at some lags
-    weights = np.linalg.solve(gram + ridge, cross)
-    explained = np.einsum("lic,lic->l", weights, cross)
-    return np.clip(1.0 - explained / total, 0.0, 1.0)
+        return np.ones(lags.shape[0]), np.ones((blocks, lags.shape[0]))
+    gram = gram_k.sum(axis=0) - gram_k
+    cross = cross_k.sum(axis=0) - cross_k
+    scale = np.maximum(np.einsum("klii->kli", gram), 1e-300)
+    ridge = 1e-9 * scale[..., None] * np.eye(gram.shape[-1])  # joints standing still at some lags
+    beta = np.linalg.solve(gram + ridge, cross)  # (blocks, lags, P, axes)
+    held_out = yy_k[:, None] + ((gram_k @ beta - 2 * cross_k) * beta).sum(axis=(2, 3))
+    fitted = (total - yy_k)[:, None]
+    in_sample = (fitted - (beta * cross).sum(axis=(2, 3))) / np.maximum(fitted, 1e-300)
+    inner = held_out[1:-1].sum(axis=0) / max(float(yy_k[1:-1].sum()), 1e-300)  # interpolated, not extrapolated
+    return np.clip(inner, 0.0, 1.0), in_sample
+
+
+def _refined(lags: np.ndarray, curve: np.ndarray, at: int) -> float:
+    """The lag of the curve's minimum at index ``at``, placed between the searched lags by a parabola."""
+    if 0 < at < lags.shape[0] - 1:
+        return float(lags[at] + (lags[1] - lags[0]) * _parabola_offset(-curve[at - 1:at + 2]))
+    return float(lags[at])
 
 
 def _parabola_offset(y: np.ndarray) -> float:
