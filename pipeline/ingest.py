@@ -62,6 +62,7 @@ DEFAULT_WINDOW = 128  # messages; a robot needs ~10 in flight at 190 msg/s, and 
 MAX_ACKS_PER_MESSAGE = 4096
 ZERO_COPY_BYTES = 64 * 1024  # pyzmq: a view pays off above about 64 KB, a copy is cheaper below
 RECEIVE_BATCH = 256  # messages received in a row before the loop looks at its commit and timers again
+FSYNC_THREADS = 32  # a commit fsyncs every dirty journal at once: one thread each for up to 32 open episodes
 HEAP_TRIM_ROUNDS = 10  # housekeeping rounds (seconds) between returning freed heap memory to the OS
 HELLO_BURST = 5  # HELLOs one connection may send at once; then one a second (a HELLO may ask about 4,096 episodes)
 
@@ -169,7 +170,7 @@ class IngestServer:
         self._stop = threading.Event()
         self._seal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal", initializer=name_os_thread)
         self._fsync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit", initializer=name_os_thread)
-        self._sync_workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync", initializer=name_os_thread)
+        self._sync_workers = ThreadPoolExecutor(max_workers=FSYNC_THREADS, thread_name_prefix="fsync", initializer=name_os_thread)
         self._journal_writer: JournalWriter | None = None  # started by run(); without it appends are synchronous
         self._commit_future: Future[list[OSError | None]] | None = None
         self._commit_snapshot: tuple[list[tuple[tuple[str, str], EpisodeJournal]],
