@@ -229,6 +229,8 @@ class IngestServer:
             BindError: cannot listen on ``config.bind`` (port in use, bad address).
             Exception: anything unexpected; the caller must exit non-zero.
         """
+        if threading.current_thread() is not threading.main_thread():
+            name_os_thread()  # the event loop's thread, as `top -H` shows it (the main thread keeps the process name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
