@@ -20,6 +20,11 @@ from pipeline.raw_store import raw_path, seal_recovered
 from pipeline.robot_config import RobotConfig
 from pipeline.streams import ACTION, CLOCK, EVENTS, JOINT_STATE
 
+# An imported recording has one clock: its clock samples say "same clock", 0.2 ms
+# round trip, every 0.5 s as a collector makes them.
+_SAME_CLOCK_EVERY_NS = 500_000_000
+_SAME_CLOCK_LEG_NS = 100_000
+
 
 class RawEpisodeBuilder:
     """Append streams in capture order, then :meth:`seal`.
@@ -72,6 +77,18 @@ class RawEpisodeBuilder:
 
     def clock(self, t1: int, t2: int, t3: int, t4: int) -> None:
         self._append(protocol.ClockSample(self._header(CLOCK, t1), t1, t2, t3, t4), t4)
+
+    def same_clock(self, t_ns: int) -> None:
+        """A clock sample saying the source's clock is the ingest's (an import's only clock)."""
+        leg = _SAME_CLOCK_LEG_NS
+        self.clock(t_ns, t_ns + leg, t_ns + leg, t_ns + 2 * leg)
+
+    def same_clock_until(self, next_ns: int, until_ns: int) -> int:
+        """:meth:`same_clock` every 0.5 s from ``next_ns`` up to ``until_ns``; return when the next one is due."""
+        while next_ns <= until_ns:
+            self.same_clock(next_ns)
+            next_ns += _SAME_CLOCK_EVERY_NS
+        return next_ns
 
     def seal(self, outcome: str = "success", capture_ns: int | None = None) -> Path:
         """Close the episode with a stop event and seal it into ``raw/``."""

@@ -90,9 +90,6 @@ ACTION_PATH = "/action"
 
 # Rows per joint_state / action message, and frames read from the file at a time.
 _STEPS_PER_BATCH = 50
-# A clock-sync exchange every 0.5 s, as a collector makes them; 100 us each way.
-_CLOCK_EVERY_NS = 500_000_000
-_CLOCK_LEG_NS = 100_000
 _FILE_RE = re.compile(r"episode_(\d+)\.hdf5$")
 _BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -385,10 +382,7 @@ def _write_streams(
         next_clock = base_ns
         for first in range(0, length, _STEPS_PER_BATCH):
             last = min(length, first + _STEPS_PER_BATCH)
-            while next_clock <= stamps[last - 1]:
-                builder.clock(next_clock, next_clock + _CLOCK_LEG_NS, next_clock + _CLOCK_LEG_NS,
-                              next_clock + 2 * _CLOCK_LEG_NS)
-                next_clock += _CLOCK_EVERY_NS
+            next_clock = builder.same_clock_until(next_clock, int(stamps[last - 1]))
             t = stamps[first:last]
             index = np.arange(first, last, dtype=np.int64)
             position = np.asarray(qpos[first:last], dtype=np.float64)
@@ -400,7 +394,7 @@ def _write_streams(
             for camera, produce in frames.items():
                 for i, jpeg in zip(range(first, last), produce, strict=False):
                     builder.frame(camera, int(stamps[i]), i, jpeg)
-        builder.clock(end_ns, end_ns + _CLOCK_LEG_NS, end_ns + _CLOCK_LEG_NS, end_ns + 2 * _CLOCK_LEG_NS)
+        builder.same_clock(end_ns)
 
 
 def _frames(h5: h5py.File, path: Path, camera: _Camera, quality: int, compressed_rgb: bool) -> Iterator[bytes]:

@@ -95,8 +95,6 @@ __all__ = ["LeRobotFormatError", "LeRobotImport", "episode_config", "generated_c
 log = logging.getLogger("refinery.import")
 
 _STEPS_PER_BATCH = 50
-_CLOCK_EVERY_NS = 500_000_000
-_CLOCK_LEG_NS = 100_000
 _EPISODE_GAP_NS = 1_000_000_000
 
 
@@ -311,10 +309,7 @@ def _write_streams(
     next_clock = int(base_ns)
     for first in range(0, length, _STEPS_PER_BATCH):
         last = min(length, first + _STEPS_PER_BATCH)
-        while next_clock <= stamps[last - 1]:
-            builder.clock(next_clock, next_clock + _CLOCK_LEG_NS, next_clock + _CLOCK_LEG_NS,
-                          next_clock + 2 * _CLOCK_LEG_NS)
-            next_clock += _CLOCK_EVERY_NS
+        next_clock = builder.same_clock_until(next_clock, int(stamps[last - 1]))
         if task_index is not None:
             for i in range(max(first, 1), last):
                 if task_index[i] != task_index[i - 1]:
@@ -328,7 +323,7 @@ def _write_streams(
         for camera, produce in frames.items():
             for i in range(first, last):
                 builder.frame(camera, int(stamps[i]), i, next(produce))
-    builder.clock(end_ns, end_ns + _CLOCK_LEG_NS, end_ns + _CLOCK_LEG_NS, end_ns + 2 * _CLOCK_LEG_NS)
+    builder.same_clock(end_ns)
     return end_ns
 
 

@@ -82,9 +82,6 @@ from pipeline.robot_config import RobotConfig, load_robot_config
 log = logging.getLogger("refinery.import")
 
 BAG_SUFFIXES = (".mcap", ".db3")
-# A clock-sync exchange every 0.5 s, as a collector makes them; 100 us each way.
-_CLOCK_EVERY_NS = 500_000_000
-_CLOCK_LEG_NS = 100_000
 _INDICES_LISTED = 20  # sample indices a decision event lists
 _REASONS_KEPT = 50  # distinct skip reasons an episode records one by one (a hostile bag could vary them all)
 
@@ -289,10 +286,7 @@ def _write_message(
     plan: BagPlan, state_matcher: JointMatcher, action_matcher: JointMatcher,
 ) -> None:
     builder = current.builder
-    while current.next_clock_ns <= t:
-        c = current.next_clock_ns
-        builder.clock(c, c + _CLOCK_LEG_NS, c + _CLOCK_LEG_NS, c + 2 * _CLOCK_LEG_NS)
-        current.next_clock_ns += _CLOCK_EVERY_NS
+    current.next_clock_ns = builder.same_clock_until(current.next_clock_ns, t)
     current.last_ns = max(current.last_ns, t)
     if topic.role == "camera" and topic.stream not in plan.cameras:
         raise MessageSkipped(topic.topic, "belongs to a camera left out (no readable first frame)")
@@ -336,7 +330,7 @@ def _seal(current: _Open, plan: BagPlan, bag_map: BagMap, result: RosbagImport) 
         builder.event({"kind": "label", "text": f"{count} message(s) skipped: {reason}"[:900],
                        "decision": "message_skipped", "count": count}, end, arrival_ns=end)
         result.skipped[reason] += count
-    builder.clock(end, end + _CLOCK_LEG_NS, end + _CLOCK_LEG_NS, end + 2 * _CLOCK_LEG_NS)
+    builder.same_clock(end)
     try:
         path = builder.seal(bag_map.outcome, end)
     except BaseException:
