@@ -52,6 +52,13 @@ def _add_ingest_args(p: argparse.ArgumentParser) -> None:
                    help="larger messages are refused by ZeroMQ (default: %(default)s)")
     p.add_argument("--abandon-after", type=_positive_float, default=600.0, metavar="SECONDS",
                    help="seal an episode as incomplete when its collector is silent this long (default: %(default)s)")
+    p.add_argument("--journal-segment-mb", type=_positive_float, default=256.0, metavar="MB",
+                   help="the shared journal (every open episode's records, one fdatasync per commit) starts a new "
+                        "file after this many MB; a file is deleted once its episodes are sealed (default: %(default)s)")
+    p.add_argument("--graduate-after", type=_positive_float, default=300.0, metavar="SECONDS",
+                   help="an episode still open this long after the oldest shared-journal file it is in was started "
+                        "moves to a journal file of its own, so it does not keep the fleet's old files on disk "
+                        "(default: %(default)s)")
     p.add_argument("--keys", type=Path, metavar="SECRET_FILE",
                    help="the ingest's CURVE secret key file (from `refinery keys`)")
     p.add_argument("--allow", type=Path, metavar="DIR",
@@ -345,6 +352,8 @@ def _ingest_config(args: argparse.Namespace):  # noqa: ANN202
         ),
         session_timeout_s=args.session_timeout,
         inject_sync_delay_s=args.inject_sync_delay_ms / 1000,
+        journal_segment_bytes=max(1, int(args.journal_segment_mb * 1024 * 1024)),
+        graduate_after_s=args.graduate_after,
     )
 
 

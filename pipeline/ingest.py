@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,13 +45,22 @@ from pipeline.journal import (
     EpisodeMeta,
     quarantine_journal,
     quarantine_path,
+    quarantine_records,
 )
 from pipeline.heap import trim_heap
-from pipeline.journal_writer import JournalWriter
+from pipeline.journal_writer import Barrier, JournalWriter
 from pipeline.observability.ingest_counters import IngestCounters, RobotCounters
 from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, MAX_JSON_BYTES, StreamRules, screen_event_body
 from pipeline.raw_store import raw_path, seal_recovered
+from pipeline.record_log import RecordWriter
 from pipeline.robot_config import parse_robot_config
+from pipeline.shared_journal import (
+    DEFAULT_GRADUATE_AFTER_S,
+    DEFAULT_SEGMENT_BYTES,
+    SHARED_DIR,
+    SharedJournal,
+    episode_tag,
+)
 from pipeline.thread_names import name_os_thread
 
 log = logging.getLogger("refinery.ingest")
@@ -99,6 +109,8 @@ class IngestConfig:
     limits: IngestLimits = IngestLimits()
     session_timeout_s: float = 15.0  # a collector sends a clock-sync request every 0.5 s
     inject_sync_delay_s: float = 0.0  # fault injection: a slow disk, for backpressure tests
+    journal_segment_bytes: int = DEFAULT_SEGMENT_BYTES  # the shared journal's file size before the next one starts
+    graduate_after_s: float = DEFAULT_GRADUATE_AFTER_S  # an episode pinning older shared segments moves to a file
 
 
 @dataclass
@@ -165,6 +177,8 @@ class IngestServer:
         self.journals: dict[tuple[str, str], EpisodeJournal] = {}
         self.open_by_robot: dict[str, set[str]] = {}
         self.sealing: dict[tuple[str, str], Future[Path]] = {}
+        self._sealing_journals: dict[tuple[str, str], EpisodeJournal] = {}
+        self._shared: SharedJournal | None = None  # opened by run()
         self.last_activity: dict[tuple[str, str], float] = {}
         self._dirty_journals: set[tuple[str, str]] = set()
         self._stop = threading.Event()
@@ -191,11 +205,14 @@ class IngestServer:
     def stop(self) -> None:
         self._stop.set()
 
-    def recover(self) -> None:
-        """Reopen every journal a previous run left; seal those already complete.
+    def recover(self, shared_journals: list[EpisodeJournal] = ()) -> None:
+        """Reopen every journal a previous run left (journal files, and the episodes
+        of the shared journal, already replayed by :meth:`_open_shared_journal`);
+        seal those already complete.
 
         A journal that does not replay is quarantined, never left to fail again
         at the next start."""
+        recovered = list(shared_journals)
         for path in sorted((self.data_dir / "journal").glob(f"*/*{JOURNAL_SUFFIX}")):
             robot_id, episode_id = path.parent.name, path.name[: -len(JOURNAL_SUFFIX)]
             try:
@@ -206,21 +223,43 @@ class IngestServer:
             except Exception as err:  # noqa: BLE001 - no journal may stop the ingest at every start
                 self._quarantine(path, robot_id, episode_id, f"journal does not replay: {type(err).__name__}: {err}")
                 continue
-            key = (journal.meta.robot_id, journal.meta.episode_id)
-            if raw_path(self.data_dir, *key).exists():
+            if raw_path(self.data_dir, *journal.key).exists():
                 # Sealed before the crash, journal not yet deleted.
                 journal.close()
                 path.unlink()
                 continue
-            self._limit_check_recovered(journal)
+            recovered.append(journal)
+        for journal in recovered:
+            key = journal.key
             self._add_journal(key, journal)
+            self._limit_check_recovered(journal)
             log.info("recovered journal robot=%s episode=%s streams=%s", *key, journal.acked)
             if journal.complete:
                 self._start_seal(key)
 
+    def _open_shared_journal(self) -> tuple[SharedJournal, list[EpisodeJournal]]:
+        """Replay the shared journal (before its writer thread owns it); quarantine
+        the episodes whose records do not replay."""
+        journal_dir = self.data_dir / "journal"
+        graduated = {(p.parent.name, p.name[: -len(JOURNAL_SUFFIX)])
+                     for p in journal_dir.glob(f"*/*{JOURNAL_SUFFIX}") if p.parent.name != SHARED_DIR}
+        shared, found = SharedJournal.recover(
+            journal_dir / SHARED_DIR,
+            is_sealed=lambda key: raw_path(self.data_dir, *key).exists(),
+            skip=graduated,
+            segment_bytes=self.config.journal_segment_bytes,
+            graduate_after_s=self.config.graduate_after_s,
+        )
+        for key, reason in found.unreadable.items():
+            payloads = shared.read_payloads(found.unreadable_places[key], episode_tag(*key))
+            self._quarantine_records(payloads, key, f"journal does not replay: {reason}", str(shared.directory))
+        shared.collect()
+        return shared, found.journals
+
     def _limit_check_recovered(self, journal: EpisodeJournal) -> None:
         if not journal.limit and journal.size > self.limits.max_episode_bytes:
             journal.mark_limit(f"episode bytes above {self.limits.max_episode_bytes:,}")
+            self._dirty_journals.add(journal.key)
 
     def run(self) -> None:
         """Serve until :meth:`stop` is called.
@@ -248,8 +287,9 @@ class IngestServer:
             if self.config.keys is not None:
                 auth = self.config.keys.apply(context, sock, self.allow)
             self._bind(sock)
-            self._journal_writer = JournalWriter()
-            self.recover()
+            self._shared, shared_journals = self._open_shared_journal()
+            self._journal_writer = JournalWriter(shared=self._shared, graduate_to=self.data_dir / "journal")
+            self.recover(shared_journals)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             log.info("ingest listening on %s, data in %s", self.endpoint, self.data_dir)
             self.ready.set()
@@ -653,21 +693,25 @@ class IngestServer:
                          f"robot {session.robot_id} has {len(open_now)} episodes open at the ingest, the limit; "
                          f"episode {episode_id} waits until one is sealed")
             return None
-        path = self.data_dir / "journal" / session.robot_id / f"{episode_id}{JOURNAL_SUFFIX}"
         meta = EpisodeMeta(session.robot_id, episode_id, session.model, session.config_digest, session.config,
                            time.time_ns(), session.key)
-        try:
-            journal = EpisodeJournal.create(path, meta)
-        except OSError as err:
-            self._disk_failure(sock, session, path, err)
-            path.unlink(missing_ok=True)
-            return None
+        if self._shared is not None and self._journal_writer is not None:
+            # Its header is queued like any record: durable with the commit that acknowledges its first messages.
+            journal = EpisodeJournal.start_shared(self._shared, meta, self._journal_writer)
+        else:
+            path = self.data_dir / "journal" / session.robot_id / f"{episode_id}{JOURNAL_SUFFIX}"
+            try:
+                journal = EpisodeJournal.create(path, meta)
+            except OSError as err:
+                self._disk_failure(sock, session, path, err)
+                path.unlink(missing_ok=True)
+                return None
         self._add_journal(key, journal)
         log.info("episode started robot=%s episode=%s", *key)
         return journal
 
     def _add_journal(self, key: tuple[str, str], journal: EpisodeJournal) -> None:
-        if self._journal_writer is not None:
+        if self._journal_writer is not None and journal.queue is None:
             journal.attach(self._journal_writer)
         self.journals[key] = journal
         self.open_by_robot.setdefault(key[0], set()).add(key[1])
@@ -768,10 +812,16 @@ class IngestServer:
         if wait:
             self._finish_commit(sock)
 
-    def _sync_all(self, journals: list[EpisodeJournal], barrier: threading.Event | None) -> list[OSError | None]:
+    def _sync_all(self, journals: list[EpisodeJournal], barrier: Barrier | None) -> list[OSError | None]:
+        """Sync what the commit covers: the shared journal's segment (one fdatasync for
+        every episode in it) and each journal file (in parallel: fsync releases the GIL)."""
         if barrier is not None and self._journal_writer is not None:
             self._journal_writer.wait(barrier)  # every write this commit covers is in the files
-        failures = list(self._sync_workers.map(_sync, journals))
+        segment = barrier.segment if barrier is not None else None
+        shared_failure = _sync(segment) if segment is not None and any(j.shared for j in journals) else None
+        files = [j for j in journals if j.writer is not None]
+        synced = dict(zip(map(id, files), self._sync_workers.map(_sync, files)))
+        failures = [synced[id(j)] if id(j) in synced else shared_failure for j in journals]
         if journals and self.config.inject_sync_delay_s:
             time.sleep(self.config.inject_sync_delay_s)
         return failures
@@ -817,8 +867,10 @@ class IngestServer:
 
     def _start_seal(self, key: tuple[str, str]) -> None:
         journal = self._remove_journal(key)
+        journal.sealing = True  # before the barrier: the writer moves it no more
         incomplete = not journal.complete
         self._final_acks[key] = journal.acked
+        self._sealing_journals[key] = journal
         barrier = self._journal_writer.barrier() if self._journal_writer is not None else None
         self.sealing[key] = self._seal_pool.submit(self._seal_when_written, barrier, journal, incomplete)
         self.counters.seal_started(key, incomplete, self.sealing[key])
@@ -834,6 +886,7 @@ class IngestServer:
                 continue
             del self.sealing[key]
             self._final_acks.pop(key, None)
+            journal = self._sealing_journals.pop(key)
             try:
                 path = future.result()
             except OSError as err:
@@ -841,15 +894,36 @@ class IngestServer:
                 log.error("sealing robot=%s episode=%s failed: %s; journal kept for the next start", *key, err)
                 continue
             except Exception as err:  # noqa: BLE001 - whatever a journal holds must not stop the ingest
-                journal_path = self.data_dir / "journal" / key[0] / f"{key[1]}{JOURNAL_SUFFIX}"
-                self._quarantine(journal_path, *key, f"sealing failed: {type(err).__name__}: {err}")
+                reason = f"sealing failed: {type(err).__name__}: {err}"
+                if journal.shared is not None:
+                    self._quarantine_records(journal.shared.read_payloads(journal.written.places, journal.tag),
+                                             key, reason, str(journal.path))
+                    self._release(journal)
+                else:
+                    self._quarantine(journal.path, *key, reason)
                 continue
+            self._release(journal)
             self.stats.sealed += 1
             self.counters.episode_sealed(key)
             log.info("sealed robot=%s episode=%s -> %s", key[0], key[1], path)
             identity = self.robots.get(key[0])
             if identity in self.sessions:
                 self.sessions[identity].sealed.add(key[1])
+
+    def _release(self, journal: EpisodeJournal) -> None:
+        if journal.shared is not None and self._journal_writer is not None:
+            self._journal_writer.release(journal)
+
+    def _quarantine_records(self, payloads: Iterator[bytes], key: tuple[str, str], reason: str, source: str) -> None:
+        """Quarantine an episode of the shared journal (its records copied out)."""
+        try:
+            dest = quarantine_records(self.data_dir, payloads, *key, reason, source)
+        except OSError as err:
+            log.error("robot=%s episode=%s cannot be sealed (%s) nor quarantined (%s); its records stay in "
+                      "the shared journal for the next start", *key, reason, err)
+            return
+        self.stats.quarantined += 1
+        log.error("robot=%s episode=%s cannot be sealed: %s; its records copied to %s", *key, reason, dest)
 
     def _quarantine(self, journal_path: Path, robot_id: str, episode_id: str, reason: str) -> None:
         try:
@@ -918,7 +992,7 @@ class IngestServer:
         }
 
 
-def _sync(journal: EpisodeJournal) -> OSError | None:
+def _sync(journal: EpisodeJournal | RecordWriter) -> OSError | None:
     try:
         journal.sync()
     except OSError as err:

@@ -27,6 +27,7 @@ from pipeline import protocol
 from pipeline.errors import ProtocolError, StoreError
 from pipeline.journal_writer import JournalWriter, WrittenState
 from pipeline.record_log import RECORD_HEAD, RecordWriter, fsync_dir, frame_parts, iter_log, truncate_to, unpack_frames
+from pipeline.shared_journal import SHARED_DIR, SharedJournal, episode_tag, iter_episode_payloads
 from pipeline.streams import EVENTS
 
 JOURNAL_MAGIC = b"RFJ1"
@@ -59,11 +60,16 @@ class EpisodeMeta:
             raise StoreError(str(path), f"journal header unreadable: {err}") from err
 
 
-@dataclass
+@dataclass(eq=False)
 class EpisodeJournal:
-    """Append side of one episode's journal, with the stream state replay rebuilds."""
+    """Append side of one episode's journal, with the stream state replay rebuilds.
 
-    path: Path
+    The journal is a file of its own (``writer``), or the episode's records in the
+    ingest's :class:`~pipeline.shared_journal.SharedJournal` (``shared``; then
+    ``written.places`` says where they are).
+    """
+
+    path: Path  # the journal file, or the shared journal's directory
     meta: EpisodeMeta
     next_seq: dict[str, int] = field(default_factory=dict)
     stop: dict[str, Any] | None = None
@@ -78,6 +84,50 @@ class EpisodeJournal:
     write_error: OSError | None = None  # a queued write failed: accept nothing until rolled back
     rollback_requested: bool = False
     rollback_ready: bool = False  # the writer has passed every write queued before the request
+    shared: SharedJournal | None = None
+    tag: bytes = b""  # names the episode in the shared journal's records
+    sealing: bool = False  # set by the loop before the seal's barrier: the writer leaves it where it is
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.meta.robot_id, self.meta.episode_id)
+
+    @property
+    def closed(self) -> bool:
+        return self.writer is None and self.shared is None
+
+    @classmethod
+    def start_shared(cls, shared: SharedJournal, meta: EpisodeMeta, queue: JournalWriter) -> EpisodeJournal:
+        """A new episode in the shared journal: its header is queued as its first record."""
+        journal = cls(shared.directory, meta, shared=shared, tag=episode_tag(meta.robot_id, meta.episode_id))
+        journal.attach(queue)
+        payload = meta.to_payload()
+        size = RECORD_HEAD.size + len(payload)
+        queue.header(journal, payload, size)
+        journal.size = size
+        return journal
+
+    @classmethod
+    def from_shared_header(cls, payload: bytes, shared: SharedJournal, where: str) -> EpisodeJournal:
+        """An episode of the shared journal, from its header record (recovery)."""
+        meta = EpisodeMeta.from_payload(payload, Path(where))
+        return cls(shared.directory, meta, shared=shared, tag=episode_tag(meta.robot_id, meta.episode_id))
+
+    def replay(self, payload: bytes) -> None:
+        """Apply one recovered record to the stream state. StoreError: it does not decode."""
+        for _, record in self._decode(iter((payload,))):
+            if record is not None:
+                self._advance(record)
+
+    def records(self) -> Iterator[tuple[int, protocol.DataRecord]]:
+        """Every data message written so far, in order, read one at a time (for sealing,
+        once the writer has passed the last write)."""
+        if self.shared is None:
+            return iter_journal(self.path)[1]
+        payloads = self.shared.read_payloads(self.written.places, self.tag)
+        if next(payloads, None) is None:  # the header
+            raise StoreError(str(self.path), f"episode {self.meta.episode_id} has no records in the shared journal")
+        return (item for item in self._decode(payloads) if item[1] is not None)  # type: ignore[misc]
 
     @classmethod
     def create(cls, path: Path, meta: EpisodeMeta) -> EpisodeJournal:
@@ -130,7 +180,7 @@ class EpisodeJournal:
         """:meth:`append` from the header alone (the ingest's path: it never builds the
         payload's record); ``stop`` is the body of a stop event. With a queue the
         write is queued, and a failure shows later as :attr:`write_error`."""
-        if self.writer is None:
+        if self.closed:
             raise StoreError(str(self.path), "journal is closed")
         parts = [ARRIVAL.pack(arrival_ns), *frame_parts(frames)]
         if self.queue is not None:
@@ -138,6 +188,7 @@ class EpisodeJournal:
             self.queue.append(self, parts, size, header.stream, header.seq, header.capture_ns, stop)
             self.size += size
         else:
+            assert self.writer is not None, "a journal in the shared journal appends through its queue"
             self.writer.append_parts(parts)
             self.size = self.writer.size
         self._advance_header(header, stop)
@@ -145,7 +196,8 @@ class EpisodeJournal:
     def attach(self, queue: JournalWriter) -> None:
         """From now on, append through ``queue``'s thread."""
         self.queue = queue
-        self.written = WrittenState(dict(self.next_seq), self.stop, self.first_capture_ns, self.limit)
+        self.written = WrittenState(dict(self.next_seq), self.stop, self.first_capture_ns, self.limit,
+                                    self.written.places)
 
     def roll_back_to_written(self) -> None:
         """After a failed queued write, once :attr:`rollback_ready`: the stream state
@@ -157,20 +209,28 @@ class EpisodeJournal:
         self.limit = written.limit
         if self.writer is not None:
             self.size = self.writer.size
+        elif self.shared is not None:
+            self.size = sum(written.places.lengths)
         self.write_error = None
         self.rollback_requested = self.rollback_ready = False
+        if self.shared is not None and not written.places and self.queue is not None:
+            # The header's write failed too: it must still come first.
+            payload = self.meta.to_payload()
+            self.size = RECORD_HEAD.size + len(payload)
+            self.queue.header(self, payload, self.size)
 
     def mark_limit(self, reason: str) -> None:
         """Record that the episode reached a limit: from now on only its events are
         accepted, and its stop event seals it (incomplete) without waiting for the
         data it names. Journaled, so a restart knows it too."""
-        if self.writer is None:
+        if self.closed:
             raise StoreError(str(self.path), "journal is closed")
         payload = NOTE_MAGIC + json.dumps({"limit": reason}).encode()
         if self.queue is not None:
             self.queue.note(self, payload, reason)
             self.size += RECORD_HEAD.size + len(payload)
         else:
+            assert self.writer is not None, "a journal in the shared journal appends through its queue"
             self.writer.append(payload)
             self.size = self.writer.size
         self.limit = reason
@@ -214,6 +274,7 @@ class EpisodeJournal:
         }
 
     def sync(self) -> None:
+        """Make a journal file's records durable (the shared journal is synced as a whole)."""
         if self.writer is not None:
             self.writer.sync()
 
@@ -268,8 +329,56 @@ def read_journal(path: Path) -> tuple[EpisodeMeta, list[tuple[int, protocol.Data
     return meta, list(records)
 
 
+def read_unsealed_episode(data_dir: Path, robot_id: str, episode_id: str) -> list[tuple[int, protocol.DataRecord]]:
+    """What an ingest's data directory holds of an episode not sealed yet: its journal
+    file, or its records in the shared journal (tools and tests; files not changed)."""
+    path = data_dir / "journal" / robot_id / f"{episode_id}{JOURNAL_SUFFIX}"
+    if path.exists():
+        return read_journal(path)[1]
+    payloads = iter_episode_payloads(data_dir / "journal" / SHARED_DIR, (robot_id, episode_id))
+    header = next(payloads, None)
+    if header is None:
+        return []
+    reader = EpisodeJournal(path, EpisodeMeta.from_payload(header, path))
+    return [(arrival, record) for arrival, record in reader._decode(payloads) if record is not None]
+
+
 def quarantine_path(data_dir: Path, robot_id: str, episode_id: str) -> Path:
     return data_dir / QUARANTINE / robot_id / f"{episode_id}{JOURNAL_SUFFIX}"
+
+
+def quarantine_records(data_dir: Path, payloads: Iterator[bytes], robot_id: str, episode_id: str, reason: str,
+                       source: str) -> Path:
+    """Quarantine an episode of the shared journal: copy its records (header first)
+    into ``<data>/quarantine/<robot>/<episode>.rfj``, a journal file like any other,
+    beside the reason. Records that cannot be read end the copy; the reason says so."""
+    dest = _free_quarantine_path(data_dir, robot_id, episode_id)
+    partial = dest.with_name(dest.name + ".partial")
+    copied = 0
+    with RecordWriter(partial) as out:
+        try:
+            for payload in payloads:
+                out.append(payload)
+                copied += 1
+        except StoreError as err:
+            reason = f"{reason}; only its first {copied} records could be copied ({err})"
+    _write_reason(dest, robot_id, episode_id, source, reason)
+    os.replace(partial, dest)
+    fsync_dir(dest.parent)
+    return dest
+
+
+def _free_quarantine_path(data_dir: Path, robot_id: str, episode_id: str) -> Path:
+    dest = quarantine_path(data_dir, robot_id, episode_id)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():  # quarantined before under the same name: keep both
+        dest = dest.with_name(f"{episode_id}.{os.getpid()}-{os.urandom(3).hex()}{JOURNAL_SUFFIX}")
+    return dest
+
+
+def _write_reason(dest: Path, robot_id: str, episode_id: str, source: str, reason: str) -> None:
+    reason_file = dest.with_name(dest.name[: -len(JOURNAL_SUFFIX)] + ".reason.txt")
+    reason_file.write_text(f"robot {robot_id} episode {episode_id}\njournal {source}\nquarantined because: {reason}\n")
 
 
 def quarantine_journal(data_dir: Path, journal_path: Path, robot_id: str, episode_id: str, reason: str) -> Path:
@@ -279,14 +388,8 @@ def quarantine_journal(data_dir: Path, journal_path: Path, robot_id: str, episod
     ``<episode>.reason.txt``, so the next start does not try it again (a crash
     loop) and an engineer can look at it.
     """
-    dest = quarantine_path(data_dir, robot_id, episode_id)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists():  # quarantined before under the same name: keep both
-        dest = dest.with_name(f"{episode_id}.{os.getpid()}-{os.urandom(3).hex()}{JOURNAL_SUFFIX}")
-    reason_file = dest.with_name(dest.name[: -len(JOURNAL_SUFFIX)] + ".reason.txt")
-    reason_file.write_text(
-        f"robot {robot_id} episode {episode_id}\njournal {journal_path}\nquarantined because: {reason}\n"
-    )
+    dest = _free_quarantine_path(data_dir, robot_id, episode_id)
+    _write_reason(dest, robot_id, episode_id, str(journal_path), reason)
     os.replace(journal_path, dest)
     fsync_dir(dest.parent)
     fsync_dir(journal_path.parent)

@@ -22,16 +22,26 @@ resends it.
 
 Memory is bounded: the loop waits when more than ``max_queued_bytes`` are
 queued (the collectors' credit windows normally keep it far below that).
+
+With a :class:`~pipeline.shared_journal.SharedJournal`, the records of every
+episode in it that queued together are written with one ``writev`` to its
+current segment, and a barrier names that segment, so the commit syncs one
+file. The thread also deletes segments once their episodes are released
+(sealed), and moves long-open episodes into journal files of their own.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
+from pipeline.record_log import RECORD_HEAD, RecordWriter
+from pipeline.shared_journal import Places, SharedJournal
 from pipeline.thread_names import name_os_thread
 
 if TYPE_CHECKING:
@@ -39,8 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("refinery.ingest")
 
-_DATA, _NOTE, _BARRIER, _ROLLBACK, _STOP = range(5)
+_DATA, _NOTE, _HEADER, _BARRIER, _ROLLBACK, _RELEASE, _STOP = range(7)
 _MAX_BATCH = 512  # queued items taken at once
+_GRADUATION_CHECK_S = 1.0
 
 
 @dataclass
@@ -51,6 +62,15 @@ class WrittenState:
     stop: dict[str, Any] | None = None
     first_capture_ns: int | None = None
     limit: str = ""
+    places: Places = field(default_factory=Places)  # in the shared journal: where each record is
+
+
+class Barrier(threading.Event):
+    """Set once every write queued before it is done (or failed). ``segment``: the
+    shared journal's segment those writes went to, which a commit must sync
+    (earlier segments were synced when the next one was started)."""
+
+    segment: RecordWriter | None = None
 
 
 class JournalWriterDied(RuntimeError):
@@ -58,8 +78,14 @@ class JournalWriterDied(RuntimeError):
 
 
 class JournalWriter:
-    def __init__(self, max_queued_bytes: int = 16 << 20) -> None:
+    def __init__(self, max_queued_bytes: int = 16 << 20, shared: SharedJournal | None = None,
+                 graduate_to: Path | None = None) -> None:
+        """``shared``: the shared journal this thread appends to (it owns it from now
+        on); ``graduate_to``: the journal directory long-open episodes move to."""
         self.max_queued_bytes = max_queued_bytes
+        self.shared = shared
+        self.graduate_to = graduate_to
+        self._next_graduation_check = time.monotonic() + _GRADUATION_CHECK_S
         self._queue: SimpleQueue[tuple[Any, ...]] = SimpleQueue()
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
@@ -79,14 +105,24 @@ class JournalWriter:
         self._queue.put((_DATA, journal, parts, size, stream, seq, capture_ns, stop))
 
     def note(self, journal: EpisodeJournal, payload: bytes, limit: str) -> None:
-        self._reserve(len(payload))
-        self._queue.put((_NOTE, journal, [payload], len(payload), limit))
+        size = RECORD_HEAD.size + len(payload)
+        self._reserve(size)
+        self._queue.put((_NOTE, journal, [payload], size, limit))
 
-    def barrier(self) -> threading.Event:
-        """An event set once every write queued before it is done (or failed)."""
-        done = threading.Event()
+    def header(self, journal: EpisodeJournal, payload: bytes, size: int) -> None:
+        """A new episode's first record (in the shared journal)."""
+        self._reserve(size)
+        self._queue.put((_HEADER, journal, [payload], size))
+
+    def barrier(self) -> Barrier:
+        """A barrier set once every write queued before it is done (or failed)."""
+        done = Barrier()
         self._queue.put((_BARRIER, done))
         return done
+
+    def release(self, journal: EpisodeJournal) -> None:
+        """``journal``'s episode is sealed: its records in the shared journal may go."""
+        self._queue.put((_RELEASE, journal))
 
     def wait(self, barrier: threading.Event) -> None:
         while not barrier.wait(1.0):
@@ -136,44 +172,103 @@ class JournalWriter:
             writes: list[tuple[Any, ...]] = []
             for item in items:
                 kind = item[0]
-                if kind == _DATA or kind == _NOTE:
+                if kind <= _HEADER:
                     writes.append(item)
                     continue
-                self._write_batch(writes)  # everything queued before a barrier, rollback or stop
+                self._write_batch(writes)  # everything queued before a barrier, rollback, release or stop
                 writes = []
                 if kind == _BARRIER:
+                    if self.shared is not None:
+                        item[1].segment = self.shared.current
                     item[1].set()
                 elif kind == _ROLLBACK:
                     item[1].rollback_ready = True
+                elif kind == _RELEASE:
+                    if self.shared is not None:
+                        self.shared.release(item[1])
                 else:
+                    if self.shared is not None:
+                        self.shared.close()
                     return
             self._write_batch(writes)
+            if self.shared is not None and self.graduate_to is not None:
+                self._graduate_long_episodes()
 
     def _write_batch(self, items: list[tuple[Any, ...]]) -> None:
         """Write queued records, each journal's in their queued order, and record what reached the files."""
         if not items:
             return
         by_journal: dict[int, list[tuple[Any, ...]]] = {}
-        for item in items:
-            by_journal.setdefault(id(item[1]), []).append(item)
+        shared: list[tuple[Any, ...]] = []
         size = 0
+        for item in items:
+            size += item[3]
+            journal = item[1]
+            if journal.write_error is not None:
+                continue  # nothing after a failed write, until the loop has rolled the journal back
+            if journal.shared is not None:
+                shared.append(item)
+            else:
+                by_journal.setdefault(id(journal), []).append(item)
+        if shared:
+            self._write_shared(shared)
         for group in by_journal.values():
             journal = group[0][1]
-            size += sum(item[3] for item in group)
-            if journal.write_error is not None or not self._write(journal, [item[2] for item in group]):
-                continue
-            written = journal.written
-            for item in group:
-                if item[0] == _DATA:
-                    _, _, _, _, stream, seq, capture_ns, stop = item
-                    written.next_seq[stream] = seq + 1
-                    if written.first_capture_ns is None:
-                        written.first_capture_ns = capture_ns
-                    if stop is not None:
-                        written.stop = stop
-                else:
-                    written.limit = item[4]
+            if self._write(journal, [item[2] for item in group]):
+                self._advance_written(group)
         self._release(size)
+
+    def _write_shared(self, items: list[tuple[Any, ...]]) -> None:
+        """One writev to the shared journal for every episode's records of this batch."""
+        assert self.shared is not None
+        journals = [item[1] for item in items]
+        try:
+            self.shared.append(journals, [item[2] for item in items], [item[3] - RECORD_HEAD.size for item in items])
+        except OSError as err:
+            for journal in journals:
+                if journal.write_error is None:
+                    journal.write_error = err
+            return
+        self._advance_written(items)
+
+    @staticmethod
+    def _advance_written(items: list[tuple[Any, ...]]) -> None:
+        for item in items:
+            kind = item[0]
+            written = item[1].written
+            if kind == _DATA:
+                _, _, _, _, stream, seq, capture_ns, stop = item
+                written.next_seq[stream] = seq + 1
+                if written.first_capture_ns is None:
+                    written.first_capture_ns = capture_ns
+                if stop is not None:
+                    written.stop = stop
+            elif kind == _NOTE:
+                written.limit = item[4]
+
+    def _graduate_long_episodes(self) -> None:
+        """Move episodes that pin an old segment into journal files of their own."""
+        now = time.monotonic()
+        if now < self._next_graduation_check:
+            return
+        self._next_graduation_check = now + _GRADUATION_CHECK_S
+        assert self.shared is not None and self.graduate_to is not None
+        from pipeline.journal import JOURNAL_SUFFIX
+
+        for journal in self.shared.due_to_graduate(now):
+            robot_id, episode_id = journal.key
+            path = self.graduate_to / robot_id / f"{episode_id}{JOURNAL_SUFFIX}"
+            try:
+                writer = self.shared.graduate(journal, path)
+            except OSError as err:
+                log.error("robot=%s episode=%s: cannot move it to a journal file of its own (%s); "
+                          "it stays in the shared journal", robot_id, episode_id, err)
+                continue
+            journal.writer = writer  # before shared is cleared: the journal is never without a place to go
+            journal.path = path
+            journal.shared = None
+            journal.written.places = Places()
+            log.info("robot=%s episode=%s open for long: moved to %s", robot_id, episode_id, path)
 
     @staticmethod
     def _write(journal: EpisodeJournal, records: list[list[Any]]) -> bool:

@@ -58,24 +58,32 @@ def raw_path(data_dir: Path, robot_id: str, episode_id: str) -> Path:
 def seal_journal(
     journal_path: Path, out_path: Path, *, missing: dict[str, list[int]] | None = None, limit: str = ""
 ) -> Path:
-    """Write the journal's episode as one HDF5 file, atomically, and return its path.
+    """Write a journal file's episode as one HDF5 file, atomically (:func:`seal_records`)."""
+    meta, records = iter_journal(journal_path)
+    return seal_records(meta, records, out_path, missing=missing, limit=limit, source=journal_path)
 
-    The journal is streamed: records are read one at a time and appended to the
-    file's datasets in bounded buffers, so memory does not grow with the
-    episode. The file is written to ``<out>.partial``, fsynced, renamed into
-    place and the directory fsynced, so a reader sees either no file or the
-    whole one.
+
+def seal_records(
+    meta: EpisodeMeta, records: Iterator[tuple[int, protocol.DataRecord]], out_path: Path, *,
+    missing: dict[str, list[int]] | None = None, limit: str = "", source: Path,
+) -> Path:
+    """Write an episode's journaled messages as one HDF5 file, atomically, and return its path.
+
+    The records are streamed: read one at a time and appended to the file's
+    datasets in bounded buffers, so memory does not grow with the episode. The
+    file is written to ``<out>.partial``, fsynced, renamed into place and the
+    directory fsynced, so a reader sees either no file or the whole one.
+    ``source`` names the journal in errors.
 
     Raises:
         StoreError: the journal holds something that cannot be sealed (a batch
             whose width differs from its stream's first, text HDF5 cannot hold).
     """
-    meta, records = iter_journal(journal_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
     try:
         with h5py.File(partial, "w") as h5:
-            _write_episode(h5, meta, records, missing or {}, limit, journal_path)
+            _write_episode(h5, meta, records, missing or {}, limit, source)
         with open(partial, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(partial, out_path)
@@ -87,13 +95,15 @@ def seal_journal(
 
 
 def seal_recovered(journal: EpisodeJournal, data_dir: Path, *, incomplete: bool = False) -> Path:
-    """Seal an episode journal and delete the journal once the file is in place."""
+    """Seal an episode's journal; a journal file is deleted once the raw file is in
+    place (records in the shared journal are released by the ingest)."""
     journal.close()
     out = raw_path(data_dir, journal.meta.robot_id, journal.meta.episode_id)
     missing = journal.missing() if incomplete or journal.limit else None
-    seal_journal(journal.path, out, missing=missing, limit=journal.limit)
-    journal.path.unlink()
-    fsync_dir(journal.path.parent)
+    seal_records(journal.meta, journal.records(), out, missing=missing, limit=journal.limit, source=journal.path)
+    if journal.shared is None:
+        journal.path.unlink()
+        fsync_dir(journal.path.parent)
     return out
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -182,11 +183,15 @@ class RecordWriter:
     holds half a record that a later append would bury.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, exclusive: bool = False) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_EXCL if exclusive else 0)
+        self._fd = os.open(path, flags, 0o644)
         self.size = os.fstat(self._fd).st_size
         self._dirty = False
+        # sync and close exclude each other: a second syncer must not return while
+        # the first one's fsync is still running, nor fsync a closed (reused) descriptor.
+        self._sync_lock = threading.Lock()
 
     def append(self, payload: bytes) -> int:
         """Append one record; return its offset. Raises OSError (e.g. ENOSPC) untouched."""
@@ -198,11 +203,15 @@ class RecordWriter:
         self.append_records((parts,))
         return offset
 
-    def append_records(self, records: Sequence[Sequence[bytes]]) -> None:
+    def append_records(self, records: Sequence[Sequence[bytes]], offsets: list[int] | None = None) -> None:
         """Append several records (each a payload given as parts) with as few ``writev``
         calls as the kernel's vector limit allows: all of them, or none (a failed
-        write is rolled back to where they started, and OSError raised)."""
+        write is rolled back to where they started, and OSError raised). With
+        ``offsets``, the offset of each record is appended to it once all are written."""
         vector: list[bytes] = []
+        start = self.size
+        at = start
+        starts: list[int] = []
         for parts in records:
             length = 0
             crc = 0
@@ -211,7 +220,8 @@ class RecordWriter:
                 crc = checksum(part, crc)
             vector.append(record_head(length, crc))
             vector.extend(parts)
-        start = self.size
+            starts.append(at)
+            at += RECORD_HEAD.size + length
         try:
             for lo in range(0, len(vector), _IOV_MAX):
                 chunk = vector[lo : lo + _IOV_MAX]
@@ -225,29 +235,39 @@ class RecordWriter:
             self.size = start
             raise
         self._dirty = True
+        if offsets is not None:
+            offsets.extend(starts)
 
     def sync(self) -> None:
-        if self._dirty:
-            # Cleared before the fsync: an append on another thread meanwhile sets it
-            # again, so the next sync covers it.
-            self._dirty = False
-            try:
-                os.fsync(self._fd)
-            except OSError:
-                self._dirty = True
-                raise
+        """Make every record appended so far durable (``fdatasync``: the data and the
+        file size, not the times). A no-op once the writer is closed: closing synced it."""
+        with self._sync_lock:
+            if self._fd < 0 and self._dirty:
+                raise OSError(errno.EIO, f"{self.path} was closed with records its last fsync did not make durable")
+            if self._dirty:
+                # Cleared before the fsync: an append on another thread meanwhile sets it
+                # again, so the next sync covers it.
+                self._dirty = False
+                try:
+                    os.fdatasync(self._fd)
+                except OSError:
+                    self._dirty = True
+                    raise
 
     @property
     def closed(self) -> bool:
         return self._fd < 0
 
     def close(self) -> None:
+        """Sync and close (closed even when the sync fails; its OSError is raised then)."""
         if self._fd >= 0:
             try:
                 self.sync()
             finally:
-                os.close(self._fd)
-                self._fd = -1
+                with self._sync_lock:
+                    if self._fd >= 0:
+                        os.close(self._fd)
+                        self._fd = -1
 
     def __enter__(self) -> RecordWriter:
         return self

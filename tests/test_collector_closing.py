@@ -80,8 +80,9 @@ def test_drain_only_closes_an_episode_interrupted_when_everything_was_acknowledg
         )
         collector.start()
         collector.wait_for_log("started task")
-        journal = ingest.data_dir / "journal" / robot_id
-        wait_for(lambda: list(journal.glob("*.rfj")), 20, "the ingest to open the episode")
+        shared = ingest.data_dir / "journal" / "shared"
+        tag = f"{robot_id}/".encode()
+        wait_for(lambda: any(tag in p.read_bytes() for p in shared.glob("*.rfl")), 20, "the ingest to open the episode")
         time.sleep(0.6)  # past the stall's start
         wait_for(lambda: not segments(spool), 20, "an empty spool")
         collector.kill(signal.SIGKILL)

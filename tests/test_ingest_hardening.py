@@ -18,6 +18,8 @@ import zmq
 from pipeline import protocol
 from pipeline.ingest import IngestLimits
 from pipeline.journal import JOURNAL_SUFFIX, EpisodeJournal, EpisodeMeta
+from pipeline.journal_writer import JournalWriter
+from pipeline.shared_journal import SHARED_DIR, SharedJournal
 from pipeline.raw_store import RawEpisodeReader, verify_episode
 from tests.processes import IngestProcess, free_port
 
@@ -365,11 +367,15 @@ def test_hello_after_a_restart_learns_seals_done_during_recovery(start_ingest, t
     first.stop()
     p.close()
     # The stop is journaled as the ingest went down (a kill -9 after the write): recovery seals it.
-    journal = EpisodeJournal.recover(tmp_path / "ingest" / "journal" / ROBOT / f"ep-r{JOURNAL_SUFFIX}")
+    shared, found = SharedJournal.recover(tmp_path / "ingest" / "journal" / SHARED_DIR,
+                                          is_sealed=lambda key: False, skip=set())
+    (journal,) = found.journals
+    writer = JournalWriter(shared=shared)
+    journal.attach(writer)
     stop = protocol.Event(protocol.DataHeader(ROBOT, "ep-r", "events", 1, 5),
                           {"kind": "stop", "outcome": "success", "last_seq": {"events": 1, "joint_state": 0}})
     journal.append(6, stop.encode(), stop)
-    journal.close()
+    writer.close()
     second = start_ingest()
     wait_for(lambda: sealed_path(second, episode="ep-r").exists(), 10, "recovery to seal it")
     q = RawPeer(second.endpoint, tiny_robot, episode="ep-r")

@@ -919,7 +919,8 @@ def _profiled_ingest(argv: list[str]) -> int:
     import cProfile
     import logging
 
-    from pipeline import cli, ingest as ingest_mod, journal as journal_mod
+    from pipeline import cli, ingest as ingest_mod, journal as journal_mod, journal_writer as journal_writer_mod
+    from pipeline import record_log as record_log_mod
 
     mode, out, rest = argv[0], Path(argv[1]), argv[2:]
     args = cli.build_parser().parse_args(rest)
@@ -955,9 +956,10 @@ def _profiled_ingest(argv: list[str]) -> int:
         timed(zmq.Socket, "send_multipart", "send_multipart (acks)")
         timed(ingest_mod.IngestServer, "_handle", "_handle (whole message)")
         timed(protocol, "decode", "protocol.decode")
-        timed(journal_mod.EpisodeJournal, "append", "journal.append (crc+writev)")
+        timed(journal_mod.EpisodeJournal, "append_frames", "journal.append_frames (queued)")
+        timed(journal_writer_mod.JournalWriter, "_write_batch", "journal writes (crc+writev, writer thread)")
         timed(ingest_mod.IngestServer, "_commit", "_commit (whole group commit)")
-        timed(journal_mod.EpisodeJournal, "sync", "journal.sync (fsync)")
+        timed(record_log_mod.RecordWriter, "sync", "fdatasync (shared journal segment or journal file)")
         timed(ingest_mod.IngestServer, "_acknowledge", "_acknowledge")
         timed(ingest_mod, "seal_recovered", "seal_recovered (seal thread)")
     else:
@@ -1090,7 +1092,7 @@ def verify_episodes(data_dir: Path, robots: list[dict[str, Any]]) -> dict[str, i
     """
     import h5py
 
-    from pipeline.journal import JOURNAL_SUFFIX, read_journal
+    from pipeline.journal import read_unsealed_episode
     from pipeline.raw_store import raw_path
 
     lost = duplicates = unsealed = incomplete = expected_total = 0
@@ -1116,12 +1118,9 @@ def verify_episodes(data_dir: Path, robots: list[dict[str, Any]]) -> dict[str, i
                     seqs[stream] = h5[key][()] if key in h5 else np.zeros(0, dtype=np.int64)
         else:
             unsealed += 1
-            journals = [d / "journal" / rob["robot_id"] / f"{rob['episode']}{JOURNAL_SUFFIX}" for d in folders]
-            journal = next((j for j in journals if j.exists()), None)
             got: dict[str, list[int]] = {}
-            if journal is not None:
-                _, records = read_journal(journal)
-                for _, record in records:
+            for folder in folders:
+                for _, record in read_unsealed_episode(folder, rob["robot_id"], rob["episode"]):
                     n = record.header.rows if isinstance(record, protocol.Samples) else 1
                     got.setdefault(record.header.stream, []).extend([record.header.seq] * n)
             seqs = {s: np.array(v, dtype=np.int64) for s, v in got.items()}

@@ -1,0 +1,355 @@
+"""The ingest's shared journal: every open episode's records in one log.
+
+One ingest process appends the records of all its open episodes to one
+record log (:mod:`pipeline.record_log`), cut into segments of
+``segment_bytes`` under ``<data>/journal/shared/<number>.rfl``. A group commit
+then costs one ``fdatasync`` however many robots stream, where a journal file
+per episode cost one per robot (40 robots, 40 fsyncs every 20 ms).
+
+A record is ``u32 segment number | u8 tag length | "<robot>/<episode>" |
+journal payload``; the journal payload is exactly what a per-episode journal
+(:mod:`pipeline.journal`) holds: the episode's header, an accepted message,
+or an ingest note. The segment number lets a reader tell a record of this
+segment from stale bytes. Each episode keeps the places of its records
+(segment, offset, length), so sealing reads only its own.
+
+Segments are deleted once every episode with a record in them is sealed. An
+episode that stays open long (longer than ``graduate_after_s`` after the
+oldest segment it pins was started) graduates: its records are copied into a
+journal file of its own (``<data>/journal/<robot>/<episode>.rfj``, written
+aside and renamed into place, so recovery sees either the shared records or
+the whole file) and it goes on there; one long episode then does not hold the
+whole fleet's data on disk.
+
+Threads: after :meth:`SharedJournal.recover`, only the ingest's journal
+writer thread appends, rotates, releases and graduates; the seal thread reads
+an episode's records once the writer has passed its last write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.errors import StoreError
+from pipeline.record_log import RECORD_HEAD, RecordWriter, _intact, _parse_head, fsync_dir, iter_log, truncate_to
+
+if TYPE_CHECKING:
+    from pipeline.journal import EpisodeJournal
+
+log = logging.getLogger("refinery.ingest")
+
+SHARED_DIR = "shared"
+SEGMENT_SUFFIX = ".rfl"
+DEFAULT_SEGMENT_BYTES = 256 << 20
+DEFAULT_GRADUATE_AFTER_S = 300.0
+_PREFIX = struct.Struct("<IB")  # segment number, tag length
+_SEGMENT = struct.Struct("<I")
+_READ_CHUNK = 256  # records copied per write when an episode graduates
+
+EpisodeKey = tuple[str, str]
+
+
+def episode_tag(robot_id: str, episode_id: str) -> bytes:
+    """The record prefix part naming an episode (ids are at most 64 safe characters, no '/')."""
+    tag = f"{robot_id}/{episode_id}".encode()
+    return bytes((len(tag),)) + tag
+
+
+def segment_path(directory: Path, number: int) -> Path:
+    return directory / f"{number:010d}{SEGMENT_SUFFIX}"
+
+
+@dataclass
+class Places:
+    """Where an episode's records are: segment number, offset and length of each."""
+
+    segments: array = field(default_factory=lambda: array("I"))
+    offsets: array = field(default_factory=lambda: array("q"))
+    lengths: array = field(default_factory=lambda: array("I"))
+
+    def add(self, segment: int, offset: int, length: int) -> None:
+        self.segments.append(segment)
+        self.offsets.append(offset)
+        self.lengths.append(length)
+
+    def truncate(self, count: int) -> None:
+        del self.segments[count:], self.offsets[count:], self.lengths[count:]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+@dataclass
+class _Segment:
+    number: int
+    started: float  # time.monotonic() when its first record was written
+    episodes: dict[EpisodeKey, EpisodeJournal] = field(default_factory=dict)
+
+
+@dataclass
+class Recovered:
+    """What :meth:`SharedJournal.recover` found."""
+
+    journals: list[EpisodeJournal]
+    unreadable: dict[EpisodeKey, str]  # episodes whose records do not replay, with the reason (to quarantine)
+    unreadable_places: dict[EpisodeKey, Places]
+
+
+class SharedJournal:
+    def __init__(self, directory: Path, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 graduate_after_s: float = DEFAULT_GRADUATE_AFTER_S) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self.graduate_after_s = graduate_after_s
+        self._segments: dict[int, _Segment] = {}
+        self._current: RecordWriter | None = None
+        self._current_number = 0
+        self._prefix = b""
+
+    # ------------------------------------------------------------------ the writer thread's side
+
+    @property
+    def current(self) -> RecordWriter | None:
+        """The segment being appended to (what a group commit syncs)."""
+        return self._current
+
+    def append(self, journals: list[EpisodeJournal], payloads: list[list[bytes]], lengths: list[int]) -> int:
+        """Append one record per payload (``journals[i]``'s, given as parts, ``lengths[i]``
+        bytes) and note each one's place in its journal's ``written.places``. All or
+        nothing: OSError leaves no record and no place behind. Returns the segment."""
+        if self._current is None or self._current.size >= self.segment_bytes:
+            self._rotate()
+        assert self._current is not None
+        prefix = self._prefix
+        offsets: list[int] = []
+        self._current.append_records([[prefix, j.tag, *parts] for j, parts in zip(journals, payloads)], offsets)
+        number = self._current_number
+        segment = self._segments[number]
+        extra = len(prefix) + RECORD_HEAD.size
+        for journal, offset, length in zip(journals, offsets, lengths):
+            journal.written.places.add(number, offset, extra + len(journal.tag) + length)
+            segment.episodes[journal.key] = journal
+        return number
+
+    def _rotate(self) -> None:
+        """Start the next segment; the last one is made durable first, so that only the
+        newest segment can ever end in a torn record."""
+        if self._current is not None:
+            self._current.sync()  # OSError: stay on this segment; the batch fails and is retried
+            self._current.close()
+        number = self._current_number + 1
+        writer = RecordWriter(segment_path(self.directory, number), exclusive=True)
+        fsync_dir(self.directory)
+        self._current, self._current_number = writer, number
+        self._prefix = _SEGMENT.pack(number)
+        self._segments[number] = _Segment(number, time.monotonic())
+        self._collect()
+
+    def release(self, journal: EpisodeJournal) -> None:
+        """The episode is sealed (or quarantined): its records are no longer needed."""
+        for number in set(journal.written.places.segments):
+            segment = self._segments.get(number)
+            if segment is not None:
+                segment.episodes.pop(journal.key, None)
+        self._collect()
+
+    def _collect(self) -> None:
+        """Delete every segment no open episode has records in (not the current one).
+        No directory fsync: a segment that comes back after a crash holds only sealed
+        episodes and is deleted again at recovery."""
+        for number in [n for n, s in self._segments.items() if not s.episodes and n != self._current_number]:
+            del self._segments[number]
+            try:
+                segment_path(self.directory, number).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                log.error("cannot delete journal segment %s: %s; it is tried again at the next start",
+                          segment_path(self.directory, number), err)
+
+    def due_to_graduate(self, now: float) -> list[EpisodeJournal]:
+        """Episodes that pin a segment started more than ``graduate_after_s`` ago."""
+        due: dict[EpisodeKey, EpisodeJournal] = {}
+        for segment in self._segments.values():
+            if now - segment.started > self.graduate_after_s and segment.number != self._current_number:
+                due.update(segment.episodes)
+        return [j for j in due.values() if not j.sealing and j.write_error is None]
+
+    def graduate(self, journal: EpisodeJournal, path: Path) -> RecordWriter:
+        """Copy ``journal``'s records into a journal file of its own at ``path``
+        (written aside, fsynced, renamed into place) and release them here. The
+        caller switches the journal to the returned writer."""
+        partial = path.with_name(path.name + ".partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.unlink(missing_ok=True)
+        try:
+            with RecordWriter(partial, exclusive=True) as out:
+                chunk: list[list[bytes]] = []
+                for payload in self.read_payloads(journal.written.places, journal.tag):
+                    chunk.append([payload])
+                    if len(chunk) == _READ_CHUNK:
+                        out.append_records(chunk)
+                        chunk = []
+                out.append_records(chunk)
+            os.replace(partial, path)
+            fsync_dir(path.parent)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        self.release(journal)
+        return RecordWriter(path)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+
+    # ------------------------------------------------------------------ reading (seal thread, recovery)
+
+    def read_payloads(self, places: Places, tag: bytes) -> Iterator[bytes]:
+        """The journal payloads at ``places``, in order, each checked (CRC, segment, episode)."""
+        handles: dict[int, int] = {}
+        try:
+            for number, offset, length in zip(places.segments, places.offsets, places.lengths):
+                fd = handles.get(number)
+                if fd is None:
+                    path = segment_path(self.directory, number)
+                    try:
+                        fd = handles[number] = os.open(path, os.O_RDONLY)
+                    except OSError as err:
+                        raise StoreError(str(path), f"journal segment unreadable: {err.strerror}") from err
+                yield self._read_one(fd, number, offset, length, tag)
+        finally:
+            for fd in handles.values():
+                os.close(fd)
+
+    def _read_one(self, fd: int, number: int, offset: int, length: int, tag: bytes) -> bytes:
+        data = os.pread(fd, length, offset)
+        where = f"{segment_path(self.directory, number)} at {offset}"
+        if len(data) != length:
+            raise StoreError(where, "journal record cut short")
+        size, crc, castagnoli = _parse_head(data)
+        body = memoryview(data)[RECORD_HEAD.size :]
+        if size != len(body) or not _intact(body, crc, castagnoli):
+            raise StoreError(where, "journal record damaged (length or checksum)")
+        start = 4 + len(tag)
+        if _PREFIX.unpack_from(body)[0] != number or bytes(body[4:start]) != tag:
+            raise StoreError(where, "journal record belongs to another segment or episode")
+        return bytes(body[start:])
+
+    @classmethod
+    def recover(cls, directory: Path, *, is_sealed: Callable[[EpisodeKey], bool], skip: set[EpisodeKey],
+                segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                graduate_after_s: float = DEFAULT_GRADUATE_AFTER_S) -> tuple[SharedJournal, Recovered]:
+        """Replay every segment a previous run left: rebuild each open episode's
+        state and places, cut a torn tail off the newest segment, delete segments
+        Appends then go to a new segment.
+
+        ``skip`` names episodes that have a journal file of their own (graduated:
+        the file is the whole truth); ``is_sealed`` says whether an episode's raw
+        file is in place (its records are not needed). An episode whose records do
+        not replay is returned in ``unreadable``: quarantine it (:meth:`read_payloads`),
+        then call :meth:`collect` to delete the segments that hold nothing open.
+        """
+        from pipeline.journal import EpisodeJournal
+
+        directory.mkdir(parents=True, exist_ok=True)
+        shared = cls(directory, segment_bytes, graduate_after_s)
+        numbers = sorted(int(p.name[: -len(SEGMENT_SUFFIX)]) for p in directory.glob(f"*{SEGMENT_SUFFIX}")
+                         if p.name[: -len(SEGMENT_SUFFIX)].isdigit())
+        for partial in directory.parent.glob("*/*.rfj.partial"):  # a graduation the crash interrupted
+            partial.unlink(missing_ok=True)
+        journals: dict[EpisodeKey, EpisodeJournal] = {}
+        unreadable: dict[EpisodeKey, str] = {}
+        unreadable_places: dict[EpisodeKey, Places] = {}
+        sealed: dict[EpisodeKey, bool] = {}
+        now = time.monotonic()
+        for number in numbers:
+            path = segment_path(directory, number)
+            segment = shared._segments[number] = _Segment(number, now)
+            good = 0
+            for entry in iter_log(path):
+                length = RECORD_HEAD.size + len(entry.payload)
+                try:
+                    key, payload = _split(entry.payload, number)
+                except ValueError as err:
+                    log.error("journal segment %s: record at %d skipped: %s", path, entry.offset, err)
+                    good = entry.offset + length
+                    continue
+                good = entry.offset + length
+                if key in skip:
+                    continue
+                if key not in sealed:
+                    sealed[key] = is_sealed(key)
+                if sealed[key]:
+                    continue
+                if key in unreadable:
+                    unreadable_places[key].add(number, entry.offset, length)
+                    continue
+                journal = journals.get(key)
+                try:
+                    if journal is None:
+                        journal = journals[key] = EpisodeJournal.from_shared_header(payload, shared, str(path))
+                        if journal.key != key:
+                            raise StoreError(str(path), f"header names {journal.key}, record is tagged {key}")
+                    else:
+                        journal.replay(payload)
+                except StoreError as err:
+                    unreadable[key] = str(err)
+                    places = journal.written.places if journal is not None else Places()
+                    journals.pop(key, None)
+                    places.add(number, entry.offset, length)
+                    unreadable_places[key] = places
+                    continue
+                journal.written.places.add(number, entry.offset, length)
+                journal.size += length
+                segment.episodes[key] = journal
+            if good != path.stat().st_size:
+                if number == numbers[-1]:
+                    truncate_to(path, good)  # the torn tail of the last write before the crash
+                else:
+                    log.error("journal segment %s ends in a damaged record at %d; its records up to there "
+                              "are kept", path, good)
+            shared._current_number = number
+        return shared, Recovered(list(journals.values()), unreadable, unreadable_places)
+
+    def collect(self) -> None:
+        """Delete the segments no open episode needs (after recovery's quarantines)."""
+        self._collect()
+
+
+def iter_episode_payloads(directory: Path, key: EpisodeKey) -> Iterator[bytes]:
+    """An episode's journal payloads (header first) from the shared journal, read
+    without changing it (tools: an episode a stopped ingest had not sealed)."""
+    numbers = sorted(int(p.name[: -len(SEGMENT_SUFFIX)]) for p in directory.glob(f"*{SEGMENT_SUFFIX}")
+                     if p.name[: -len(SEGMENT_SUFFIX)].isdigit())
+    for number in numbers:
+        for entry in iter_log(segment_path(directory, number)):
+            try:
+                found, payload = _split(entry.payload, number)
+            except ValueError:
+                continue
+            if found == key:
+                yield payload
+
+
+def _split(payload: bytes, number: int) -> tuple[EpisodeKey, bytes]:
+    """(robot, episode) and the journal payload of a shared record of segment ``number``."""
+    if len(payload) < _PREFIX.size:
+        raise ValueError("record shorter than its prefix")
+    segment, tag_length = _PREFIX.unpack_from(payload)
+    if segment != number:
+        raise ValueError(f"record of segment {segment} in segment {number}")
+    start = _PREFIX.size
+    try:
+        robot_id, episode_id = payload[start : start + tag_length].decode().split("/")
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError("episode tag unreadable") from err
+    return (robot_id, episode_id), payload[start + tag_length :]

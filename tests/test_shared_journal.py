@@ -1,0 +1,226 @@
+"""The shared journal: every open episode's records in one log, one sync per commit."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import protocol
+from pipeline.journal import JOURNAL_SUFFIX, EpisodeJournal, EpisodeMeta, read_journal
+from pipeline.journal_writer import JournalWriter
+from pipeline.raw_store import seal_recovered
+from pipeline.record_log import RecordWriter
+from pipeline.shared_journal import SEGMENT_SUFFIX, SHARED_DIR, SharedJournal, episode_tag
+
+
+def samples(episode: str, seq: int, width: int = 3) -> protocol.Samples:
+    return protocol.Samples.build("r1", episode, "joint_state", seq, np.array([seq]), np.array([seq]),
+                                  np.full((1, width), seq, dtype=np.float64))
+
+
+def stop(episode: str, last: int) -> protocol.Event:
+    return protocol.Event(protocol.DataHeader("r1", episode, "events", 0, 10**9),
+                          {"kind": "stop", "outcome": "success", "last_seq": {"events": 0, "joint_state": last}})
+
+
+class Journals:
+    """A shared journal with its writer thread, as the ingest runs them."""
+
+    def __init__(self, data: Path, **options: float) -> None:
+        self.data = data
+        self.shared, self.found = SharedJournal.recover(
+            data / "journal" / SHARED_DIR, is_sealed=lambda key: (data / "raw" / key[0] / f"{key[1]}.h5").exists(),
+            skip={(p.parent.name, p.stem) for p in (data / "journal").glob(f"*/*{JOURNAL_SUFFIX}")}, **options)
+        self.shared.collect()
+        self.writer = JournalWriter(shared=self.shared, graduate_to=data / "journal")
+        for journal in self.found.journals:
+            journal.attach(self.writer)
+
+    def start(self, episode: str) -> EpisodeJournal:
+        meta = EpisodeMeta("r1", episode, "m", "d", {}, time.time_ns())
+        return EpisodeJournal.start_shared(self.shared, meta, self.writer)
+
+    def commit(self) -> None:
+        barrier = self.writer.barrier()
+        self.writer.wait(barrier)
+        assert barrier.segment is not None
+        barrier.segment.sync()
+
+    def segments(self) -> list[str]:
+        return sorted(p.name for p in (self.data / "journal" / SHARED_DIR).glob(f"*{SEGMENT_SUFFIX}"))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def append(journal: EpisodeJournal, record: protocol.DataRecord) -> None:
+    journal.append(7, record.encode(), record)
+
+
+def seqs(journal: EpisodeJournal) -> list[int]:
+    return [r.header.seq for _, r in journal.records() if r.header.stream == "joint_state"]
+
+
+def test_interleaved_episodes_each_read_back_only_their_own_records_in_order(tmp_path: Path) -> None:
+    j = Journals(tmp_path)
+    a, b = j.start("ep-a"), j.start("ep-b")
+    for seq in range(40):
+        append(a, samples("ep-a", seq))
+        if seq % 2 == 0:
+            append(b, samples("ep-b", seq // 2))
+    j.commit()
+    assert len(j.segments()) == 1  # one file for both: one sync per commit
+    assert seqs(a) == list(range(40)) and seqs(b) == list(range(20))
+    assert a.written.next_seq == {"joint_state": 40} and b.written.next_seq == {"joint_state": 20}
+    j.close()
+
+
+def test_a_segment_is_deleted_once_every_episode_in_it_is_sealed(tmp_path: Path) -> None:
+    j = Journals(tmp_path, segment_bytes=4096)
+    a, b = j.start("ep-a"), j.start("ep-b")
+    for seq in range(60):
+        append(a, samples("ep-a", seq, width=16))
+        append(b, samples("ep-b", seq, width=16))
+        if seq % 10 == 9:
+            j.commit()  # a batch goes to one segment; the next batch may start the next one
+    append(a, stop("ep-a", 59))
+    j.commit()
+    assert len(j.segments()) > 3
+    sealed = seal_recovered(a, tmp_path)
+    j.writer.release(a)
+    j.commit()
+    assert sealed.exists()
+    assert len(j.segments()) > 3, "ep-b still has records in every segment"
+    append(b, stop("ep-b", 59))
+    j.commit()
+    seal_recovered(b, tmp_path)
+    j.writer.release(b)
+    j.commit()
+    assert len(j.segments()) == 1  # only the one being written
+    j.close()
+
+
+def test_recovery_rebuilds_each_episode_and_cuts_the_torn_tail(tmp_path: Path) -> None:
+    j = Journals(tmp_path, segment_bytes=8192)
+    a, b = j.start("ep-a"), j.start("ep-b")
+    for seq in range(50):
+        append(a, samples("ep-a", seq, width=16))
+        append(b, samples("ep-b", seq, width=16))
+        if seq % 10 == 9:
+            j.commit()
+    assert len(j.segments()) > 1
+    j.writer._queue.put((6,))  # the writer thread ends; what it wrote is in the files, as after a kill -9
+    newest = (tmp_path / "journal" / SHARED_DIR / j.segments()[-1])
+    intact = newest.stat().st_size
+    with open(newest, "ab") as fh:
+        fh.write(b"\xff\x00\x00\x00torn")  # half a record, as a write cut by the kill leaves
+
+    again = Journals(tmp_path, segment_bytes=8192)
+    found = {journal.key: journal for journal in again.found.journals}
+    assert set(found) == {("r1", "ep-a"), ("r1", "ep-b")} and not again.found.unreadable
+    assert found[("r1", "ep-a")].next_seq == {"joint_state": 50}
+    assert seqs(found[("r1", "ep-b")]) == list(range(50))
+    assert newest.stat().st_size == intact
+    append(found[("r1", "ep-a")], samples("ep-a", 50, width=16))  # and it goes on, in a new segment
+    again.commit()
+    assert seqs(found[("r1", "ep-a")]) == list(range(51))
+    again.close()
+
+
+def test_an_episode_whose_record_does_not_replay_is_set_aside_and_the_others_recover(tmp_path: Path) -> None:
+    j = Journals(tmp_path)
+    good, bad = j.start("ep-good"), j.start("ep-bad")
+    append(good, samples("ep-good", 0))
+    append(bad, samples("ep-bad", 0))
+    j.commit()
+    j.close()
+    segment = tmp_path / "journal" / SHARED_DIR / j.segments()[-1]
+    with RecordWriter(segment) as raw:  # intact framing, a payload that is no message
+        raw.append(int(segment.stem).to_bytes(4, "little") + episode_tag("r1", "ep-bad") + b"\x00" * 30)
+
+    again = Journals(tmp_path)
+    assert [journal.key for journal in again.found.journals] == [("r1", "ep-good")]
+    assert "does not decode" in again.found.unreadable[("r1", "ep-bad")]
+    places = again.found.unreadable_places[("r1", "ep-bad")]
+    assert len(places) == 3  # header, message, the record that does not decode: all kept for the quarantine
+    again.close()
+
+
+def test_a_long_open_episode_moves_to_a_journal_file_of_its_own(tmp_path: Path) -> None:
+    j = Journals(tmp_path, segment_bytes=2048, graduate_after_s=0.0)
+    long, short = j.start("ep-long"), j.start("ep-short")
+    for seq in range(30):
+        append(long, samples("ep-long", seq, width=16))
+        append(short, samples("ep-short", seq, width=16))
+        if seq % 10 == 9:
+            j.commit()
+    append(short, stop("ep-short", 29))
+    j.commit()
+    short.sealing = True
+    seal_recovered(short, tmp_path)
+    j.writer.release(short)
+    deadline = time.monotonic() + 10
+    while long.shared is not None and time.monotonic() < deadline:
+        append(long, samples("ep-long", long.next_seq["joint_state"], width=16))  # the check runs after a write
+        j.commit()
+        time.sleep(0.2)
+    assert long.shared is None and long.path == tmp_path / "journal" / "r1" / f"ep-long{JOURNAL_SUFFIX}"
+    j.commit()
+    assert len(j.segments()) == 1  # nothing pins the old segments any more
+    last = long.next_seq["joint_state"]
+    append(long, samples("ep-long", last, width=16))  # goes on in its own file
+    j.commit()
+    long.sync()
+    meta, records = read_journal(long.path)
+    assert meta.episode_id == "ep-long"
+    assert [r.header.seq for _, r in records] == list(range(last + 1))
+    j.close()
+
+    again = Journals(tmp_path)  # the file is the truth: its old shared records are not replayed twice
+    assert again.found.journals == []
+    again.close()
+
+
+def test_a_failed_shared_write_is_rolled_back_and_the_episode_goes_on(tmp_path: Path) -> None:
+    j = Journals(tmp_path)
+    journal = j.start("ep-a")
+    append(journal, samples("ep-a", 0))
+    j.commit()
+    segment = j.shared.current
+    assert segment is not None
+    good_fd = segment._fd
+    segment._fd = os.open(segment.path, os.O_RDONLY)  # every write fails now, as on a full disk
+    for seq in range(1, 4):
+        append(journal, samples("ep-a", seq))
+    j.writer.wait(j.writer.barrier())
+    assert journal.write_error is not None
+    j.writer.request_rollback(journal)
+    j.writer.wait(j.writer.barrier())
+    journal.roll_back_to_written()
+    assert journal.next_seq == {"joint_state": 1}  # what the file holds; the collector resends the rest
+    os.close(segment._fd)
+    segment._fd = good_fd
+    for seq in range(1, 4):
+        append(journal, samples("ep-a", seq))
+    j.commit()
+    assert seqs(journal) == [0, 1, 2, 3]
+    j.close()
+
+
+@pytest.mark.parametrize("tag", [b"\x05r1/ep", b"\x40" + b"x" * 10, b"\x03a/b/c"[:4] + b"\xff"])
+def test_a_record_with_an_unreadable_episode_tag_is_skipped(tmp_path: Path, tag: bytes) -> None:
+    j = Journals(tmp_path)
+    journal = j.start("ep-a")
+    append(journal, samples("ep-a", 0))
+    j.commit()
+    j.close()
+    segment = tmp_path / "journal" / SHARED_DIR / j.segments()[-1]
+    with RecordWriter(segment) as raw:
+        raw.append(int(segment.stem).to_bytes(4, "little") + tag)
+    again = Journals(tmp_path)
+    assert [(k.key, k.next_seq) for k in again.found.journals] == [(("r1", "ep-a"), {"joint_state": 1})]
+    again.close()
