@@ -245,7 +245,8 @@ class IngestServer:
                      for p in journal_dir.glob(f"*/*{JOURNAL_SUFFIX}") if p.parent.name != SHARED_DIR}
         shared, found = SharedJournal.recover(
             journal_dir / SHARED_DIR,
-            is_sealed=lambda key: raw_path(self.data_dir, *key).exists(),
+            is_finished=lambda key: (raw_path(self.data_dir, *key).exists()
+                                     or quarantine_path(self.data_dir, *key).exists()),
             skip=graduated,
             segment_bytes=self.config.journal_segment_bytes,
             graduate_after_s=self.config.graduate_after_s,

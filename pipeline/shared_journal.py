@@ -245,16 +245,16 @@ class SharedJournal:
         return bytes(body[start:])
 
     @classmethod
-    def recover(cls, directory: Path, *, is_sealed: Callable[[EpisodeKey], bool], skip: set[EpisodeKey],
+    def recover(cls, directory: Path, *, is_finished: Callable[[EpisodeKey], bool], skip: set[EpisodeKey],
                 segment_bytes: int = DEFAULT_SEGMENT_BYTES,
                 graduate_after_s: float = DEFAULT_GRADUATE_AFTER_S) -> tuple[SharedJournal, Recovered]:
         """Replay every segment a previous run left: rebuild each open episode's
-        state and places, cut a torn tail off the newest segment, delete segments
-        Appends then go to a new segment.
+        state and places, and cut a torn tail off the newest segment. Appends
+        then go to a new segment.
 
         ``skip`` names episodes that have a journal file of their own (graduated:
-        the file is the whole truth); ``is_sealed`` says whether an episode's raw
-        file is in place (its records are not needed). An episode whose records do
+        the file is the whole truth); ``is_finished`` says whether an episode is sealed
+        or quarantined (its records are not needed). An episode whose records do
         not replay is returned in ``unreadable``: quarantine it (:meth:`read_payloads`),
         then call :meth:`collect` to delete the segments that hold nothing open.
         """
@@ -287,7 +287,7 @@ class SharedJournal:
                 if key in skip:
                     continue
                 if key not in sealed:
-                    sealed[key] = is_sealed(key)
+                    sealed[key] = is_finished(key)
                 if sealed[key]:
                     continue
                 if key in unreadable:

@@ -368,7 +368,7 @@ def test_hello_after_a_restart_learns_seals_done_during_recovery(start_ingest, t
     p.close()
     # The stop is journaled as the ingest went down (a kill -9 after the write): recovery seals it.
     shared, found = SharedJournal.recover(tmp_path / "ingest" / "journal" / SHARED_DIR,
-                                          is_sealed=lambda key: False, skip=set())
+                                          is_finished=lambda key: False, skip=set())
     (journal,) = found.journals
     writer = JournalWriter(shared=shared)
     journal.attach(writer)
