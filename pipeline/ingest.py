@@ -47,7 +47,7 @@ from pipeline.journal import (
     quarantine_path,
     quarantine_records,
 )
-from pipeline.heap import trim_heap
+from pipeline.heap import calm_garbage_collector, trim_heap
 from pipeline.journal_writer import Barrier, JournalWriter
 from pipeline.observability.ingest_counters import IngestCounters, RobotCounters
 from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, MAX_JSON_BYTES, StreamRules, screen_event_body
@@ -294,7 +294,8 @@ class IngestServer:
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             log.info("ingest listening on %s, data in %s", self.endpoint, self.data_dir)
             self.ready.set()
-            self._loop(sock)
+            with calm_garbage_collector():
+                self._loop(sock)
         finally:
             try:
                 if self._commit_future is not None or self._dirty_journals:
