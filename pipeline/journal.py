@@ -87,6 +87,7 @@ class EpisodeJournal:
     shared: SharedJournal | None = None
     tag: bytes = b""  # names the episode in the shared journal's records
     sealing: bool = False  # set by the loop before the seal's barrier: the writer leaves it where it is
+    graduating: bool = False  # its records are being copied to a journal file of its own (writer thread)
 
     @property
     def key(self) -> tuple[str, str]:

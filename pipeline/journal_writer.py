@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, SimpleQueue
@@ -86,6 +87,9 @@ class JournalWriter:
         self.shared = shared
         self.graduate_to = graduate_to
         self._next_graduation_check = time.monotonic() + _GRADUATION_CHECK_S
+        self._graduations: dict[EpisodeJournal, tuple[int, Future[RecordWriter]]] = {}
+        self._graduator = (ThreadPoolExecutor(1, thread_name_prefix="graduate", initializer=name_os_thread)
+                           if shared is not None and graduate_to is not None else None)
         self._queue: SimpleQueue[tuple[Any, ...]] = SimpleQueue()
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
@@ -187,12 +191,13 @@ class JournalWriter:
                     if self.shared is not None:
                         self.shared.release(item[1])
                 else:
+                    self._stop_graduations()
                     if self.shared is not None:
                         self.shared.close()
                     return
             self._write_batch(writes)
-            if self.shared is not None and self.graduate_to is not None:
-                self._graduate_long_episodes()
+            if self._graduator is not None:
+                self._tend_graduations()
 
     def _write_batch(self, items: list[tuple[Any, ...]]) -> None:
         """Write queued records, each journal's in their queued order, and record what reached the files."""
@@ -246,29 +251,66 @@ class JournalWriter:
             elif kind == _NOTE:
                 written.limit = item[4]
 
-    def _graduate_long_episodes(self) -> None:
-        """Move episodes that pin an old segment into journal files of their own."""
-        now = time.monotonic()
-        if now < self._next_graduation_check:
+    def _stop_graduations(self) -> None:
+        """At shutdown: copies not finished are dropped (the next start replays the shared journal)."""
+        if self._graduator is None:
             return
-        self._next_graduation_check = now + _GRADUATION_CHECK_S
-        assert self.shared is not None and self.graduate_to is not None
-        from pipeline.journal import JOURNAL_SUFFIX
+        self._graduator.shutdown(wait=True, cancel_futures=True)
+        for _, future in self._graduations.values():
+            if future.done() and future.exception() is None:
+                out = future.result()
+                out.close()
+                out.path.unlink(missing_ok=True)
+        self._graduations.clear()
 
-        for journal in self.shared.due_to_graduate(now):
+    def _tend_graduations(self) -> None:
+        """Move episodes that pin an old segment into journal files of their own: the
+        bulk of the copy runs on the graduation thread, so writes go on meanwhile;
+        what the episode wrote since is copied here, and then it switches over."""
+        assert self.shared is not None and self.graduate_to is not None
+        from pipeline.journal import JOURNAL_SUFFIX  # journal.py imports this module
+
+        for journal, (copied, future) in list(self._graduations.items()):
+            if not future.done():
+                continue
+            del self._graduations[journal]
             robot_id, episode_id = journal.key
+            try:
+                out = future.result()
+            except Exception as err:  # noqa: BLE001 - the episode stays where it is, in the shared journal
+                log.error("robot=%s episode=%s: cannot move it to a journal file of its own (%s); it stays in the "
+                          "shared journal", robot_id, episode_id, err)
+                journal.graduating = False
+                continue
+            if journal.sealing or journal.write_error is not None:
+                out.close()
+                out.path.unlink(missing_ok=True)
+                journal.graduating = journal.sealing
+                continue
             path = self.graduate_to / robot_id / f"{episode_id}{JOURNAL_SUFFIX}"
             try:
-                writer = self.shared.graduate(journal, path)
+                writer = self.shared.finish_graduation(journal, out, copied, path)
             except OSError as err:
-                log.error("robot=%s episode=%s: cannot move it to a journal file of its own (%s); "
-                          "it stays in the shared journal", robot_id, episode_id, err)
+                log.error("robot=%s episode=%s: cannot move it to a journal file of its own (%s); it stays in the "
+                          "shared journal", robot_id, episode_id, err)
+                journal.graduating = False
                 continue
             journal.writer = writer  # before shared is cleared: the journal is never without a place to go
             journal.path = path
             journal.shared = None
             journal.written.places = Places()
             log.info("robot=%s episode=%s open for long: moved to %s", robot_id, episode_id, path)
+        now = time.monotonic()
+        if now < self._next_graduation_check:
+            return
+        self._next_graduation_check = now + _GRADUATION_CHECK_S
+        for journal in self.shared.due_to_graduate(now):
+            robot_id, episode_id = journal.key
+            partial = self.graduate_to / robot_id / f"{episode_id}{JOURNAL_SUFFIX}.partial"
+            places = journal.written.places
+            journal.graduating = True
+            self._graduations[journal] = (len(places), self._graduator.submit(
+                self.shared.copy_out, places.since(0), journal.tag, partial))
 
     @staticmethod
     def _write(journal: EpisodeJournal, records: list[list[Any]]) -> bool:

@@ -80,8 +80,9 @@ class Places:
         self.offsets.append(offset)
         self.lengths.append(length)
 
-    def truncate(self, count: int) -> None:
-        del self.segments[count:], self.offsets[count:], self.lengths[count:]
+    def since(self, start: int) -> Places:
+        """A copy of the places from the ``start``-th on."""
+        return Places(self.segments[start:], self.offsets[start:], self.lengths[start:])
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -181,31 +182,47 @@ class SharedJournal:
         for segment in self._segments.values():
             if now - segment.started > self.graduate_after_s and segment.number != self._current_number:
                 due.update(segment.episodes)
-        return [j for j in due.values() if not j.sealing and j.write_error is None]
+        return [j for j in due.values() if not (j.sealing or j.graduating) and j.write_error is None]
 
-    def graduate(self, journal: EpisodeJournal, path: Path) -> RecordWriter:
-        """Copy ``journal``'s records into a journal file of its own at ``path``
-        (written aside, fsynced, renamed into place) and release them here. The
-        caller switches the journal to the returned writer."""
-        partial = path.with_name(path.name + ".partial")
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def copy_out(self, places: Places, tag: bytes, partial: Path) -> RecordWriter:
+        """Copy the records at ``places`` into a new file ``partial``, synced, and
+        return its writer, still open (any thread: it only reads the segments)."""
+        partial.parent.mkdir(parents=True, exist_ok=True)
         partial.unlink(missing_ok=True)
+        out = RecordWriter(partial, exclusive=True)
         try:
-            with RecordWriter(partial, exclusive=True) as out:
-                chunk: list[list[bytes]] = []
-                for payload in self.read_payloads(journal.written.places, journal.tag):
-                    chunk.append([payload])
-                    if len(chunk) == _READ_CHUNK:
-                        out.append_records(chunk)
-                        chunk = []
-                out.append_records(chunk)
-            os.replace(partial, path)
+            self._copy(places, tag, out)
+            out.sync()
+        except BaseException:
+            out.close()
+            partial.unlink(missing_ok=True)
+            raise
+        return out
+
+    def finish_graduation(self, journal: EpisodeJournal, out: RecordWriter, copied: int, path: Path) -> RecordWriter:
+        """Complete :meth:`copy_out` on the writer thread: copy what ``journal`` wrote
+        since, put the file in place, release the episode's records here, and
+        return the writer the journal goes on with."""
+        try:
+            self._copy(journal.written.places.since(copied), journal.tag, out)
+            out.close()  # synced
+            os.replace(out.path, path)
             fsync_dir(path.parent)
         except BaseException:
-            partial.unlink(missing_ok=True)
+            out.close()
+            out.path.unlink(missing_ok=True)
             raise
         self.release(journal)
         return RecordWriter(path)
+
+    def _copy(self, places: Places, tag: bytes, out: RecordWriter) -> None:
+        chunk: list[list[bytes]] = []
+        for payload in self.read_payloads(places, tag):
+            chunk.append([payload])
+            if len(chunk) == _READ_CHUNK:
+                out.append_records(chunk)
+                chunk = []
+        out.append_records(chunk)
 
     def close(self) -> None:
         if self._current is not None:
