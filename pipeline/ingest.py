@@ -241,8 +241,9 @@ class IngestServer:
         """Replay the shared journal (before its writer thread owns it); quarantine
         the episodes whose records do not replay."""
         journal_dir = self.data_dir / "journal"
-        graduated = {(p.parent.name, p.name[: -len(JOURNAL_SUFFIX)])
-                     for p in journal_dir.glob(f"*/*{JOURNAL_SUFFIX}") if p.parent.name != SHARED_DIR}
+        # Journal files (graduated, or from earlier versions) are the whole truth for their episodes.
+        # (A robot named "shared" has its journal files beside the segments: those are .rfl, so no clash.)
+        graduated = {(p.parent.name, p.name[: -len(JOURNAL_SUFFIX)]) for p in journal_dir.glob(f"*/*{JOURNAL_SUFFIX}")}
         shared, found = SharedJournal.recover(
             journal_dir / SHARED_DIR,
             is_finished=lambda key: (raw_path(self.data_dir, *key).exists()

@@ -41,6 +41,7 @@ from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import StoreError
 from pipeline.record_log import RECORD_HEAD, RecordWriter
 from pipeline.shared_journal import Places, SharedJournal
 from pipeline.thread_names import name_os_thread
@@ -278,9 +279,7 @@ class JournalWriter:
             try:
                 out = future.result()
             except Exception as err:  # noqa: BLE001 - the episode stays where it is, in the shared journal
-                log.error("robot=%s episode=%s: cannot move it to a journal file of its own (%s); it stays in the "
-                          "shared journal", robot_id, episode_id, err)
-                journal.graduating = False
+                _cannot_graduate(journal, err)
                 continue
             if journal.sealing or journal.write_error is not None:
                 out.close()
@@ -290,10 +289,8 @@ class JournalWriter:
             path = self.graduate_to / robot_id / f"{episode_id}{JOURNAL_SUFFIX}"
             try:
                 writer = self.shared.finish_graduation(journal, out, copied, path)
-            except OSError as err:
-                log.error("robot=%s episode=%s: cannot move it to a journal file of its own (%s); it stays in the "
-                          "shared journal", robot_id, episode_id, err)
-                journal.graduating = False
+            except (OSError, StoreError) as err:
+                _cannot_graduate(journal, err)
                 continue
             journal.writer = writer  # before shared is cleared: the journal is never without a place to go
             journal.path = path
@@ -323,3 +320,9 @@ class JournalWriter:
             journal.write_error = err
             return False
         return True
+
+
+def _cannot_graduate(journal: EpisodeJournal, err: Exception) -> None:
+    """Said once: ``graduating`` stays set, so it is not tried again every second."""
+    log.error("robot=%s episode=%s: cannot move it to a journal file of its own (%s); it stays in the shared "
+              "journal until it is sealed", *journal.key, err)

@@ -318,8 +318,8 @@ class SharedJournal:
                             raise StoreError(str(path), f"header names {journal.key}, record is tagged {key}")
                     else:
                         journal.replay(payload)
-                except StoreError as err:
-                    unreadable[key] = str(err)
+                except Exception as err:  # noqa: BLE001 - no episode's records may stop the ingest at every start
+                    unreadable[key] = str(err) if isinstance(err, StoreError) else f"{type(err).__name__}: {err}"
                     places = journal.written.places if journal is not None else Places()
                     journals.pop(key, None)
                     places.add(number, entry.offset, length)
@@ -335,6 +335,9 @@ class SharedJournal:
                     log.error("journal segment %s ends in a damaged record at %d; its records up to there "
                               "are kept", path, good)
             shared._current_number = number
+        for segment in shared._segments.values():
+            for key in unreadable:
+                segment.episodes.pop(key, None)
         return shared, Recovered(list(journals.values()), unreadable, unreadable_places)
 
     def collect(self) -> None:
