@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import protocol
-from pipeline.journal import JOURNAL_SUFFIX, EpisodeJournal, EpisodeMeta, read_journal
+from pipeline.journal import JOURNAL_SUFFIX, EpisodeJournal, EpisodeMeta, read_journal, read_unsealed_episode
 from pipeline.journal_writer import JournalWriter
 from pipeline.raw_store import seal_recovered
 from pipeline.record_log import RecordWriter, iter_log
@@ -79,7 +79,19 @@ def test_interleaved_episodes_each_read_back_only_their_own_records_in_order(tmp
     j.close()
 
 
-def test_a_segment_is_deleted_once_every_episode_in_it_is_finished(tmp_path: Path) -> None:
+def test_an_unsealed_episode_can_be_read_from_a_stopped_ingests_folder(tmp_path: Path) -> None:
+    j = Journals(tmp_path)
+    a = j.start("ep-a")
+    for seq in range(5):
+        append(a, samples("ep-a", seq))
+    j.commit()
+    j.close()
+    records = read_unsealed_episode(tmp_path, "r1", "ep-a")
+    assert [r.header.seq for _, r in records] == list(range(5))
+    assert read_unsealed_episode(tmp_path, "r1", "ep-none") == []
+
+
+def test_a_segment_is_deleted_once_every_episode_in_it_is_sealed(tmp_path: Path) -> None:
     j = Journals(tmp_path, segment_bytes=4096)
     a, b = j.start("ep-a"), j.start("ep-b")
     for seq in range(60):
