@@ -386,6 +386,26 @@ def test_hello_after_a_restart_learns_seals_done_during_recovery(start_ingest, t
         q.close()
 
 
+def test_a_journal_file_left_by_an_earlier_version_is_recovered_and_sealed(start_ingest, tiny_robot, tmp_path) -> None:
+    data_dir = tmp_path / "ingest"
+    path = data_dir / "journal" / ROBOT / f"ep-old{JOURNAL_SUFFIX}"
+    journal = EpisodeJournal.create(path, EpisodeMeta(ROBOT, "ep-old", tiny_robot.model, tiny_robot.digest,
+                                                      tiny_robot.to_dict(), time.time_ns()))
+    for record in (
+        protocol.Event(protocol.DataHeader(ROBOT, "ep-old", "events", 0, 1), {"kind": "start", "task": "t"}),
+        protocol.Samples.build(ROBOT, "ep-old", "joint_state", 0, np.array([2]), np.array([0]), np.ones((1, 18))),
+        protocol.Event(protocol.DataHeader(ROBOT, "ep-old", "events", 1, 3),
+                       {"kind": "stop", "outcome": "success", "last_seq": {"events": 1, "joint_state": 0}}),
+    ):
+        journal.append(5, record.encode(), record)
+    journal.close()
+    ingest = start_ingest()
+    wait_for(lambda: sealed_path(ingest, episode="ep-old").exists(), 10, "the old journal to be sealed")
+    assert not path.exists()
+    with RawEpisodeReader(sealed_path(ingest, episode="ep-old")) as ep:
+        assert ep.attrs["status"] == "complete" and len(ep.numeric("joint_state")["position"]) == 1
+
+
 def test_hello_names_a_quarantined_episode(start_ingest, tiny_robot, tmp_path) -> None:
     write_poison_journal(tmp_path / "ingest", tiny_robot)
     ingest = start_ingest()
