@@ -148,6 +148,7 @@ class SharedJournal:
             self._current.close()
         number = self._current_number + 1
         writer = RecordWriter(segment_path(self.directory, number), exclusive=True)
+        writer.preallocate(self.segment_bytes)
         fsync_dir(self.directory)
         self._current, self._current_number = writer, number
         self._prefix = _SEGMENT.pack(number)
