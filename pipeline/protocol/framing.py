@@ -66,6 +66,10 @@ class VersionMismatch(ProtocolError):
 
 
 _OPCODES = {int(op): op for op in Opcode}
+_KNOWN_PREFIXES = {
+    PREFIX.pack(MAGIC, PROTOCOL_VERSION, op): (op, MAX_INGEST_HEADER_BYTES if op in _FROM_INGEST else MAX_HEADER_BYTES)
+    for op in Opcode
+}
 
 
 def peek_opcode(frames: Sequence[bytes]) -> Opcode:
@@ -78,6 +82,10 @@ def peek_opcode(frames: Sequence[bytes]) -> Opcode:
     if not frames:
         raise ProtocolError("empty message")
     head = frames[0]
+    # The common case, one dict look-up: a header of ours, within its size limit.
+    known = _KNOWN_PREFIXES.get(head[: PREFIX.size]) if type(head) is bytes else None
+    if known is not None and len(head) <= known[1]:
+        return known[0]
     if len(head) < PREFIX.size:
         raise ProtocolError(f"header frame of {len(head)} bytes is shorter than the {PREFIX.size}-byte prefix")
     magic, version, opcode = PREFIX.unpack_from(head)
@@ -107,6 +115,7 @@ def decode(frames: Sequence[bytes]) -> Record:
 
 
 _ID_TAILS: dict[bytes, tuple[str, str, str]] = {}
+_IDS_AT = PREFIX.size + DATA_FIXED.size  # where a data header's ids start
 _MAX_ID_TAILS = 65536  # distinct (robot, episode, stream) headers remembered; then the memo starts over
 
 
@@ -127,19 +136,17 @@ def data_header(opcode: Opcode, frames: Sequence[bytes]) -> DataHeader:
     if len(frames) != 2:
         raise ProtocolError(f"{opcode.name} must have exactly 2 frames (header, payload), got {len(frames)}")
     head, payload = frames
-    body_start = PREFIX.size
-    if len(head) < body_start + DATA_FIXED.size + 3:
-        raise ProtocolError(f"data header too short ({len(head) - body_start} bytes)")
-    tail = bytes(head[body_start + DATA_FIXED.size :])
+    if len(head) < _IDS_AT + 3:
+        raise ProtocolError(f"data header too short ({len(head) - PREFIX.size} bytes)")
+    tail = bytes(head[_IDS_AT:])
     ids = _ID_TAILS.get(tail)
     if ids is None:
-        header = DataHeader.unpack(bytes(head[body_start:]))
+        header = DataHeader.unpack(bytes(head[PREFIX.size :]))
         if len(_ID_TAILS) >= _MAX_ID_TAILS:
             _ID_TAILS.clear()
         _ID_TAILS[tail] = (header.robot_id, header.episode_id, header.stream)
     else:
-        seq, capture_ns, source_index, rows, cols = DATA_FIXED.unpack_from(head, body_start)
-        header = DataHeader(ids[0], ids[1], ids[2], seq, capture_ns, source_index, rows, cols)
+        header = DataHeader(*ids, *DATA_FIXED.unpack_from(head, PREFIX.size))
     check_payload(opcode, header, payload)
     return header
 

@@ -209,6 +209,23 @@ class Refuse:
         return cls(reason=str(_parse_json(body, "REFUSE").get("reason", "")))
 
 
+_ACK_ENTRY_HEADS: dict[tuple[str, str], str] = {}
+_MAX_ACK_ENTRY_HEADS = 65536  # (episode, stream) pairs remembered; then the memo starts over
+_ACK_PREFIX = _prefix(Opcode.ACK)
+
+
+def _ack_entry_head(episode: object, stream: object) -> str | None:
+    """``["<episode>","<stream>",`` as ``json.dumps`` writes it, memoized; None for non-text ids."""
+    if type(episode) is not str or type(stream) is not str:
+        return None
+    head = _ACK_ENTRY_HEADS.get((episode, stream))
+    if head is None:
+        if len(_ACK_ENTRY_HEADS) >= _MAX_ACK_ENTRY_HEADS:
+            _ACK_ENTRY_HEADS.clear()
+        head = _ACK_ENTRY_HEADS[(episode, stream)] = json.dumps([episode, stream], separators=(",", ":"))[:-1] + ","
+    return head
+
+
 @dataclass(frozen=True)
 class Ack:
     """Cumulative acknowledgement: every seq <= the given one is durable at the ingest.
@@ -222,7 +239,26 @@ class Ack:
     opcode: ClassVar[Opcode] = Opcode.ACK
 
     def encode(self) -> list[bytes]:
-        return [_prefix(self.opcode) + _json_body({"acks": [list(a) for a in self.acks], "sealed": list(self.sealed)})]
+        return [_ACK_PREFIX + (self._memo_body() or _json_body({"acks": [list(a) for a in self.acks],
+                                                                 "sealed": list(self.sealed)}))]
+
+    def _memo_body(self) -> bytes | None:
+        """The JSON body, from memoized ``["<episode>","<stream>",`` texts: the ingest
+        sends one ACK per collector per group commit, naming the same pairs again and
+        again. Exactly _json_body's bytes (the tests pin it); None when an entry is
+        not (text, text, int), which _json_body then encodes."""
+        entries = []
+        heads = _ACK_ENTRY_HEADS
+        try:
+            for episode, stream, seq in self.acks:
+                head = heads.get((episode, stream)) or _ack_entry_head(episode, stream)
+                if head is None or type(seq) is not int:
+                    return None
+                entries.append(f"{head}{seq}]")
+        except (TypeError, ValueError):  # an unhashable id, an entry that is not a triple
+            return None
+        sealed = json.dumps(list(self.sealed), separators=(",", ":")) if self.sealed else "[]"
+        return f'{{"acks":[{",".join(entries)}],"sealed":{sealed}}}'.encode()
 
     @classmethod
     def decode(cls, body: bytes, frames: list[bytes]) -> Ack:
@@ -284,7 +320,10 @@ class TimeReply:
 # --------------------------------------------------------------------------- data
 
 
-@dataclass(frozen=True)
+_set_attribute = object.__setattr__
+
+
+@dataclass(frozen=True, init=False)
 class DataHeader:
     """What every data message carries: where it belongs and where it sits in its stream."""
 
@@ -296,6 +335,16 @@ class DataHeader:
     source_index: int = 0
     rows: int = 0
     cols: int = 0
+
+    def __init__(self, robot_id: str, episode_id: str, stream: str, seq: int, capture_ns: int,
+                 source_index: int = 0, rows: int = 0, cols: int = 0) -> None:
+        # The ingest builds one per message received. The generated __init__ of a
+        # frozen dataclass sets the 8 fields one by one through object.__setattr__
+        # (1.6 us); one __dict__ costs 0.7 us. Still frozen, equal and hashable as before.
+        _set_attribute(self, "__dict__", {
+            "robot_id": robot_id, "episode_id": episode_id, "stream": stream, "seq": seq,
+            "capture_ns": capture_ns, "source_index": source_index, "rows": rows, "cols": cols,
+        })
 
     def pack(self, opcode: Opcode) -> bytes:
         parts = [_prefix(opcode), DATA_FIXED.pack(self.seq, self.capture_ns, self.source_index, self.rows, self.cols)]
@@ -463,10 +512,13 @@ class ClockSample:
         return cls(header, *CLOCK_PAYLOAD.unpack(payload))
 
 
+_SAMPLES, _FRAME = Opcode.SAMPLES, Opcode.FRAME  # an enum member's look-up costs 0.1 us: not per message
+
+
 def check_payload(opcode: Opcode, header: DataHeader, payload: bytes | memoryview) -> None:
     """The payload of a SAMPLES, FRAME or CLOCK message fits its header (what decode and
     the ingest's header-only path both check), else a ProtocolError naming the field."""
-    if opcode == Opcode.SAMPLES:
+    if opcode == _SAMPLES:
         rows, cols = header.rows, header.cols
         if rows == 0:
             raise ProtocolError("SAMPLES with zero rows", field="rows")
@@ -475,7 +527,7 @@ def check_payload(opcode: Opcode, header: DataHeader, payload: bytes | memoryvie
             raise ProtocolError(
                 f"SAMPLES payload is {len(payload)} bytes, header says {rows}x{cols} -> {expected}", field="payload"
             )
-    elif opcode == Opcode.FRAME:
+    elif opcode == _FRAME:
         # Every JPEG starts with the SOI marker; anything else is not a frame.
         if payload[:2] != b"\xff\xd8":
             raise ProtocolError("FRAME payload is not JPEG (no SOI marker)", field="payload")
