@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,7 +205,7 @@ class IngestServer:
     def stop(self) -> None:
         self._stop.set()
 
-    def recover(self, shared_journals: list[EpisodeJournal] = ()) -> None:
+    def recover(self, shared_journals: Iterable[EpisodeJournal] = ()) -> None:
         """Reopen every journal a previous run left (journal files, and the episodes
         of the shared journal, already replayed by :meth:`_open_shared_journal`);
         seal those already complete.
@@ -253,8 +253,10 @@ class IngestServer:
             graduate_after_s=self.config.graduate_after_s,
         )
         for key, reason in found.unreadable.items():
-            payloads = shared.read_payloads(found.unreadable_places[key], episode_tag(*key))
-            self._quarantine_records(payloads, key, f"journal does not replay: {reason}", str(shared.directory))
+            places = found.unreadable_places[key]
+            if not self._quarantine_records(shared.read_payloads(places, episode_tag(*key)), key,
+                                            f"journal does not replay: {reason}", str(shared.directory)):
+                shared.keep(key, places)  # what could not be copied out stays
         shared.collect()
         return shared, found.journals
 
@@ -922,9 +924,9 @@ class IngestServer:
             except Exception as err:  # noqa: BLE001 - whatever a journal holds must not stop the ingest
                 reason = f"sealing failed: {type(err).__name__}: {err}"
                 if journal.shared is not None:
-                    self._quarantine_records(journal.shared.read_payloads(journal.written.places, journal.tag),
-                                             key, reason, str(journal.path))
-                    self._release(journal)
+                    if self._quarantine_records(journal.shared.read_payloads(journal.written.places, journal.tag),
+                                                key, reason, str(journal.path)):
+                        self._release(journal)
                 else:
                     self._quarantine(journal.path, *key, reason)
                 continue
@@ -940,16 +942,18 @@ class IngestServer:
         if journal.shared is not None and self._journal_writer is not None:
             self._journal_writer.release(journal)
 
-    def _quarantine_records(self, payloads: Iterator[bytes], key: tuple[str, str], reason: str, source: str) -> None:
-        """Quarantine an episode of the shared journal (its records copied out)."""
+    def _quarantine_records(self, payloads: Iterator[bytes], key: tuple[str, str], reason: str, source: str) -> bool:
+        """Quarantine an episode of the shared journal (its records copied out). False:
+        the copy failed, and its records must stay in the shared journal."""
         try:
             dest = quarantine_records(self.data_dir, payloads, *key, reason, source)
         except OSError as err:
             log.error("robot=%s episode=%s cannot be sealed (%s) nor quarantined (%s); its records stay in "
                       "the shared journal for the next start", *key, reason, err)
-            return
+            return False
         self.stats.quarantined += 1
         log.error("robot=%s episode=%s cannot be sealed: %s; its records copied to %s", *key, reason, dest)
+        return True
 
     def _quarantine(self, journal_path: Path, robot_id: str, episode_id: str, reason: str) -> None:
         try:

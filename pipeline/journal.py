@@ -356,15 +356,19 @@ def quarantine_records(data_dir: Path, payloads: Iterator[bytes], robot_id: str,
     dest = _free_quarantine_path(data_dir, robot_id, episode_id)
     partial = dest.with_name(dest.name + ".partial")
     copied = 0
-    with RecordWriter(partial) as out:
-        try:
-            for payload in payloads:
-                out.append(payload)
-                copied += 1
-        except StoreError as err:
-            reason = f"{reason}; only its first {copied} records could be copied ({err})"
-    _write_reason(dest, robot_id, episode_id, source, reason)
-    os.replace(partial, dest)
+    try:
+        with RecordWriter(partial) as out:
+            try:
+                for payload in payloads:
+                    out.append(payload)
+                    copied += 1
+            except StoreError as err:
+                reason = f"{reason}; only its first {copied} records could be copied ({err})"
+        _write_reason(dest, robot_id, episode_id, source, reason)
+        os.replace(partial, dest)
+    except OSError:
+        partial.unlink(missing_ok=True)  # the records stay in the shared journal; the next start tries again
+        raise
     fsync_dir(dest.parent)
     return dest
 

@@ -93,6 +93,7 @@ class _Segment:
     number: int
     started: float  # time.monotonic() when its first record was written
     episodes: dict[EpisodeKey, EpisodeJournal] = field(default_factory=dict)
+    kept: set[EpisodeKey] = field(default_factory=set)  # unreadable episodes not quarantined: kept for the next start
 
 
 @dataclass
@@ -167,7 +168,8 @@ class SharedJournal:
         """Delete every segment no open episode has records in (not the current one).
         No directory fsync: a segment that comes back after a crash holds only sealed
         episodes and is deleted again at recovery."""
-        for number in [n for n, s in self._segments.items() if not s.episodes and n != self._current_number]:
+        for number in [n for n, s in self._segments.items()
+                       if not s.episodes and not s.kept and n != self._current_number]:
             del self._segments[number]
             try:
                 segment_path(self.directory, number).unlink()
@@ -344,6 +346,12 @@ class SharedJournal:
     def collect(self) -> None:
         """Delete the segments no open episode needs (after recovery's quarantines)."""
         self._collect()
+
+    def keep(self, key: EpisodeKey, places: Places) -> None:
+        """Keep the segments of an episode that could not be quarantined (until the next start)."""
+        for number in set(places.segments):
+            if number in self._segments:
+                self._segments[number].kept.add(key)
 
 
 def iter_episode_payloads(directory: Path, key: EpisodeKey) -> Iterator[bytes]:
