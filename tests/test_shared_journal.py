@@ -307,3 +307,33 @@ def test_an_episode_that_does_not_replay_is_quarantined_at_start_and_the_rest_re
     ingest.stop()
     again = start_ingest()  # no crash loop: quarantined once
     assert again.server.stats.quarantined == 0 and list(again.server.journals) == [("r1", "ep-good")]
+
+
+def test_an_unreadable_episode_that_cannot_be_quarantined_keeps_its_records_for_the_next_start(
+    tmp_path: Path, start_ingest
+) -> None:
+    data = tmp_path / "ingest"
+    j = Journals(data, segment_bytes=2048)
+    bad = j.start("ep-bad")
+    for seq in range(12):  # fills the first segment
+        append(bad, samples("ep-bad", seq, width=16))
+    j.commit()
+    with RecordWriter(data / "journal" / SHARED_DIR / j.segments()[-1]) as raw:
+        raw.append(int(j.segments()[-1][:-4]).to_bytes(4, "little") + episode_tag("r1", "ep-bad") + b"\x00" * 30)
+    good = j.start("ep-good")
+    for seq in range(40):  # later segments: ep-bad is alone in the first one
+        append(good, samples("ep-good", seq, width=16))
+        if seq % 10 == 9:
+            j.commit()
+    j.close()
+    first = j.segments()[0]
+    (data / "quarantine").write_text("not a folder")  # the copy to quarantine/ fails
+
+    ingest = start_ingest(journal_segment_bytes=2048)
+    assert ingest.server.stats.quarantined == 0 and ingest.thread.is_alive()
+    assert first in j.segments(), "the only copy of ep-bad's records was deleted"
+    ingest.stop()
+    (data / "quarantine").unlink()
+    again = start_ingest(journal_segment_bytes=2048)
+    assert again.server.stats.quarantined == 1
+    assert (data / "quarantine" / "r1" / f"ep-bad{JOURNAL_SUFFIX}").exists()
