@@ -360,7 +360,9 @@ class IngestServer:
                 next_housekeeping = now + 1.0
                 housekeeping_rounds += 1
                 if housekeeping_rounds % HEAP_TRIM_ROUNDS == 0:
-                    trim_heap()
+                    # Not on this thread: malloc_trim can take tens of milliseconds
+                    # under load, a stall every acknowledgement would wait for.
+                    self._seal_pool.submit(trim_heap)
             wait_until = next_housekeeping if self._commit_future is not None else min(next_commit, next_housekeeping)
             ready = dict(poller.poll(max(0.0, (wait_until - now) * 1000)))
             if ready.get(self._wake_read):
@@ -825,7 +827,12 @@ class IngestServer:
             entries = []
             for episode, stream in session.dirty:
                 journal = self.journals.get((session.robot_id, episode))
-                acked = journal.acked if journal is not None else self._final_acks.get((session.robot_id, episode), {})
+                if journal is not None:  # its next seq, not journal.acked: that builds a dict per call
+                    next_seq = journal.next_seq.get(stream)
+                    if next_seq is not None:
+                        entries.append((episode, stream, next_seq - 1))
+                    continue
+                acked = self._final_acks.get((session.robot_id, episode), {})
                 if stream in acked:
                     entries.append((episode, stream, acked[stream]))
             session.dirty.clear()
