@@ -375,6 +375,8 @@ class IngestServer:
             # A bounded batch, then the commit and the timers get their turn again.
             for identity, key, message, arrival_ns in self._receive(sock, authenticated):
                 self._handle(sock, identity, key, message, arrival_ns)
+            if self._journal_writer is not None:
+                self._journal_writer.flush()
 
     def _receive(self, sock: zmq.Socket, authenticated: bool) -> list[tuple[bytes, str, list[bytes], int]]:
         """Up to RECEIVE_BATCH waiting messages as (identity, key, frames, arrival time).

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("refinery.ingest")
 
-_DATA, _NOTE, _HEADER, _BARRIER, _ROLLBACK, _RELEASE, _STOP = range(7)
+_DATA, _NOTE, _HEADER, _BATCH, _BARRIER, _ROLLBACK, _RELEASE, _STOP = range(8)
 _MAX_BATCH = 512  # queued items taken at once
 _GRADUATION_CHECK_S = 1.0
 
@@ -92,6 +92,7 @@ class JournalWriter:
         self._graduator = (ThreadPoolExecutor(1, thread_name_prefix="graduate", initializer=name_os_thread)
                            if shared is not None and graduate_to is not None else None)
         self._queue: SimpleQueue[tuple[Any, ...]] = SimpleQueue()
+        self._pending: list[tuple[Any, ...]] = []  # queued by the loop, not handed over yet (flush)
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         # Bytes queued = reserved - released; each counter has one writer (the loop,
@@ -107,26 +108,28 @@ class JournalWriter:
     def append(self, journal: EpisodeJournal, parts: list[Any], size: int, stream: str, seq: int,
                capture_ns: int, stop: dict[str, Any] | None) -> None:
         self._reserve(size)
-        self._queue.put((_DATA, journal, parts, size, stream, seq, capture_ns, stop))
+        self._pending.append((_DATA, journal, parts, size, stream, seq, capture_ns, stop))
 
     def note(self, journal: EpisodeJournal, payload: bytes, limit: str) -> None:
         size = RECORD_HEAD.size + len(payload)
         self._reserve(size)
-        self._queue.put((_NOTE, journal, [payload], size, limit))
+        self._pending.append((_NOTE, journal, [payload], size, limit))
 
     def header(self, journal: EpisodeJournal, payload: bytes, size: int) -> None:
         """A new episode's first record (in the shared journal)."""
         self._reserve(size)
-        self._queue.put((_HEADER, journal, [payload], size))
+        self._pending.append((_HEADER, journal, [payload], size))
 
     def barrier(self) -> Barrier:
         """A barrier set once every write queued before it is done (or failed)."""
         done = Barrier()
+        self.flush()
         self._queue.put((_BARRIER, done))
         return done
 
     def release(self, journal: EpisodeJournal) -> None:
         """``journal``'s episode is sealed: its records in the shared journal may go."""
+        self.flush()
         self._queue.put((_RELEASE, journal))
 
     def wait(self, barrier: threading.Event) -> None:
@@ -136,15 +139,29 @@ class JournalWriter:
 
     def request_rollback(self, journal: EpisodeJournal) -> None:
         """Once the writes queued so far are done, mark ``journal`` ready to roll back."""
+        self.flush()
         self._queue.put((_ROLLBACK, journal))
 
     def close(self) -> None:
         """Finish every queued write, then end the thread."""
+        self.flush()
         self._queue.put((_STOP,))
         self._thread.join()
 
+    def flush(self) -> None:
+        """Hand the writes queued since the last flush to the thread, in one piece.
+
+        The loop calls it after each batch of received messages (barriers and the
+        like flush first): the thread then wakes once per batch and writes it with
+        few ``writev`` calls, instead of waking, taking the GIL and writing once
+        per message while the loop is still receiving."""
+        if self._pending:
+            self._queue.put((_BATCH, self._pending))
+            self._pending = []
+
     def _reserve(self, size: int) -> None:
         if self._reserved - self._released > self.max_queued_bytes:
+            self.flush()  # what is waiting here is what the thread must write to make room
             with self._lock:
                 self._waiting = True
                 while self._reserved - self._released > self.max_queued_bytes and self._thread.is_alive():
@@ -179,6 +196,9 @@ class JournalWriter:
                 kind = item[0]
                 if kind <= _HEADER:
                     writes.append(item)
+                    continue
+                if kind == _BATCH:
+                    writes.extend(item[1])
                     continue
                 self._write_batch(writes)  # everything queued before a barrier, rollback, release or stop
                 writes = []

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline import protocol
 from pipeline.journal import JOURNAL_SUFFIX, EpisodeJournal, EpisodeMeta, read_journal, read_unsealed_episode
+from pipeline import journal_writer
 from pipeline.journal_writer import JournalWriter
 from pipeline.raw_store import seal_recovered
 from pipeline.record_log import RecordWriter, iter_log
@@ -125,7 +126,7 @@ def test_recovery_rebuilds_each_episode_and_cuts_the_torn_tail(tmp_path: Path) -
         if seq % 10 == 9:
             j.commit()
     assert len(j.segments()) > 1
-    j.writer._queue.put((6,))  # the writer thread ends; what it wrote is in the files, as after a kill -9
+    j.writer._queue.put((journal_writer._STOP,))  # the writer thread ends; what it wrote is in the files, as after a kill -9
     newest = (tmp_path / "journal" / SHARED_DIR / j.segments()[-1])
     intact = newest.stat().st_size
     with open(newest, "ab") as fh:
