@@ -148,9 +148,15 @@ class SharedJournal:
             self._current.sync()  # OSError: stay on this segment; the batch fails and is retried
             self._current.close()
         number = self._current_number + 1
-        writer = RecordWriter(segment_path(self.directory, number), exclusive=True)
-        writer.preallocate(self.segment_bytes)
-        fsync_dir(self.directory)
+        path = segment_path(self.directory, number)
+        writer = RecordWriter(path, exclusive=True)
+        try:
+            writer.preallocate(self.segment_bytes)
+            fsync_dir(self.directory)
+        except OSError:
+            writer.close()
+            path.unlink(missing_ok=True)  # so that the next try can create it again
+            raise
         self._current, self._current_number = writer, number
         self._prefix = _SEGMENT.pack(number)
         self._segments[number] = _Segment(number, time.monotonic())
