@@ -214,7 +214,10 @@ class JournalWriter:
                 else:
                     self._stop_graduations()
                     if self.shared is not None:
-                        self.shared.close()
+                        try:
+                            self.shared.close()
+                        except OSError as err:  # what was acknowledged was synced by its commit
+                            log.error("closing the shared journal: %s", err)
                     return
             self._write_batch(writes)
             if self._graduator is not None:

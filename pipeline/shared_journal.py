@@ -234,8 +234,17 @@ class SharedJournal:
         out.append_records(chunk)
 
     def close(self) -> None:
-        if self._current is not None:
-            self._current.close()
+        """Sync and close the current segment; delete it if nothing open is in it, else
+        give back the blocks reserved past its end."""
+        if self._current is None:
+            return
+        self._current.close()
+        segment = self._segments.get(self._current_number)
+        path = segment_path(self.directory, self._current_number)
+        if segment is not None and not segment.episodes and not segment.kept:
+            path.unlink(missing_ok=True)
+        else:
+            os.truncate(path, self._current.size)
 
     # ------------------------------------------------------------------ reading (seal thread, recovery)
 

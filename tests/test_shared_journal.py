@@ -115,6 +115,7 @@ def test_a_segment_is_deleted_once_every_episode_in_it_is_sealed(tmp_path: Path)
     j.commit()
     assert len(j.segments()) == 1  # only the one being written
     j.close()
+    assert j.segments() == []  # and that one too, once closed with nothing open in it
 
 
 def test_recovery_rebuilds_each_episode_and_cuts_the_torn_tail(tmp_path: Path) -> None:
