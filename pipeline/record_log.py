@@ -179,6 +179,18 @@ def read_at(path: Path, offset: int) -> bytes:
     return payload
 
 
+def checked_payload(record: bytes, where: str) -> memoryview:
+    """The payload of one whole record (head included, as read at a known place and
+    length), after checking its length and checksum; StoreError names ``where``."""
+    if len(record) < RECORD_HEAD.size:
+        raise StoreError(where, "record cut short")
+    length, crc, castagnoli = _parse_head(record)
+    payload = memoryview(record)[RECORD_HEAD.size :]
+    if length != len(payload) or not _intact(payload, crc, castagnoli):
+        raise StoreError(where, "record damaged (length or checksum)")
+    return payload
+
+
 class RecordWriter:
     """Appends records; ``sync`` makes everything written so far durable.
 

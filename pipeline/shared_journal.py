@@ -39,7 +39,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import StoreError
-from pipeline.record_log import RECORD_HEAD, RecordWriter, _intact, _parse_head, fsync_dir, iter_log, truncate_to
+from pipeline.record_log import (
+    RECORD_HEAD,
+    RecordWriter,
+    checked_payload,
+    fsync_dir,
+    iter_log,
+    truncate_to,
+)
 
 if TYPE_CHECKING:
     from pipeline.journal import EpisodeJournal
@@ -266,14 +273,11 @@ class SharedJournal:
                 os.close(fd)
 
     def _read_one(self, fd: int, number: int, offset: int, length: int, tag: bytes) -> bytes:
-        data = os.pread(fd, length, offset)
         where = f"{segment_path(self.directory, number)} at {offset}"
+        data = os.pread(fd, length, offset)
         if len(data) != length:
             raise StoreError(where, "journal record cut short")
-        size, crc, castagnoli = _parse_head(data)
-        body = memoryview(data)[RECORD_HEAD.size :]
-        if size != len(body) or not _intact(body, crc, castagnoli):
-            raise StoreError(where, "journal record damaged (length or checksum)")
+        body = checked_payload(data, where)
         start = 4 + len(tag)
         if _PREFIX.unpack_from(body)[0] != number or bytes(body[4:start]) != tag:
             raise StoreError(where, "journal record belongs to another segment or episode")

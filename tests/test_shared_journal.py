@@ -9,13 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import protocol
-from pipeline.journal import JOURNAL_SUFFIX, EpisodeJournal, EpisodeMeta, read_journal, read_unsealed_episode
-from pipeline import journal_writer
+from pipeline import journal_writer, protocol
+from pipeline.journal import (
+    JOURNAL_SUFFIX,
+    EpisodeJournal,
+    EpisodeMeta,
+    read_journal,
+    read_unsealed_episode,
+)
 from pipeline.journal_writer import JournalWriter
 from pipeline.raw_store import seal_recovered
 from pipeline.record_log import RecordWriter, iter_log
-from pipeline.shared_journal import SEGMENT_SUFFIX, SHARED_DIR, SharedJournal, episode_tag
+from pipeline.shared_journal import (
+    SEGMENT_SUFFIX,
+    SHARED_DIR,
+    SharedJournal,
+    episode_tag,
+)
+from tests.test_ingest_hardening import wait_for
 
 
 def samples(episode: str, seq: int, width: int = 3) -> protocol.Samples:
@@ -62,6 +73,16 @@ def append(journal: EpisodeJournal, record: protocol.DataRecord) -> None:
     journal.append(7, record.encode(), record)
 
 
+def stream_interleaved(j: Journals, journals: list[EpisodeJournal], count: int) -> None:
+    """``count`` 16-column batches to each journal, committed every 10: a batch goes to
+    one segment, and the next batch may start the next one."""
+    for seq in range(count):
+        for journal in journals:
+            append(journal, samples(journal.meta.episode_id, seq, width=16))
+        if seq % 10 == 9:
+            j.commit()
+
+
 def seqs(journal: EpisodeJournal) -> list[int]:
     return [r.header.seq for _, r in journal.records() if r.header.stream == "joint_state"]
 
@@ -95,11 +116,7 @@ def test_an_unsealed_episode_can_be_read_from_a_stopped_ingests_folder(tmp_path:
 def test_a_segment_is_deleted_once_every_episode_in_it_is_sealed(tmp_path: Path) -> None:
     j = Journals(tmp_path, segment_bytes=4096)
     a, b = j.start("ep-a"), j.start("ep-b")
-    for seq in range(60):
-        append(a, samples("ep-a", seq, width=16))
-        append(b, samples("ep-b", seq, width=16))
-        if seq % 10 == 9:
-            j.commit()  # a batch goes to one segment; the next batch may start the next one
+    stream_interleaved(j, [a, b], 60)
     append(a, stop("ep-a", 59))
     j.commit()
     assert len(j.segments()) > 3
@@ -121,11 +138,7 @@ def test_a_segment_is_deleted_once_every_episode_in_it_is_sealed(tmp_path: Path)
 def test_recovery_rebuilds_each_episode_and_cuts_the_torn_tail(tmp_path: Path) -> None:
     j = Journals(tmp_path, segment_bytes=8192)
     a, b = j.start("ep-a"), j.start("ep-b")
-    for seq in range(50):
-        append(a, samples("ep-a", seq, width=16))
-        append(b, samples("ep-b", seq, width=16))
-        if seq % 10 == 9:
-            j.commit()
+    stream_interleaved(j, [a, b], 50)
     assert len(j.segments()) > 1
     j.writer._queue.put((journal_writer._STOP,))  # the writer thread ends; what it wrote is in the files, as after a kill -9
     newest = (tmp_path / "journal" / SHARED_DIR / j.segments()[-1])
@@ -167,11 +180,7 @@ def test_an_episode_whose_record_does_not_replay_is_set_aside_and_the_others_rec
 def test_a_long_open_episode_moves_to_a_journal_file_of_its_own(tmp_path: Path) -> None:
     j = Journals(tmp_path, segment_bytes=2048, graduate_after_s=0.0)
     long, short = j.start("ep-long"), j.start("ep-short")
-    for seq in range(30):
-        append(long, samples("ep-long", seq, width=16))
-        append(short, samples("ep-short", seq, width=16))
-        if seq % 10 == 9:
-            j.commit()
+    stream_interleaved(j, [long, short], 30)
     append(short, stop("ep-short", 29))
     j.commit()
     short.sealing = True
@@ -243,15 +252,6 @@ def test_a_record_with_an_unreadable_episode_tag_is_skipped(tmp_path: Path, tag:
 # ------------------------------------------------------------------ in the ingest
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_an_episode_that_fails_to_seal_is_copied_to_quarantine_and_its_segment_freed(
     start_ingest, make_collector, monkeypatch
 ) -> None:
@@ -260,7 +260,7 @@ def test_an_episode_that_fails_to_seal_is_copied_to_quarantine_and_its_segment_f
 
     original = raw_store._write_episode
 
-    def fails_for_the_first(h5, meta, *args, **kwargs):  # noqa: ANN001, ANN202
+    def fails_for_the_first(h5, meta, *args, **kwargs):
         if meta.episode_id == poisoned[0]:
             raise ValueError("a record HDF5 cannot hold")
         return original(h5, meta, *args, **kwargs)
@@ -323,10 +323,7 @@ def test_an_unreadable_episode_that_cannot_be_quarantined_keeps_its_records_for_
     with RecordWriter(data / "journal" / SHARED_DIR / j.segments()[-1]) as raw:
         raw.append(int(j.segments()[-1][:-4]).to_bytes(4, "little") + episode_tag("r1", "ep-bad") + b"\x00" * 30)
     good = j.start("ep-good")
-    for seq in range(40):  # later segments: ep-bad is alone in the first one
-        append(good, samples("ep-good", seq, width=16))
-        if seq % 10 == 9:
-            j.commit()
+    stream_interleaved(j, [good], 40)  # later segments: ep-bad is alone in the first one
     j.close()
     first = j.segments()[0]
     (data / "quarantine").write_text("not a folder")  # the copy to quarantine/ fails
