@@ -83,6 +83,20 @@ def stream_interleaved(j: Journals, journals: list[EpisodeJournal], count: int) 
             j.commit()
 
 
+def write_good_and_damaged_episodes(data: Path) -> None:
+    """ep-good and ep-bad, one message each; then an ep-bad record with intact framing
+    whose payload is no message (it does not replay)."""
+    j = Journals(data)
+    good, bad = j.start("ep-good"), j.start("ep-bad")
+    append(good, samples("ep-good", 0))
+    append(bad, samples("ep-bad", 0))
+    j.commit()
+    j.close()
+    segment = data / "journal" / SHARED_DIR / j.segments()[-1]
+    with RecordWriter(segment) as raw:
+        raw.append(int(segment.stem).to_bytes(4, "little") + episode_tag("r1", "ep-bad") + b"\x00" * 30)
+
+
 def seqs(journal: EpisodeJournal) -> list[int]:
     return [r.header.seq for _, r in journal.records() if r.header.stream == "joint_state"]
 
@@ -159,15 +173,7 @@ def test_recovery_rebuilds_each_episode_and_cuts_the_torn_tail(tmp_path: Path) -
 
 
 def test_an_episode_whose_record_does_not_replay_is_set_aside_and_the_others_recover(tmp_path: Path) -> None:
-    j = Journals(tmp_path)
-    good, bad = j.start("ep-good"), j.start("ep-bad")
-    append(good, samples("ep-good", 0))
-    append(bad, samples("ep-bad", 0))
-    j.commit()
-    j.close()
-    segment = tmp_path / "journal" / SHARED_DIR / j.segments()[-1]
-    with RecordWriter(segment) as raw:  # intact framing, a payload that is no message
-        raw.append(int(segment.stem).to_bytes(4, "little") + episode_tag("r1", "ep-bad") + b"\x00" * 30)
+    write_good_and_damaged_episodes(tmp_path)
 
     again = Journals(tmp_path)
     assert [journal.key for journal in again.found.journals] == [("r1", "ep-good")]
@@ -289,15 +295,7 @@ def test_an_episode_that_does_not_replay_is_quarantined_at_start_and_the_rest_re
     tmp_path: Path, start_ingest
 ) -> None:
     data = tmp_path / "ingest"
-    j = Journals(data)
-    good, bad = j.start("ep-good"), j.start("ep-bad")
-    append(good, samples("ep-good", 0))
-    append(bad, samples("ep-bad", 0))
-    j.commit()
-    j.close()
-    segment = data / "journal" / SHARED_DIR / j.segments()[-1]
-    with RecordWriter(segment) as raw:
-        raw.append(int(segment.stem).to_bytes(4, "little") + episode_tag("r1", "ep-bad") + b"\x00" * 30)
+    write_good_and_damaged_episodes(data)
 
     ingest = start_ingest()
     assert ingest.server.stats.quarantined == 1 and ingest.thread.is_alive()
