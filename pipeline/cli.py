@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline import refinery_version
+from pipeline import interrupts, refinery_version
 from pipeline.errors import RefineryError
 
 log = logging.getLogger("refinery")
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse cannot take an optional positional after options
@@ -297,6 +297,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.raw_argv = list(sys.argv[1:] if argv is None else argv)  # what `ingest --processes` hands its children
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    with interrupts.handled():
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    try:
+        args = _parse_arguments(argv)
+    except KeyboardInterrupt:  # the parser imports every format module: a second or so
+        print("refinery: stopped (Ctrl-C) before it began; nothing was done", file=sys.stderr)
+        return EXIT_INTERRUPTED
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

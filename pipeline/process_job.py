@@ -49,7 +49,7 @@ from pipeline.dataset.store import (
     write_job_record,
     write_json_durably,
 )
-from pipeline import refinery_version
+from pipeline import interrupts, refinery_version
 from pipeline.errors import RefineryError, StoreError
 from pipeline.processing.config import ProcessConfig
 from pipeline.ray_runtime import RaySession
@@ -279,8 +279,9 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
     if not paths:
         folders = ", ".join(str(p) for p in options.raw_dirs)
         raise StoreError(folders, "no raw episodes (*.h5) found; point at the ingest's data dir or raw/")
-    create_dataset(dataset, val_fraction=options.val_fraction)
-    index = DatasetIndex(dataset)
+    with interrupts.deferred():  # zarr starts its event loop here: never leave it half made
+        create_dataset(dataset, val_fraction=options.val_fraction)
+        index = DatasetIndex(dataset)
     job_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
     job_info = {"job_id": job_id, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "raw_dirs": [str(p) for p in options.raw_dirs]}
@@ -294,6 +295,7 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
         unreadable: list[RawInput] = []
         seen: set[tuple[str, str]] = set()
         for path in paths:
+            interrupts.check()
             raw = read_raw_input(path)
             identity = (raw.episode_id, raw.checksum)
             if identity in done or identity in seen:
@@ -314,8 +316,10 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
         if not todo:
             summary.seconds = time.monotonic() - started
             return summary
+        interrupts.check()
         session = RaySession(address=options.address, num_cpus=options.num_cpus)
         try:
+            interrupts.check()
             task = ray.remote(num_cpus=1, max_retries=options.max_retries, retry_exceptions=[OSError])(
                 process_raw_batch
             )
@@ -330,7 +334,8 @@ def run_process_job(options: JobOptions, progress: Callable[[int, int, str], Non
             }
             summary.planned = len(todo)
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                interrupts.check()
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
                 for ref in ready:
                     batch = pending.pop(ref)
                     try:

@@ -131,7 +131,7 @@ def test_no_ray_process_outlives_a_sigkilled_driver(ray_tmp: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("after_s", [1.5, 6.0])  # while Ray starts; while it works
+@pytest.mark.parametrize("after_s", [0.5, 1.5, 6.0])  # while it imports; while Ray starts; while it works
 def test_ctrl_c_at_any_moment_stops_cleanly_with_one_line(
     after_s: float, tmp_path: Path, ray_tmp: str, tiny_robot
 ) -> None:
@@ -149,6 +149,51 @@ def test_ctrl_c_at_any_moment_stops_cleanly_with_one_line(
     assert "Traceback" not in out and "Segmentation" not in out, out
     if child.returncode == 0:
         pytest.skip("the job finished before Ctrl-C arrived (a fast machine)")
+    assert child.returncode == 130, out
+    assert "stopped" in out and ("run the same command again" in out or "nothing was done" in out), out
+    assert wait_until_gone(ray_tmp) == []
+
+
+# `refinery process` with a Ctrl-C that lands where Python cannot raise it: in a __del__, where
+# Python prints "Exception ignored" and goes on. It lands there while the job waits for its
+# first Ray task (ray.wait is wrapped to drop an object whose __del__ sends the SIGINT).
+SWALLOWED_CTRL_C = """
+import os, signal, sys
+import ray
+fired = []
+class Swallows:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(200_000):
+            pass  # the handler runs here, and what it raises is ignored
+real_wait = ray.wait
+def wait(*args, **kwargs):
+    if not fired:
+        fired.append(True)
+        Swallows()
+    return real_wait(*args, **kwargs)
+ray.wait = wait
+sys.unraisablehook = lambda unraisable: print("ignored:", unraisable.exc_type.__name__, file=sys.stderr)
+from pipeline.cli import main
+code = main(sys.argv[1:])
+print("fired" if fired else "never fired")
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_python_had_to_ignore_still_stops_the_job(tmp_path: Path, ray_tmp: str, tiny_robot) -> None:
+    raw = tmp_path / "raw"
+    for n in range(2):
+        simulate_episode(raw, tiny_robot, robot_id=f"tiny-{n}", seconds=2.0, seed=n)
+    env = {**{key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}, "RAY_TMPDIR": ray_tmp}
+    child = subprocess.run(
+        [sys.executable, "-c", SWALLOWED_CTRL_C, "process", str(raw), "--out", str(tmp_path / "ds.zarr"),
+         "--num-cpus", "1"],
+        capture_output=True, text=True, env=env, timeout=180, cwd=Path(__file__).parent.parent,
+    )
+    out = child.stdout + child.stderr
+    assert "fired" in child.stdout and "ignored: KeyboardInterrupt" in child.stderr, out
     assert child.returncode == 130, out
     assert "stopped" in out and "run the same command again" in out
     assert wait_until_gone(ray_tmp) == []
