@@ -125,7 +125,10 @@ def _add_collect_args(p: argparse.ArgumentParser) -> None:
                         "/fleet.json (a bare PORT means 127.0.0.1), e.g. 127.0.0.1:9109")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given ``argv`` (without the program name), the import
+    and export formats are loaded only if ``argv`` may need them (they take a second
+    and 100 MB: zarr, OpenCV), not for `refinery collect` on a robot's computer."""
     parser = argparse.ArgumentParser(
         prog="refinery", description="Collect and refine teleoperated humanoid-robot data.", epilog=EPILOG
     )
@@ -271,8 +274,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show another dataset's appraisal beside this one's, part by part (same scales)")
     p.set_defaults(func=_cmd_report)
 
-    _add_interop_parsers(sub)
-
     p = sub.add_parser("inspect", help="describe a dataset or a Diffusion Policy export",
                        description="Dataset card, keys with dtype/shape/chunking per robot model, every episode "
                                    "(robot, model, task, seconds, grade, accepted, size), grade histogram, size on disk.")
@@ -283,11 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Recompute the content checksum of every raw episode under DIR; exit 1 if any fails.")
     p.add_argument("dir", type=Path)
     p.set_defaults(func=_cmd_verify)
+
+    command = next((word for word in argv if not word.startswith("-")), None) if argv is not None else None
+    if command is None or command not in sub.choices:  # import, export, a typo or none: all of them
+        _add_interop_parsers(sub)
     return parser
 
 
 def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
     # argparse cannot take an optional positional after options
     # (`export DATASET --format diffusion-policy OUT`): place it here.
@@ -296,7 +302,7 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
             setattr(args, name, Path(extra.pop(0)))
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.raw_argv = list(sys.argv[1:] if argv is None else argv)  # what `ingest --processes` hands its children
+    args.raw_argv = argv  # what `ingest --processes` hands its children
     return args
 
 

@@ -6,9 +6,10 @@ then go through the same processing as what the ingest records) or exports (a
 Refinery dataset -> a trainer's layout), the command-line options it adds and
 the function that runs it. ``refinery import KIND`` and ``refinery export
 --format NAME`` are built from these, so adding a format is adding one module
-and one line here. A format module imports its heavy dependencies (video
-codecs, bag readers) inside its functions: the CLI loads every module to build
-its help.
+and one line here. A format module imports its rarer heavy dependencies (video
+codecs, bag readers) inside its functions; the common ones (zarr, OpenCV) load
+with it, so the CLI loads the format modules only for ``import``, ``export`` and
+its top-level help (``pipeline.cli.build_parser``), not for every command.
 """
 
 from __future__ import annotations
