@@ -13,6 +13,10 @@ or an ingest note. The segment number lets a reader tell a record of this
 segment from stale bytes. Each episode keeps the places of its records
 (segment, offset, length), so sealing reads only its own.
 
+What a commit made durable leaves the page cache (``uncache_synced``): the
+fleet's stream would otherwise fill memory with pages read once, at the seal,
+which then reads its episode from disk.
+
 Segments are deleted once every episode with a record in them is sealed. An
 episode that stays open long (longer than ``graduate_after_s`` after the
 oldest segment it pins was started) graduates: its records are copied into a
@@ -156,7 +160,7 @@ class SharedJournal:
             self._current.close()
         number = self._current_number + 1
         path = segment_path(self.directory, number)
-        writer = RecordWriter(path, exclusive=True)
+        writer = RecordWriter(path, exclusive=True, uncache_synced=True)
         try:
             writer.preallocate(self.segment_bytes)
             fsync_dir(self.directory)

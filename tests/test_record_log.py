@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,31 @@ def test_a_marked_record_with_a_zlib_checksum_is_a_torn_tail(tmp_path: Path) -> 
     with open(path, "ab") as fh:
         fh.write(struct.pack("<II", 0x8000_0000 | 3, zlib.crc32(b"bad")) + b"bad")
     assert [e.payload for e in recover(path)] == [b"good"]
+
+
+
+def resident_pages(path: Path) -> int:
+    """Pages of ``path`` in the page cache (mincore over a private mapping of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size = path.stat().st_size
+    vector = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        first = ctypes.c_char.from_buffer(mapped)
+        result = libc.mincore(ctypes.addressof(first), size, vector)
+        del first  # the mapping cannot close while a ctypes object holds it
+    assert result == 0, f"mincore failed: errno {ctypes.get_errno()}"
+    return sum(byte & 1 for byte in vector)
+
+
+def test_a_log_that_uncaches_gives_synced_pages_back(tmp_path: Path) -> None:
+    kept, uncached = tmp_path / "kept", tmp_path / "uncached"
+    for path, uncache in ((kept, False), (uncached, True)):
+        with RecordWriter(path, uncache_synced=uncache) as writer:
+            writer.append_records([[bytes(100_000)] for _ in range(40)])  # 4 MB
+            writer.sync()
+    pages = (kept.stat().st_size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    assert resident_pages(kept) > pages // 2, "the kernel kept nothing of a fresh write: nothing to compare with"
+    assert resident_pages(uncached) <= 1  # at most the partial last page
+    entries, _ = scan(uncached)
+    assert len(entries) == 40 and entries[-1].payload == bytes(100_000)
