@@ -20,11 +20,25 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import FrameType
 
 _requested = threading.Event()
 _deferring = 0
 _ASK_AGAIN_AFTER_S = 0.05
+
+
+@dataclass
+class _Asking:
+    """The state a re-ask (a SIGINT this module sends itself) must check first."""
+
+    active: bool = False  # within :func:`handled`: our handler is the one that will run
+    raised: bool = False  # the KeyboardInterrupt was raised: asking again would make a second one
+    again: bool = False  # the next SIGINT is a re-ask, not the user's
+
+
+_asking = _Asking()
+_asking_lock = threading.Lock()
 
 
 @contextmanager
@@ -37,17 +51,21 @@ def handled() -> Iterator[None]:
         yield
         return
     _requested.clear()
+    with _asking_lock:
+        _asking.active, _asking.raised, _asking.again = True, False, False
     previous = signal.signal(signal.SIGINT, _on_sigint)
     try:
         yield
     finally:
+        with _asking_lock:
+            _asking.active = False  # no re-ask from now on: Python's own handler would raise it
         signal.signal(signal.SIGINT, previous)
 
 
 def check() -> None:
     """Raise KeyboardInterrupt if Ctrl-C was pressed, even if Python had to ignore it where it landed."""
     if _requested.is_set():
-        raise KeyboardInterrupt
+        _raise()
 
 
 @contextmanager
@@ -62,17 +80,32 @@ def deferred() -> Iterator[None]:
     check()
 
 
+def _raise() -> None:
+    _asking.raised = True
+    raise KeyboardInterrupt
+
+
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    if _asking.again:
+        _asking.again = False
+        if _asking.raised:
+            return  # a check raised it meanwhile
     _requested.set()
     if _deferring:
         return
     if _importing(frame):
-        timer = threading.Timer(_ASK_AGAIN_AFTER_S, signal.pthread_kill,
-                                (threading.main_thread().ident, signal.SIGINT))
+        timer = threading.Timer(_ASK_AGAIN_AFTER_S, _ask_again)
         timer.daemon = True
         timer.start()
         return
-    raise KeyboardInterrupt
+    _raise()
+
+
+def _ask_again() -> None:
+    with _asking_lock:
+        if _asking.active and not _asking.raised:
+            _asking.again = True
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
 
 def _importing(frame: FrameType | None) -> bool:

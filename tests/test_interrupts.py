@@ -88,3 +88,27 @@ def test_the_handler_before_the_command_is_back_after_it() -> None:
     with interrupts.handled():
         assert signal.getsignal(signal.SIGINT) is not before
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_no_ctrl_c_is_asked_again_once_it_was_raised(tmp_path: Path) -> None:
+    (tmp_path / "quick_module.py").write_text(textwrap.dedent("""
+        import os, signal
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10_000):
+            pass
+    """))
+    result = run_script("""
+        import time
+        from pipeline import interrupts
+        steps = []
+        try:
+            with interrupts.handled():
+                import quick_module  # deferred: asked again in a moment
+                interrupts.check()  # ...but raised here first
+        except KeyboardInterrupt:
+            steps.append("interrupted")
+        time.sleep(0.3)  # Python's own handler is back: a late ask would raise here
+        steps.append("no stray Ctrl-C")
+        print(steps)
+    """, tmp_path)
+    assert result.stdout.strip() == "['interrupted', 'no stray Ctrl-C']", result.stdout + result.stderr
