@@ -314,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(argv: Sequence[str] | None) -> int:
     try:
         args = _parse_arguments(argv)
-    except KeyboardInterrupt:  # the parser imports every format module: a second or so
+    except KeyboardInterrupt:  # parsing `import`/`export` loads every format module: a second or so
         print("refinery: stopped (Ctrl-C) before it began; nothing was done", file=sys.stderr)
         return EXIT_INTERRUPTED
     logging.basicConfig(

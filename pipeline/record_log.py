@@ -283,8 +283,8 @@ class RecordWriter:
     def _uncache(self, synced_to: int) -> None:
         """Give the page cache back what is durable: a log written at hundreds of MB/s
         otherwise fills memory with pages nobody reads soon, and every write pays for
-        fresh pages (on a VM, where memory the host takes back is slow to touch again,
-        writing cost 3-4x the CPU). Clean pages go at once; the next writes reuse them."""
+        fresh pages (on our 2-core VM that cost the ingest's journal writer up to 4x
+        the CPU: README, Performance). Clean pages go at once; the next writes reuse them."""
         end = synced_to - synced_to % mmap.PAGESIZE
         if end > self._uncached_to:
             try:

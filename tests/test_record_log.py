@@ -106,7 +106,6 @@ def test_a_marked_record_with_a_zlib_checksum_is_a_torn_tail(tmp_path: Path) -> 
     assert [e.payload for e in recover(path)] == [b"good"]
 
 
-
 def resident_pages(path: Path) -> int:
     """Pages of ``path`` in the page cache (mincore over a private mapping of it)."""
     libc = ctypes.CDLL(None, use_errno=True)
