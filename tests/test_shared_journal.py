@@ -92,9 +92,13 @@ def write_good_and_damaged_episodes(data: Path) -> None:
     append(bad, samples("ep-bad", 0))
     j.commit()
     j.close()
-    segment = data / "journal" / SHARED_DIR / j.segments()[-1]
+    append_unreplayable(data / "journal" / SHARED_DIR / j.segments()[-1], "ep-bad")
+
+
+def append_unreplayable(segment: Path, episode: str) -> None:
+    """A record of ``episode`` with intact framing whose payload is no message."""
     with RecordWriter(segment) as raw:
-        raw.append(int(segment.stem).to_bytes(4, "little") + episode_tag("r1", "ep-bad") + b"\x00" * 30)
+        raw.append(int(segment.stem).to_bytes(4, "little") + episode_tag("r1", episode) + b"\x00" * 30)
 
 
 def seqs(journal: EpisodeJournal) -> list[int]:
@@ -318,8 +322,7 @@ def test_an_unreadable_episode_that_cannot_be_quarantined_keeps_its_records_for_
     for seq in range(12):  # fills the first segment
         append(bad, samples("ep-bad", seq, width=16))
     j.commit()
-    with RecordWriter(data / "journal" / SHARED_DIR / j.segments()[-1]) as raw:
-        raw.append(int(j.segments()[-1][:-4]).to_bytes(4, "little") + episode_tag("r1", "ep-bad") + b"\x00" * 30)
+    append_unreplayable(data / "journal" / SHARED_DIR / j.segments()[-1], "ep-bad")
     good = j.start("ep-good")
     stream_interleaved(j, [good], 40)  # later segments: ep-bad is alone in the first one
     j.close()
