@@ -25,6 +25,22 @@ def test_interleave_keeps_the_real_time_mix() -> None:
     assert [pattern.count(i) for i in range(5)] == [5, 5, 3, 3, 3]
 
 
+def _run_result(p99_ms: float | None, lost: int = 0) -> bench_ingest.RunResult:
+    return bench_ingest.RunResult(target="ingest", pace="realtime", robots=40, seconds=10.0, p99_ms=p99_ms,
+                                  lost=lost, drain_s=0.1)
+
+
+def test_a_step_run_several_times_is_judged_on_its_median_p99() -> None:
+    opts = bench_ingest.build_parser().parse_args(["--max-p99-ms", "100"])
+    assert bench_ingest._step_verdict([_run_result(60.0), _run_result(400.0), _run_result(90.0)], opts) == (True, 90.0)
+    assert bench_ingest._step_verdict([_run_result(60.0), _run_result(400.0), _run_result(120.0)], opts) == (False, 120.0)
+
+
+def test_a_step_with_one_run_that_lost_data_is_not_sustained() -> None:
+    opts = bench_ingest.build_parser().parse_args([])
+    assert bench_ingest._step_verdict([_run_result(60.0), _run_result(60.0, lost=3), _run_result(60.0)], opts) == (False, 60.0)
+
+
 @pytest.mark.slow
 def test_bench_smoke_two_robots_both_modes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     started = time.monotonic()
@@ -107,5 +123,5 @@ def test_bench_find_max_reports_one_and_several_ingest_processes(tmp_path: Path,
     assert rc == 0, out
     summary = dict(kv.split("=", 1) for kv in re.search(r"^summary: (.*)$", out, re.M).group(1).split())
     assert summary == {"max_baseline": "2", "max_ingest": "2", "max_ingest-x2": "2"}, out
-    assert re.search(r"^one ingest process vs the baseline: 2 vs 2 robots", out, re.M), out
+    assert re.search(r"^one ingest process vs the baseline: 2 vs 2 robots, p99 [\d.]+ ms at the baseline's 2", out, re.M), out
     assert re.search(r"^ingest-x2 vs one process: 2 vs 2 robots = 1\.00x", out, re.M), out
