@@ -46,7 +46,7 @@ def _add_ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bind", default="tcp://*:5555", help="ZeroMQ endpoint to listen on (default: %(default)s)")
     p.add_argument("--window", type=_positive_int, default=128,
                    help="credit window: messages each collector may have unacknowledged in flight (default: %(default)s)")
-    p.add_argument("--commit-interval-ms", type=_positive_float, default=20.0,
+    p.add_argument("--commit-interval-ms", type=_positive_float, default=10.0,
                    help="group commit: fsync and acknowledge every this many ms (default: %(default)s)")
     p.add_argument("--max-message-mb", type=_positive_float, default=32.0,
                    help="larger messages are refused by ZeroMQ (default: %(default)s)")

@@ -102,7 +102,7 @@ class IngestConfig:
     data_dir: Path
     bind: str = "tcp://127.0.0.1:5555"
     window: int = DEFAULT_WINDOW
-    commit_interval_s: float = 0.02
+    commit_interval_s: float = 0.01
     max_message_bytes: int = 32 * 1024 * 1024
     abandon_after_s: float = 600.0
     keys: ServerKeys | None = None

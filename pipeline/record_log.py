@@ -27,12 +27,14 @@ import sys
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from crc32c import crc32c
 
 from pipeline.errors import StoreError
+from pipeline.thread_names import name_os_thread
 
 RECORD_HEAD = struct.Struct("<II")
 MAX_RECORD_BYTES = 256 * 1024 * 1024
@@ -40,8 +42,33 @@ _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform.startswith("linux") else None
 _fallocate = getattr(_libc, "fallocate", None)
 _FALLOC_FL_KEEP_SIZE = 1
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_SYNC_FILE_RANGE_WRITE = 2  # start writing the range's dirty pages; wait for nothing
+WRITE_BEHIND_BYTES = 1 << 20  # appended bytes between two write-behind starts
 CRC32C_MARK = 0x8000_0000  # in the length field: the checksum is CRC-32C
 _HOLD_GIL = 0  # crc32c's gil_release_mode: never release (a frame takes microseconds; a GIL handoff costs more)
+
+
+_write_behind_pool: ThreadPoolExecutor | None = None
+_write_behind_pool_lock = threading.Lock()
+
+
+def _write_behind_thread() -> ThreadPoolExecutor:
+    """The thread that starts the kernel's writeback for every write-behind log:
+    ``sync_file_range`` blocks for milliseconds when the disk's queue is full, and
+    on the appending thread (the ingest's journal writer) that delayed every commit."""
+    global _write_behind_pool
+    with _write_behind_pool_lock:
+        if _write_behind_pool is None:
+            _write_behind_pool = ThreadPoolExecutor(1, thread_name_prefix="write-behind", initializer=name_os_thread)
+        return _write_behind_pool
+
+
+def wait_for_write_behind() -> None:
+    """Return once every write-behind started so far has been handed to the kernel."""
+    _write_behind_thread().submit(lambda: None).result()
 
 
 def checksum(payload: bytes | memoryview, value: int = 0) -> int:
@@ -202,9 +229,12 @@ class RecordWriter:
     holds half a record that a later append would bury.
     """
 
-    def __init__(self, path: Path, *, exclusive: bool = False, uncache_synced: bool = False) -> None:
+    def __init__(self, path: Path, *, exclusive: bool = False, uncache_synced: bool = False,
+                 write_behind: bool = False) -> None:
         """``uncache_synced``: after each sync, drop what it made durable from the page
-        cache (see :meth:`sync`)."""
+        cache (see :meth:`sync`). ``write_behind``: start writing appended records to
+        disk every :data:`WRITE_BEHIND_BYTES`, so that a sync has little left to write
+        (see :meth:`_start_writeback`)."""
         self.path = path
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_EXCL if exclusive else 0)
         self._fd = os.open(path, flags, 0o644)
@@ -212,9 +242,13 @@ class RecordWriter:
         self._dirty = False
         self._uncache_synced = uncache_synced
         self._uncached_to = 0
+        self._write_behind_from = self.size if write_behind and _sync_file_range is not None else None
         # sync and close exclude each other: a second syncer must not return while
         # the first one's fsync is still running, nor fsync a closed (reused) descriptor.
         self._sync_lock = threading.Lock()
+        # The write-behind thread's guard against a closed descriptor: not the sync
+        # lock, which would make a commit's fsync wait for a write-behind start.
+        self._fd_lock = threading.Lock()
 
     def append(self, payload: bytes) -> int:
         """Append one record; return its offset. Raises OSError (e.g. ENOSPC) untouched."""
@@ -260,6 +294,27 @@ class RecordWriter:
         self._dirty = True
         if offsets is not None:
             offsets.extend(starts)
+        if self._write_behind_from is not None and self.size - self._write_behind_from >= WRITE_BEHIND_BYTES:
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Have the kernel start writing what was appended since the last start, and
+        return (Linux ``sync_file_range``, WRITE only: nothing is waited for, nothing is
+        made durable; a sync still decides that and reports any write error).
+
+        Why: the group commit's ``fdatasync`` otherwise writes the whole commit's data
+        itself, and every acknowledgement waits for it (``tools/bench_write_behind.py``;
+        README, Performance)."""
+        start = self._write_behind_from
+        assert start is not None
+        _write_behind_thread().submit(self._write_back, start, self.size - start)
+        self._write_behind_from = self.size
+
+    def _write_back(self, start: int, length: int) -> None:
+        assert _sync_file_range is not None
+        with self._fd_lock:
+            if self._fd >= 0:
+                _sync_file_range(self._fd, start, length, _SYNC_FILE_RANGE_WRITE)  # advice: its result is not ours to act on
 
     def sync(self) -> None:
         """Make every record appended so far durable (``fdatasync``: the data and the
@@ -311,7 +366,7 @@ class RecordWriter:
             try:
                 self.sync()
             finally:
-                with self._sync_lock:
+                with self._sync_lock, self._fd_lock:
                     if self._fd >= 0:
                         os.close(self._fd)
                         self._fd = -1

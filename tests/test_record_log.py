@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import StoreError
-from pipeline.record_log import RecordWriter, pack_frames, read_at, recover, scan, unpack_frames
+from pipeline.record_log import (
+    WRITE_BEHIND_BYTES,
+    RecordWriter,
+    pack_frames,
+    read_at,
+    recover,
+    scan,
+    unpack_frames,
+    wait_for_write_behind,
+)
 
 
 def write(path: Path, payloads: list[bytes]) -> list[int]:
@@ -130,4 +139,37 @@ def test_a_log_that_uncaches_gives_synced_pages_back(tmp_path: Path) -> None:
     assert resident_pages(kept) > pages // 2, "the kernel kept nothing of a fresh write: nothing to compare with"
     assert resident_pages(uncached) <= 1  # at most the partial last page
     entries, _ = scan(uncached)
+    assert len(entries) == 40 and entries[-1].payload == bytes(100_000)
+
+
+class _CacheStat(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in
+                ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+
+
+def dirty_pages(path: Path) -> int:
+    """Dirty page-cache pages of ``path`` (Linux 6.5+ ``cachestat``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    whole_file = (ctypes.c_uint64 * 2)(0, 0)  # offset 0, length 0: to the end
+    stat = _CacheStat()
+    with open(path, "rb") as fh:
+        result = libc.syscall(451, fh.fileno(), ctypes.byref(whole_file), ctypes.byref(stat), 0)  # x86-64/arm64: 451
+    if result != 0:
+        pytest.skip(f"no cachestat here (errno {ctypes.get_errno()}): cannot see dirty pages")
+    return stat.dirty
+
+
+def test_a_log_that_writes_behind_leaves_a_sync_little_to_write(tmp_path: Path) -> None:
+    dirty = {}
+    for behind in (False, True):
+        path = tmp_path / f"behind-{behind}"
+        with RecordWriter(path, write_behind=behind) as writer:
+            for _ in range(40):  # 4 MB in 100 kB appends, as the journal writer's batches come
+                writer.append_records([[bytes(100_000)]])
+            wait_for_write_behind()
+            dirty[behind] = dirty_pages(path)
+    pages_per_start = WRITE_BEHIND_BYTES // mmap.PAGESIZE
+    assert dirty[False] > 3 * pages_per_start, "the kernel wrote a fresh append at once: nothing to compare with"
+    assert dirty[True] <= pages_per_start + 1  # only what came since the last start: under WRITE_BEHIND_BYTES
+    entries, _ = scan(tmp_path / "behind-True")
     assert len(entries) == 40 and entries[-1].payload == bytes(100_000)

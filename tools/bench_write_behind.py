@@ -1,0 +1,119 @@
+"""How long a group commit's fsync takes with and without write-behind, measured in the same run.
+
+    python tools/bench_write_behind.py [--mb-per-s 266] [--commit-ms 10] [--seconds 5] [--rounds 2]
+
+One thread appends records to a shared-journal-like log (``RecordWriter`` with
+``uncache_synced``, as the ingest's shared journal) at the rate of 40 simulated
+G1-class robots (266 MB/s, in appends of three 69 kB camera frames and two
+7.4 kB joint batches, 222 kB); another thread syncs it
+every ``--commit-ms``, as the ingest's group commit does, and times each
+``fdatasync``. Once with ``write_behind=False``, once with ``write_behind=True``
+(the kernel starts writing appended records every ``WRITE_BEHIND_BYTES``, on a
+thread of its own), alternating for ``--rounds``. Prints p50/p99 of the sync
+time and of the append, the process CPU, and the ratios with/without.
+
+Needs about ``mb-per-s x seconds`` MB free in ``--dir`` (default: a temporary
+folder); the log is deleted after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.record_log import RecordWriter  # noqa: E402
+
+FRAME = os.urandom(69_200)
+JOINT = os.urandom(7_400)
+WRITE = [[FRAME], [FRAME], [FRAME], [JOINT], [JOINT]]  # five records, 222 kB: one journal-writer batch
+
+
+def one_run(folder: Path, write_behind: bool, mb_per_s: float, commit_s: float, seconds: float) -> dict[str, float]:
+    path = folder / f"log-{write_behind}"
+    writer = RecordWriter(path, exclusive=True, uncache_synced=True, write_behind=write_behind)
+    writer.preallocate(int(mb_per_s * 1e6 * seconds * 1.1))
+    stop = threading.Event()
+    sync_s: list[float] = []
+
+    def commit() -> None:
+        while not stop.is_set():
+            time.sleep(commit_s)
+            started = time.perf_counter()
+            writer.sync()
+            sync_s.append(time.perf_counter() - started)
+
+    committer = threading.Thread(target=commit, name="commit")
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    committer.start()
+    append_s: list[float] = []
+    written = 0
+    rate = mb_per_s * 1e6
+    records = WRITE
+    while (now := time.perf_counter()) - t0 < seconds:
+        due = t0 + written / rate
+        if due > now:
+            time.sleep(due - now)
+        started = time.perf_counter()
+        writer.append_records(records)
+        append_s.append(time.perf_counter() - started)
+        written += sum(len(r[0]) for r in records)
+    stop.set()
+    committer.join()
+    writer.close()
+    wall = time.perf_counter() - t0
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    path.unlink()
+    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
+    sync_ms = np.array(sync_s) * 1e3
+    append_ms = np.array(append_s) * 1e3
+    return {
+        "sync_p50": float(np.percentile(sync_ms, 50)), "sync_p99": float(np.percentile(sync_ms, 99)),
+        "append_p50": float(np.percentile(append_ms, 50)), "append_p99": float(np.percentile(append_ms, 99)),
+        "cpu_pct": 100 * cpu / wall, "mb_per_s": written / wall / 1e6,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mb-per-s", type=float, default=266.0, help="append rate (default: 40 G1-class robots)")
+    p.add_argument("--commit-ms", type=float, default=10.0, help="time between two syncs (the ingest's default)")
+    p.add_argument("--seconds", type=float, default=5.0, help="length of each run")
+    p.add_argument("--rounds", type=int, default=2, help="runs of each variant, alternating")
+    p.add_argument("--dir", type=Path, default=None, help="where the log is written (default: a temporary folder)")
+    opts = p.parse_args(argv)
+    if min(opts.mb_per_s, opts.commit_ms, opts.seconds, opts.rounds) <= 0:
+        raise SystemExit("bench_write_behind: every option must be positive")
+    results: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory(prefix="refinery-write-behind-", dir=opts.dir) as tmp:
+        for _ in range(opts.rounds):
+            for behind in (False, True):
+                r = one_run(Path(tmp), behind, opts.mb_per_s, opts.commit_ms / 1000, opts.seconds)
+                results[behind].append(r)
+                print(f"write_behind={str(behind):5s}: sync p50 {r['sync_p50']:5.1f} ms, p99 {r['sync_p99']:5.1f} ms; "
+                      f"append p50 {r['append_p50']:5.2f} ms, p99 {r['append_p99']:5.2f} ms; "
+                      f"CPU {r['cpu_pct']:4.0f} % of a core; {r['mb_per_s']:.0f} MB/s", flush=True)
+
+    def median(behind: bool, key: str) -> float:
+        return float(np.median([r[key] for r in results[behind]]))
+
+    print("\nmedians over the rounds, with write-behind / without:")
+    for key, label in (("sync_p50", "sync p50"), ("sync_p99", "sync p99"), ("append_p99", "append p99"),
+                       ("cpu_pct", "CPU")):
+        print(f"  {label}: {median(True, key):.2f} / {median(False, key):.2f} = "
+              f"{median(True, key) / max(median(False, key), 1e-9):.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
