@@ -5,9 +5,8 @@
 One thread appends records to a shared-journal-like log (``RecordWriter`` with
 ``uncache_synced``, as the ingest's shared journal) at the rate of 40 simulated
 G1-class robots (266 MB/s, in appends of three 69 kB camera frames and two
-7.4 kB joint batches, 222 kB); another thread syncs it
-every ``--commit-ms``, as the ingest's group commit does, and times each
-``fdatasync``. Once with ``write_behind=False``, once with ``write_behind=True``
+7.4 kB joint batches, 222 kB); another thread syncs it every ``--commit-ms``,
+as the ingest's group commit does, and times each ``fdatasync``. Once with ``write_behind=False``, once with ``write_behind=True``
 (the kernel starts writing appended records every ``WRITE_BEHIND_BYTES``, on a
 thread of its own), alternating for ``--rounds``. Prints p50/p99 of the sync
 time and of the append, the process CPU, and the ratios with/without.
