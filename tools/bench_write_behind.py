@@ -35,6 +35,7 @@ from pipeline.record_log import RecordWriter  # noqa: E402
 FRAME = os.urandom(69_200)
 JOINT = os.urandom(7_400)
 WRITE = [[FRAME], [FRAME], [FRAME], [JOINT], [JOINT]]  # five records, 222 kB: one journal-writer batch
+WRITE_BYTES = sum(len(parts[0]) for parts in WRITE)
 
 
 def one_run(folder: Path, write_behind: bool, mb_per_s: float, commit_s: float, seconds: float) -> dict[str, float]:
@@ -58,15 +59,14 @@ def one_run(folder: Path, write_behind: bool, mb_per_s: float, commit_s: float, 
     append_s: list[float] = []
     written = 0
     rate = mb_per_s * 1e6
-    records = WRITE
     while (now := time.perf_counter()) - t0 < seconds:
         due = t0 + written / rate
         if due > now:
             time.sleep(due - now)
         started = time.perf_counter()
-        writer.append_records(records)
+        writer.append_records(WRITE)
         append_s.append(time.perf_counter() - started)
-        written += sum(len(r[0]) for r in records)
+        written += WRITE_BYTES
     stop.set()
     committer.join()
     writer.close()
