@@ -1033,12 +1033,40 @@ def _proc_peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _host_cpu() -> tuple[int, int, int]:
-    """(busy, iowait, total) jiffies over all CPUs."""
+def _host_cpu() -> tuple[int, int, int, int]:
+    """(busy, iowait, total, steal) jiffies over all CPUs. Steal is time the hypervisor
+    ran other guests while this one had work: not ours, so not counted as busy."""
     parts = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle, iowait = parts[3], parts[4]
+    idle, iowait, steal = parts[3], parts[4], parts[7]
     total = sum(parts[:8])
-    return total - idle - iowait, iowait, total
+    return total - idle - iowait - steal, iowait, total, steal
+
+
+class _StealSampler(threading.Thread):
+    """The host's steal time in slices of ``slice_s``: a run's p99 is decided by its
+    worst moments, and on a shared VM those are often the hypervisor's, which the
+    run's mean hides."""
+
+    def __init__(self, slice_s: float = 0.5) -> None:
+        super().__init__(name="steal-sampler", daemon=True)
+        self.slice_s = slice_s
+        self.worst_pct = 0.0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        last = _host_cpu()
+        while not self._stop_event.wait(self.slice_s):
+            now = _host_cpu()
+            total = now[2] - last[2]
+            if total > 0:
+                self.worst_pct = max(self.worst_pct, 100 * (now[3] - last[3]) / total)
+            last = now
+
+    def stop(self) -> float:
+        """Stop sampling; the worst slice's steal, % of all CPUs."""
+        self._stop_event.set()
+        self.join()
+        return self.worst_pct
 
 
 def _disk_written_bytes(path: Path) -> int | None:
@@ -1065,10 +1093,13 @@ class Window:
         self.threads = [_thread_cpu_s(p) for p in pids]
         self.host = _host_cpu()
         self.disk = _disk_written_bytes(work)
+        self.steal = _StealSampler()
+        self.steal.start()
 
     def close(self) -> dict[str, float | None]:
         dt = max(time.monotonic() - self.t, 1e-9)
         host = _host_cpu()
+        worst_steal = self.steal.stop()
         total = max(host[2] - self.host[2], 1)
         disk = _disk_written_bytes(self.work)
         threads: dict[str, float] = {}
@@ -1080,6 +1111,8 @@ class Window:
             "proc_cpu_pct": 100 * (sum(_proc_cpu_s(p) for p in self.pids) - self.cpu) / dt,
             "host_busy_pct": 100 * (host[0] - self.host[0]) / total,
             "host_iowait_pct": 100 * (host[1] - self.host[1]) / total,
+            "host_steal_pct": 100 * (host[3] - self.host[3]) / total,
+            "host_steal_worst_pct": worst_steal,
             "disk_mbps": None if disk is None or self.disk is None else (disk - self.disk) / dt / 1e6,
         }
 
@@ -1446,6 +1479,10 @@ def _per_robot(r: RunResult) -> float | None:
     return None if cpu is None else cpu / r.robots
 
 
+def _steal(r: RunResult) -> str:
+    return f"{_f(r.cpu.get('host_steal_pct'), '{:.0f}')} / {_f(r.cpu.get('host_steal_worst_pct'), '{:.0f}')}"
+
+
 def _gen_cpu(r: RunResult) -> str:
     return "/".join(f"{c:.0f}" for c in r.gen_cpu_pct) or "-"
 
@@ -1453,8 +1490,9 @@ def _gen_cpu(r: RunResult) -> str:
 def _realtime_table(rows: list[RunResult]) -> str:
     head = ("| target | robots | offered MB/s | offered msg/s | durable MB/s | p50 ms | p99 ms | max ms | lost | dup "
             "| backlog at end (msgs) | max backlog/robot (msgs) | drain s | seal all s | CPU % of a core "
-            "| CPU % per robot | host CPU % | disk MB/s | generators CPU % | host CPU % before | verdict |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            "| CPU % per robot | host CPU % | steal % (run / worst 0.5 s) | disk MB/s | generators CPU % | host CPU % before "
+            "| verdict |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(
             f"| {r.target} | {r.robots} | {r.offered_mbps:.1f} | {r.offered_rate:,.0f} | {r.durable_mbps:.1f} "
@@ -1462,7 +1500,7 @@ def _realtime_table(rows: list[RunResult]) -> str:
             f"| {r.max_backlog_robot if r.target != 'baseline' else '-'} | {_f(r.drain_s, '{:.2f}')} "
             f"| {_f(r.seal_s) if r.target != 'baseline' else '-'} | {_f(r.cpu.get('proc_cpu_pct'), '{:.0f}')} "
             f"| {_f(_per_robot(r), '{:.2f}')} "
-            f"| {_f(r.cpu.get('host_busy_pct'), '{:.0f}')} | {_f(r.cpu.get('disk_mbps'), '{:.0f}')} "
+            f"| {_f(r.cpu.get('host_busy_pct'), '{:.0f}')} | {_steal(r)} | {_f(r.cpu.get('disk_mbps'), '{:.0f}')} "
             f"| {_gen_cpu(r)} | {_f(r.cpu.get('host_before_pct'), '{:.0f}')} | {r.verdict} |"
         )
     return "\n".join(lines)
@@ -1519,7 +1557,8 @@ def _header(argv: list[str], opts: argparse.Namespace, assets: Assets, work: Pat
             "a joint batch is sent 18 ms after its first row",
             "columns: backlog = generated but not yet acknowledged (queued + in flight); drain = time after the end until "
             "every robot's backlog was empty; seal all = slowest stop-event -> sealed ACK; CPU % of a core = the ingest "
-            "(or baseline) process, all threads; host CPU % = both cores, every process (other jobs on the host included); "
+            "(or baseline) process, all threads; host CPU % = both cores, every process (other jobs on the host included), steal excluded; "
+            "steal % = time the hypervisor gave the host's CPUs to other guests, over the run and in its worst half second; "
             "host CPU % before = the same over 1 s just before the run (other jobs only)",
         ]
     )
@@ -1668,13 +1707,16 @@ def _run(target: str, pace: str, robots: int, seconds: float, opts: argparse.Nam
     time.sleep(1.0)
     after = _host_cpu()
     idle_busy = 100 * (after[0] - before[0]) / max(after[2] - before[2], 1)
-    _log(f"{pace} / {target}: {robots} robots for {seconds:g} s (host CPU busy before: {idle_busy:.0f}%) ...")
+    idle_steal = 100 * (after[3] - before[3]) / max(after[2] - before[2], 1)
+    _log(f"{pace} / {target}: {robots} robots for {seconds:g} s (host CPU busy before: {idle_busy:.0f}%, "
+         f"steal {idle_steal:.0f}%) ...")
     r = run_once(target, pace, robots, seconds, opts, assets, work, tag)
     r.cpu["host_before_pct"] = idle_busy
     if pace == "realtime":
         _log(f"  -> {r.verdict}: offered {r.offered_mbps:.1f} MB/s, durable {r.durable_mbps:.1f} MB/s, "
              f"p99 {_f(r.p99_ms)} ms, generator lag p99 {_f(r.lag_p99_ms)} ms, "
-             f"send-to-ack p50/p99 {_f(r.send_to_ack_p50_ms)}/{_f(r.send_to_ack_p99_ms)} ms, lost {r.lost}, drain {_f(r.drain_s, '{:.2f}')} s, seal {_f(r.seal_s)} s")
+             f"send-to-ack p50/p99 {_f(r.send_to_ack_p50_ms)}/{_f(r.send_to_ack_p99_ms)} ms, lost {r.lost}, drain {_f(r.drain_s, '{:.2f}')} s, seal {_f(r.seal_s)} s, "
+             f"steal {_steal(r)} %")
     else:
         _log(f"  -> {r.window_mbps:.1f} MB/s durable, lost {r.lost}")
     busy = sorted(r.thread_cpu_pct.items(), key=lambda kv: -kv[1])
