@@ -52,6 +52,7 @@ from pipeline.journal_writer import Barrier, JournalWriter
 from pipeline.observability.ingest_counters import IngestCounters, RobotCounters
 from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, MAX_JSON_BYTES, StreamRules, screen_event_body
 from pipeline.raw_store import raw_path, seal_recovered
+from pipeline.direct_record_writer import DirectRecordWriter
 from pipeline.record_log import RecordWriter
 from pipeline.robot_config import parse_robot_config
 from pipeline.shared_journal import (
@@ -1059,7 +1060,7 @@ class IngestServer:
         }
 
 
-def _sync(journal: EpisodeJournal | RecordWriter) -> OSError | None:
+def _sync(journal: EpisodeJournal | RecordWriter | DirectRecordWriter) -> OSError | None:
     try:
         journal.sync()
     except OSError as err:

@@ -4,7 +4,8 @@ the collector's spool segments share this framing.
 Each record is ``u32 length | u32 checksum(payload) | payload``. A reader
 stops at the first record that is short or fails its checksum: that is the torn
 tail of a write the process did not finish, and :func:`recover` truncates it
-away. Records hold ZeroMQ multipart messages as ``u8 count | u32 len * count | frames``.
+away. It stops at a head of zeros too: the rest of the last block of a log
+written with direct I/O (:mod:`pipeline.direct_record_writer`). Records hold ZeroMQ multipart messages as ``u8 count | u32 len * count | frames``.
 
 The checksum is CRC-32C (Castagnoli; the CPU's own instruction, about 8x
 faster than zlib's CRC-32 here, so a journal append costs a few microseconds
@@ -87,6 +88,12 @@ def _parse_head(head: bytes | memoryview, offset: int = 0) -> tuple[int, int, bo
     return field & ~CRC32C_MARK, crc, bool(field & CRC32C_MARK)
 
 
+def _is_padding(length: int, crc: int, castagnoli: bool) -> bool:
+    """A head of zeros: past the last record of a log written with direct I/O, which
+    fills its last block with zeros (no writer makes an empty record of zeros)."""
+    return length == 0 and crc == 0 and not castagnoli
+
+
 def _intact(payload: bytes | memoryview, crc: int, castagnoli: bool) -> bool:
     return (checksum(payload) if castagnoli else zlib.crc32(payload)) == crc
 
@@ -138,7 +145,7 @@ def scan(path: Path) -> tuple[list[LogEntry], int]:
     while offset + RECORD_HEAD.size <= len(data):
         length, crc, castagnoli = _parse_head(data, offset)
         start = offset + RECORD_HEAD.size
-        if length > MAX_RECORD_BYTES or start + length > len(data):
+        if length > MAX_RECORD_BYTES or start + length > len(data) or _is_padding(length, crc, castagnoli):
             break
         payload = bytes(view[start : start + length])
         if not _intact(payload, crc, castagnoli):
@@ -166,7 +173,7 @@ def iter_log(path: Path) -> Iterator[LogEntry]:
             if len(head) < RECORD_HEAD.size:
                 return
             length, crc, castagnoli = _parse_head(head)
-            if length > MAX_RECORD_BYTES:
+            if length > MAX_RECORD_BYTES or _is_padding(length, crc, castagnoli):
                 return
             payload = fh.read(length)
             if len(payload) != length or not _intact(payload, crc, castagnoli):
@@ -350,11 +357,9 @@ class RecordWriter:
 
     def preallocate(self, nbytes: int) -> None:
         """Reserve disk blocks for the next ``nbytes`` without changing the file's size
-        (Linux ``fallocate`` with KEEP_SIZE): appends then skip block allocation,
-        about 12 % less CPU per write here. Best effort: nothing happens elsewhere
-        or when the file system says no (a full disk shows at the write)."""
-        if _fallocate is not None and self._fd >= 0:
-            _fallocate(self._fd, _FALLOC_FL_KEEP_SIZE, ctypes.c_long(self.size), ctypes.c_long(nbytes))
+        (see :func:`preallocate_fd`)."""
+        if self._fd >= 0:
+            preallocate_fd(self._fd, self.size, nbytes)
 
     @property
     def closed(self) -> bool:
@@ -376,6 +381,15 @@ class RecordWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def preallocate_fd(fd: int, offset: int, nbytes: int) -> None:
+    """Reserve disk blocks for ``nbytes`` from ``offset`` without changing the file's size
+    (Linux ``fallocate`` with KEEP_SIZE): appends then skip block allocation, about
+    12 % less CPU per write here. Best effort: nothing happens elsewhere or when the
+    file system says no (a full disk shows at the write)."""
+    if _fallocate is not None:
+        _fallocate(fd, _FALLOC_FL_KEEP_SIZE, ctypes.c_long(offset), ctypes.c_long(nbytes))
 
 
 _TWO_FRAMES = struct.Struct("<BII")  # a data message: header and payload

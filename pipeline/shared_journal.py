@@ -13,11 +13,13 @@ or an ingest note. The segment number lets a reader tell a record of this
 segment from stale bytes. Each episode keeps the places of its records
 (segment, offset, length), so sealing reads only its own.
 
-What a commit made durable leaves the page cache (``uncache_synced``): the
-fleet's stream would otherwise fill memory with pages read once, at the seal,
-which then reads its episode from disk. And the kernel starts writing records
-to disk as they are appended (``write_behind``), so that a commit's
-``fdatasync`` finds little left to write and its acknowledgements go sooner.
+Segments are written with direct I/O (:mod:`pipeline.direct_record_writer`):
+the fleet's stream does not pass through the page cache, where it would be
+copied into fresh pages, written back later and read once, at the seal, which
+reads its episode from disk. Where the file system does not take direct I/O,
+a segment goes through the page cache, which drops what a commit made durable
+(``uncache_synced``) and starts writing records as they are appended
+(``write_behind``), so that a commit's ``fdatasync`` finds little left to write.
 
 Segments are deleted once every episode with a record in them is sealed. An
 episode that stays open long (longer than ``graduate_after_s`` after the
@@ -44,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.direct_record_writer import DirectRecordWriter, open_record_log
 from pipeline.errors import StoreError
 from pipeline.record_log import (
     RECORD_HEAD,
@@ -125,14 +128,14 @@ class SharedJournal:
         self.segment_bytes = segment_bytes
         self.graduate_after_s = graduate_after_s
         self._segments: dict[int, _Segment] = {}
-        self._current: RecordWriter | None = None
+        self._current: DirectRecordWriter | RecordWriter | None = None
         self._current_number = 0
         self._prefix = b""
 
     # ------------------------------------------------------------------ the writer thread's side
 
     @property
-    def current(self) -> RecordWriter | None:
+    def current(self) -> DirectRecordWriter | RecordWriter | None:
         """The segment being appended to (what a group commit syncs)."""
         return self._current
 
@@ -162,7 +165,7 @@ class SharedJournal:
             self._current.close()
         number = self._current_number + 1
         path = segment_path(self.directory, number)
-        writer = RecordWriter(path, exclusive=True, uncache_synced=True, write_behind=True)
+        writer = open_record_log(path)
         try:
             writer.preallocate(self.segment_bytes)
             fsync_dir(self.directory)

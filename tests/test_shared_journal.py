@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import journal_writer, protocol
+from pipeline import journal_writer, protocol, record_log
 from pipeline.journal import (
     JOURNAL_SUFFIX,
     EpisodeJournal,
@@ -159,8 +159,9 @@ def test_recovery_rebuilds_each_episode_and_cuts_the_torn_tail(tmp_path: Path) -
     stream_interleaved(j, [a, b], 50)
     assert len(j.segments()) > 1
     j.writer._queue.put((journal_writer._STOP,))  # the writer thread ends; what it wrote is in the files, as after a kill -9
+    j.writer._thread.join()
     newest = (tmp_path / "journal" / SHARED_DIR / j.segments()[-1])
-    intact = newest.stat().st_size
+    intact = record_log.scan(newest)[1]
     with open(newest, "ab") as fh:
         fh.write(b"\xff\x00\x00\x00torn")  # half a record, as a write cut by the kill leaves
 
@@ -322,11 +323,11 @@ def test_an_unreadable_episode_that_cannot_be_quarantined_keeps_its_records_for_
     for seq in range(12):  # fills the first segment
         append(bad, samples("ep-bad", seq, width=16))
     j.commit()
-    append_unreplayable(data / "journal" / SHARED_DIR / j.segments()[-1], "ep-bad")
     good = j.start("ep-good")
     stream_interleaved(j, [good], 40)  # later segments: ep-bad is alone in the first one
     j.close()
     first = j.segments()[0]
+    append_unreplayable(data / "journal" / SHARED_DIR / first, "ep-bad")
     (data / "quarantine").write_text("not a folder")  # the copy to quarantine/ fails
 
     ingest = start_ingest(journal_segment_bytes=2048)

@@ -1,15 +1,24 @@
-"""How long a group commit's fsync takes with and without write-behind, measured in the same run.
+"""How long a group commit's fsync takes, and what the appends cost, for the shared
+journal's three ways of writing, measured in the same run.
 
     python tools/bench_write_behind.py [--mb-per-s 266] [--commit-ms 10] [--seconds 5] [--rounds 2]
 
-One thread appends records to a shared-journal-like log (``RecordWriter`` with
-``uncache_synced``, as the ingest's shared journal) at the rate of 40 simulated
-G1-class robots (266 MB/s, in appends of three 69 kB camera frames and two
-7.4 kB joint batches, 222 kB); another thread syncs it every ``--commit-ms``,
-as the ingest's group commit does, and times each ``fdatasync``. Once with ``write_behind=False``, once with ``write_behind=True``
-(the kernel starts writing appended records every ``WRITE_BEHIND_BYTES``, on a
-thread of its own), alternating for ``--rounds``. Prints p50/p99 of the sync
-time and of the append, the process CPU, and the ratios with/without.
+One thread appends records to a shared-journal-like log at the rate of 40
+simulated G1-class robots (266 MB/s, in appends of three 69 kB camera frames
+and two 7.4 kB joint batches, 222 kB); another thread syncs it every
+``--commit-ms``, as the ingest's group commit does, and times each
+``fdatasync``. Three variants, alternating for ``--rounds``:
+
+- ``page-cache``: ``RecordWriter`` with ``uncache_synced`` (what a commit made
+  durable leaves the page cache);
+- ``write-behind``: the same, and the kernel starts writing appended records
+  every ``WRITE_BEHIND_BYTES``, on a thread of its own (the shared journal
+  where the file system has no direct I/O);
+- ``direct``: ``DirectRecordWriter``, ``O_DIRECT`` from an aligned buffer (the
+  shared journal's default).
+
+Prints p50/p99 of the sync time and of the append, the process CPU, and the
+ratios of write-behind to page-cache and of direct to write-behind.
 
 Needs about ``mb-per-s x seconds`` MB free in ``--dir`` (default: a temporary
 folder); the log is deleted after each run.
@@ -30,7 +39,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.direct_record_writer import DirectRecordWriter, open_record_log  # noqa: E402
 from pipeline.record_log import RecordWriter  # noqa: E402
+
+VARIANTS = ("page-cache", "write-behind", "direct")
 
 FRAME = os.urandom(69_200)
 JOINT = os.urandom(7_400)
@@ -38,9 +50,17 @@ WRITE = [[FRAME], [FRAME], [FRAME], [JOINT], [JOINT]]  # five records, 222 kB: o
 WRITE_BYTES = sum(len(parts[0]) for parts in WRITE)
 
 
-def one_run(folder: Path, write_behind: bool, mb_per_s: float, commit_s: float, seconds: float) -> dict[str, float]:
-    path = folder / f"log-{write_behind}"
-    writer = RecordWriter(path, exclusive=True, uncache_synced=True, write_behind=write_behind)
+def one_run(folder: Path, variant: str, mb_per_s: float, commit_s: float, seconds: float) -> dict[str, float]:
+    path = folder / f"log-{variant}"
+    writer: RecordWriter | DirectRecordWriter
+    if variant == "direct":
+        writer = open_record_log(path)
+        if not isinstance(writer, DirectRecordWriter):
+            writer.close()
+            path.unlink()
+            raise SystemExit(f"bench_write_behind: the file system of {folder} does not take direct I/O")
+    else:
+        writer = RecordWriter(path, exclusive=True, uncache_synced=True, write_behind=variant == "write-behind")
     writer.preallocate(int(mb_per_s * 1e6 * seconds * 1.1))
     stop = threading.Event()
     sync_s: list[float] = []
@@ -93,24 +113,25 @@ def main(argv: list[str] | None = None) -> int:
     opts = p.parse_args(argv)
     if min(opts.mb_per_s, opts.commit_ms, opts.seconds, opts.rounds) <= 0:
         raise SystemExit("bench_write_behind: every option must be positive")
-    results: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="refinery-write-behind-", dir=opts.dir) as tmp:
         for _ in range(opts.rounds):
-            for behind in (False, True):
-                r = one_run(Path(tmp), behind, opts.mb_per_s, opts.commit_ms / 1000, opts.seconds)
-                results[behind].append(r)
-                print(f"write_behind={str(behind):5s}: sync p50 {r['sync_p50']:5.1f} ms, p99 {r['sync_p99']:5.1f} ms; "
+            for variant in VARIANTS:
+                r = one_run(Path(tmp), variant, opts.mb_per_s, opts.commit_ms / 1000, opts.seconds)
+                results[variant].append(r)
+                print(f"{variant:12s}: sync p50 {r['sync_p50']:5.1f} ms, p99 {r['sync_p99']:5.1f} ms; "
                       f"append p50 {r['append_p50']:5.2f} ms, p99 {r['append_p99']:5.2f} ms; "
                       f"CPU {r['cpu_pct']:4.0f} % of a core; {r['mb_per_s']:.0f} MB/s", flush=True)
 
-    def median(behind: bool, key: str) -> float:
-        return float(np.median([r[key] for r in results[behind]]))
+    def median(variant: str, key: str) -> float:
+        return float(np.median([r[key] for r in results[variant]]))
 
-    print("\nmedians over the rounds, with write-behind / without:")
-    for key, label in (("sync_p50", "sync p50"), ("sync_p99", "sync p99"), ("append_p99", "append p99"),
-                       ("cpu_pct", "CPU")):
-        print(f"  {label}: {median(True, key):.2f} / {median(False, key):.2f} = "
-              f"{median(True, key) / max(median(False, key), 1e-9):.2f}x")
+    for variant, against in (("write-behind", "page-cache"), ("direct", "write-behind")):
+        print(f"\nmedians over the rounds, {variant} / {against}:")
+        for key, label in (("sync_p50", "sync p50"), ("sync_p99", "sync p99"), ("append_p99", "append p99"),
+                           ("cpu_pct", "CPU")):
+            print(f"  {label}: {median(variant, key):.2f} / {median(against, key):.2f} = "
+                  f"{median(variant, key) / max(median(against, key), 1e-9):.2f}x")
     return 0
 
 

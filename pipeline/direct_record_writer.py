@@ -1,0 +1,209 @@
+"""Record appends that bypass the page cache (``O_DIRECT``): the shared journal's writer.
+
+The ingest writes the whole fleet's stream (hundreds of MB/s) to its shared
+journal and reads it back once, at the seal. Through the page cache every
+byte is copied into freshly allocated pages, written back later, and dropped
+again after the commit (``uncache_synced``); on this project's VM that copy
+was the journal writer's largest cost and slowed down by several times in
+the host's busy phases. Here each batch of records is copied into one
+aligned buffer and written to the disk from there: about half the CPU per
+byte and a quarter of the commit's ``fdatasync`` time
+(``tools/bench_write_behind.py``; README, Performance).
+
+Direct I/O writes whole blocks at block offsets. The bytes of the last,
+partial block stay in the buffer and are written again, completed, with the
+next batch; the rest of that block is zeros until then. Zeros where a record
+head should be end the log for every reader (:mod:`pipeline.record_log`), and
+:meth:`DirectRecordWriter.close` cuts the file back to its last record.
+Rewriting the partial block is safe against a crash: its bytes up to the
+last record are the same in the old and the new block, so a torn write
+cannot change a byte a commit made durable.
+
+On a file system without direct I/O (tmpfs on older kernels, some network
+file systems), :func:`open_record_log` returns the page-cache
+:class:`~pipeline.record_log.RecordWriter` instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.record_log import RECORD_HEAD, RecordWriter, checksum, preallocate_fd, record_head
+
+BLOCK = 4096  # the alignment direct I/O asks for on every Linux file system we met (a multiple of 512)
+_BUFFER_BYTES = 8 << 20  # one batch of the journal writer is written in pieces of at most this
+
+
+class DirectRecordWriter:
+    """Appends records with ``O_DIRECT``; the same contract as
+    :class:`~pipeline.record_log.RecordWriter`: ``append_records`` is all or nothing,
+    ``sync`` makes everything appended so far durable, ``size`` is the log's length."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        """``fd``: ``path`` opened (created, empty) with ``O_DIRECT``; see :func:`open_record_log`."""
+        self.path = path
+        self._fd = fd
+        self.size = 0
+        self._buffer = mmap.mmap(-1, _BUFFER_BYTES)  # anonymous memory: page-aligned, as direct I/O needs
+        self._view = memoryview(self._buffer)
+        self._block_at = 0  # file offset of the buffer's first byte (a block boundary)
+        self._tail = 0  # bytes at the buffer's start: the last, partial block, not yet completed
+        self._dirty = False
+        self._sync_lock = threading.Lock()
+
+    def append(self, payload: bytes) -> int:
+        offset = self.size
+        self.append_records(((payload,),))
+        return offset
+
+    def append_parts(self, parts: Sequence[bytes]) -> int:
+        offset = self.size
+        self.append_records((parts,))
+        return offset
+
+    def append_records(self, records: Sequence[Sequence[bytes]], offsets: list[int] | None = None) -> None:
+        """Append records (each a payload given as parts): all of them, or none (OSError
+        raised, the log as it was). With ``offsets``, each record's offset is appended."""
+        if self._fd < 0:
+            raise OSError(errno.EBADF, f"{self.path} is closed")
+        start, block_at, tail = self.size, self._block_at, self._tail
+        saved_tail = bytes(self._view[:tail])  # a full buffer written mid-batch reuses its start
+        starts: list[int] = []
+        pos = tail
+        try:
+            for parts in records:
+                length = 0
+                crc = 0
+                for part in parts:
+                    length += len(part)
+                    crc = checksum(part, crc)
+                starts.append(self._block_at + pos)
+                pos = self._put(record_head(length, crc), pos)
+                for part in parts:
+                    pos = self._put(part, pos)
+            end = (pos + BLOCK - 1) & ~(BLOCK - 1)
+            self._view[pos:end] = bytes(end - pos)  # the partial block's rest: zeros, the end for readers
+            self._write(end)
+        except OSError:
+            self._block_at, self._tail = block_at, tail
+            self._view[:tail] = saved_tail
+            os.ftruncate(self._fd, start)  # what the batch wrote goes; the partial block is rewritten next time
+            raise
+        self.size = self._block_at + pos
+        full = pos & ~(BLOCK - 1)
+        self._tail = pos - full
+        if full:
+            self._view[: self._tail] = self._view[full:pos]
+            self._block_at += full
+        self._dirty = True
+        if offsets is not None:
+            offsets.extend(starts)
+
+    def _put(self, data: bytes | memoryview, pos: int) -> int:
+        """Copy ``data`` into the buffer at ``pos``, writing full blocks out when it fills."""
+        if pos + len(data) <= _BUFFER_BYTES:  # the usual case: it fits
+            self._view[pos : pos + len(data)] = data
+            return pos + len(data)
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            if pos == _BUFFER_BYTES:
+                self._write(pos)  # the buffer is whole blocks now: out with it, and start over
+                self._block_at += pos
+                pos = 0
+            n = min(_BUFFER_BYTES - pos, len(view) - done)
+            self._view[pos : pos + n] = view[done : done + n]
+            pos += n
+            done += n
+        return pos
+
+    def _write(self, end: int) -> None:
+        """Write the buffer's first ``end`` bytes (whole blocks) at its file offset."""
+        written = 0
+        while written < end:
+            n = os.pwrite(self._fd, self._view[written:end], self._block_at + written)
+            if n <= 0 or n % BLOCK:
+                raise OSError(errno.ENOSPC, f"short direct write to {self.path} ({n} of {end - written} bytes)")
+            written += n
+
+    def sync(self) -> None:
+        """Make every record appended so far durable (``fdatasync``: the disk's write
+        cache and the file's size). A no-op once closed: closing synced it."""
+        with self._sync_lock:
+            if self._fd < 0 and self._dirty:
+                raise OSError(errno.EIO, f"{self.path} was closed with records its last fsync did not make durable")
+            if self._dirty:
+                self._dirty = False  # before the fsync: an append meanwhile sets it again
+                try:
+                    os.fdatasync(self._fd)
+                except OSError:
+                    self._dirty = True
+                    raise
+
+    def preallocate(self, nbytes: int) -> None:
+        """Reserve disk blocks for the next ``nbytes`` without changing the size (best effort)."""
+        if self._fd >= 0:
+            preallocate_fd(self._fd, self.size, nbytes)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def close(self) -> None:
+        """Cut the zeros after the last record, sync and close (closed even when that fails)."""
+        if self._fd < 0:
+            return
+        try:
+            if os.fstat(self._fd).st_size != self.size:
+                os.ftruncate(self._fd, self.size)
+                self._dirty = True
+            self.sync()
+        finally:
+            with self._sync_lock:
+                os.close(self._fd)
+                self._fd = -1
+            self._view.release()
+            self._buffer.close()
+
+    def __enter__(self) -> DirectRecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_record_log(path: Path, *, direct: bool = True) -> DirectRecordWriter | RecordWriter:
+    """Create the new log ``path`` for appending: with direct I/O where the file system
+    takes it, else through the page cache (dropped once synced, written behind)."""
+    if direct and hasattr(os, "O_DIRECT"):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644)
+        try:
+            if _takes_direct_writes(fd):
+                return DirectRecordWriter(path, fd)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)  # a full disk fails the probe: the next try creates it again
+            raise
+        os.close(fd)
+        path.unlink()
+    return RecordWriter(path, exclusive=True, uncache_synced=True, write_behind=True)
+
+
+def _takes_direct_writes(fd: int) -> bool:
+    """Whether an aligned block can be written through ``fd`` (then cut off again)."""
+    probe = mmap.mmap(-1, BLOCK)
+    try:
+        os.pwrite(fd, probe, 0)
+    except OSError as err:
+        if err.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return False
+        raise
+    finally:
+        probe.close()
+    os.ftruncate(fd, 0)
+    return True
