@@ -67,6 +67,10 @@ def _add_ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--journal-segment-mb", type=_positive_float, default=256.0, metavar="MB",
                    help="the shared journal (every open episode's records, one fdatasync per commit) starts a new "
                         "file after this many MB; a file is deleted once its episodes are sealed (default: %(default)s)")
+    p.add_argument("--journal-io", choices=("direct", "page-cache"), default="direct",
+                   help="how the shared journal is written: direct I/O, past the page cache (less CPU, shorter "
+                        "commits; falls back by itself where the file system has none), or through the page cache, "
+                        "for file systems whose direct I/O is slow (default: %(default)s)")
     p.add_argument("--graduate-after", type=_positive_float, default=300.0, metavar="SECONDS",
                    help="an episode still open this long after the oldest shared-journal file it is in was started "
                         "moves to a journal file of its own, so it does not keep the fleet's old files on disk "
@@ -386,6 +390,7 @@ def _ingest_config(args: argparse.Namespace):  # noqa: ANN202
         session_timeout_s=args.session_timeout,
         inject_sync_delay_s=args.inject_sync_delay_ms / 1000,
         journal_segment_bytes=max(1, int(args.journal_segment_mb * 1024 * 1024)),
+        journal_direct_io=args.journal_io == "direct",
         graduate_after_s=args.graduate_after,
     )
 

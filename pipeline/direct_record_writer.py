@@ -6,9 +6,11 @@ byte is copied into freshly allocated pages, written back later, and dropped
 again after the commit (``uncache_synced``); on this project's VM that copy
 was the journal writer's largest cost and slowed down by several times in
 the host's busy phases. Here each batch of records is copied into one
-aligned buffer and written to the disk from there: about half the CPU per
-byte and a quarter of the commit's ``fdatasync`` time
-(``tools/bench_write_behind.py``; README, Performance).
+aligned buffer and written to the disk from there: about two thirds of the
+CPU per byte and a quarter of the commit's ``fdatasync`` time of the
+page-cache writer with write-behind (``tools/bench_write_behind.py``; README,
+"Raw episode files"). The price: an append waits for the disk (about 0.3 ms
+for 222 kB here), on the journal writer's thread, beside the event loop.
 
 Direct I/O writes whole blocks at block offsets. The bytes of the last,
 partial block stay in the buffer and are written again, completed, with the

@@ -113,6 +113,7 @@ class IngestConfig:
     session_timeout_s: float = 15.0  # a collector sends a clock-sync request every 0.5 s
     inject_sync_delay_s: float = 0.0  # fault injection: a slow disk, for backpressure tests
     journal_segment_bytes: int = DEFAULT_SEGMENT_BYTES  # the shared journal's file size before the next one starts
+    journal_direct_io: bool = True  # the shared journal bypasses the page cache where the file system allows
     graduate_after_s: float = DEFAULT_GRADUATE_AFTER_S  # an episode pinning older shared segments moves to a file
 
 
@@ -255,6 +256,7 @@ class IngestServer:
             skip=graduated,
             segment_bytes=self.config.journal_segment_bytes,
             graduate_after_s=self.config.graduate_after_s,
+            direct_io=self.config.journal_direct_io,
         )
         for key, reason in found.unreadable.items():
             places = found.unreadable_places[key]

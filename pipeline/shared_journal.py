@@ -123,10 +123,12 @@ class Recovered:
 
 class SharedJournal:
     def __init__(self, directory: Path, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                 graduate_after_s: float = DEFAULT_GRADUATE_AFTER_S) -> None:
+                 graduate_after_s: float = DEFAULT_GRADUATE_AFTER_S, direct_io: bool = True) -> None:
+        """``direct_io``: write segments past the page cache where the file system allows."""
         self.directory = directory
         self.segment_bytes = segment_bytes
         self.graduate_after_s = graduate_after_s
+        self.direct_io = direct_io
         self._segments: dict[int, _Segment] = {}
         self._current: DirectRecordWriter | RecordWriter | None = None
         self._current_number = 0
@@ -165,7 +167,7 @@ class SharedJournal:
             self._current.close()
         number = self._current_number + 1
         path = segment_path(self.directory, number)
-        writer = open_record_log(path)
+        writer = open_record_log(path, direct=self.direct_io)
         try:
             writer.preallocate(self.segment_bytes)
             fsync_dir(self.directory)
@@ -294,8 +296,8 @@ class SharedJournal:
 
     @classmethod
     def recover(cls, directory: Path, *, is_finished: Callable[[EpisodeKey], bool], skip: set[EpisodeKey],
-                segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                graduate_after_s: float = DEFAULT_GRADUATE_AFTER_S) -> tuple[SharedJournal, Recovered]:
+                segment_bytes: int = DEFAULT_SEGMENT_BYTES, graduate_after_s: float = DEFAULT_GRADUATE_AFTER_S,
+                direct_io: bool = True) -> tuple[SharedJournal, Recovered]:
         """Replay every segment a previous run left: rebuild each open episode's
         state and places, and cut a torn tail off the newest segment. Appends
         then go to a new segment.
@@ -309,7 +311,7 @@ class SharedJournal:
         from pipeline.journal import EpisodeJournal
 
         directory.mkdir(parents=True, exist_ok=True)
-        shared = cls(directory, segment_bytes, graduate_after_s)
+        shared = cls(directory, segment_bytes, graduate_after_s, direct_io)
         numbers = sorted(int(p.name[: -len(SEGMENT_SUFFIX)]) for p in directory.glob(f"*{SEGMENT_SUFFIX}")
                          if p.name[: -len(SEGMENT_SUFFIX)].isdigit())
         for partial in directory.parent.glob("*/*.rfj.partial"):  # a graduation the crash interrupted

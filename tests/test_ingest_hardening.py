@@ -506,6 +506,14 @@ def test_a_timing_option_that_is_not_a_finite_number_in_range_is_one_line_and_no
     assert "Traceback" not in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize("argv, direct_io", [([], True), (["--journal-io", "page-cache"], False)])
+def test_journal_io_chooses_how_the_shared_journal_is_written(tmp_path, argv: list[str], direct_io: bool) -> None:
+    from pipeline import cli
+
+    args = cli._parse_arguments(["ingest", "--plain", "--data-dir", str(tmp_path), *argv])
+    assert cli._ingest_config(args).journal_direct_io is direct_io
+
+
 @pytest.mark.parametrize("argv, gather_s", [([], 0.002), (["--gather-ms", "0"], 0.0), (["--gather-ms", "5"], 0.005)])
 def test_gather_ms_sets_how_long_the_loop_lets_messages_gather(tmp_path, argv: list[str], gather_s: float) -> None:
     from pipeline import cli

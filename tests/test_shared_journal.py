@@ -17,6 +17,7 @@ from pipeline.journal import (
     read_journal,
     read_unsealed_episode,
 )
+from pipeline.direct_record_writer import DirectRecordWriter
 from pipeline.journal_writer import JournalWriter
 from pipeline.raw_store import seal_recovered
 from pipeline.record_log import RecordWriter, iter_log
@@ -338,3 +339,17 @@ def test_an_unreadable_episode_that_cannot_be_quarantined_keeps_its_records_for_
     again = start_ingest(journal_segment_bytes=2048)
     assert again.server.stats.quarantined == 1
     assert (data / "quarantine" / "r1" / f"ep-bad{JOURNAL_SUFFIX}").exists()
+
+
+@pytest.mark.parametrize("direct_io, writer_type", [(True, DirectRecordWriter), (False, RecordWriter)])
+def test_segments_are_written_as_configured_and_replay_alike(tmp_path: Path, direct_io: bool, writer_type: type) -> None:
+    j = Journals(tmp_path, segment_bytes=8192, direct_io=direct_io)
+    a, b = j.start("ep-a"), j.start("ep-b")
+    stream_interleaved(j, [a, b], 30)
+    j.commit()
+    assert isinstance(j.shared.current, writer_type)
+    j.close()
+    again = Journals(tmp_path, segment_bytes=8192, direct_io=direct_io)
+    found = {journal.key: journal for journal in again.found.journals}
+    assert seqs(found[("r1", "ep-a")]) == list(range(30)) and seqs(found[("r1", "ep-b")]) == list(range(30))
+    again.close()
