@@ -35,7 +35,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.record_log import RECORD_HEAD, RecordWriter, checksum, preallocate_fd, record_head
+from pipeline.record_log import RecordWriter, checksum, preallocate_fd, record_head
 
 BLOCK = 4096  # the alignment direct I/O asks for on every Linux file system we met (a multiple of 512)
 _BUFFER_BYTES = 8 << 20  # one batch of the journal writer is written in pieces of at most this
@@ -73,6 +73,8 @@ class DirectRecordWriter:
         raised, the log as it was). With ``offsets``, each record's offset is appended."""
         if self._fd < 0:
             raise OSError(errno.EBADF, f"{self.path} is closed")
+        if not records:
+            return
         start, block_at, tail = self.size, self._block_at, self._tail
         saved_tail = bytes(self._view[:tail])  # a full buffer written mid-batch reuses its start
         starts: list[int] = []

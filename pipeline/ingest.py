@@ -38,6 +38,7 @@ import zmq
 
 from pipeline import protocol
 from pipeline.auth import AllowList, ServerKeys
+from pipeline.direct_record_writer import DirectRecordWriter
 from pipeline.errors import BindError, ConfigError, ProtocolError, StoreError
 from pipeline.journal import (
     JOURNAL_SUFFIX,
@@ -52,7 +53,6 @@ from pipeline.journal_writer import Barrier, JournalWriter
 from pipeline.observability.ingest_counters import IngestCounters, RobotCounters
 from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, MAX_JSON_BYTES, StreamRules, screen_event_body
 from pipeline.raw_store import raw_path, seal_recovered
-from pipeline.direct_record_writer import DirectRecordWriter
 from pipeline.record_log import RecordWriter
 from pipeline.robot_config import parse_robot_config
 from pipeline.shared_journal import (

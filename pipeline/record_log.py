@@ -5,7 +5,8 @@ Each record is ``u32 length | u32 checksum(payload) | payload``. A reader
 stops at the first record that is short or fails its checksum: that is the torn
 tail of a write the process did not finish, and :func:`recover` truncates it
 away. It stops at a head of zeros too: the rest of the last block of a log
-written with direct I/O (:mod:`pipeline.direct_record_writer`). Records hold ZeroMQ multipart messages as ``u8 count | u32 len * count | frames``.
+written with direct I/O (:mod:`pipeline.direct_record_writer`). Records hold
+ZeroMQ multipart messages as ``u8 count | u32 len * count | frames``.
 
 The checksum is CRC-32C (Castagnoli; the CPU's own instruction, about 8x
 faster than zlib's CRC-32 here, so a journal append costs a few microseconds

@@ -6,6 +6,7 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tools import bench_ingest
@@ -141,3 +142,13 @@ def test_goal_one_is_judged_at_the_baseline_ceiling() -> None:
                                 {"baseline": 80, "ingest": 80, "ingest-x2": 90}, "ingest-x2", 100.0, 60)
     assert "one ingest process vs the baseline: 80 vs 80 robots, p99 76.0 ms at the baseline's 80" in "\n".join(lines)
     assert any(line.endswith(": met") for line in lines), lines
+
+
+def test_worst_slice_finds_the_half_second_whose_p99_is_worst() -> None:
+    ns = 1_000_000_000
+    captured = np.arange(0, 5 * ns, ns // 200, dtype=np.int64)  # 200 messages a second for 5 s
+    latency = np.full(len(captured), 30_000_000, dtype=np.int64)  # 30 ms
+    latency[(captured >= 3 * ns) & (captured < int(3.5 * ns))] = 250_000_000  # 250 ms from 3.0 to 3.5 s
+    p99_ms, at_s = bench_ingest.worst_slice(latency, captured + 7, 7)
+    assert p99_ms == pytest.approx(250.0) and at_s == 3.0
+    assert bench_ingest.worst_slice(latency[:10], captured[:10], 0) is None  # too few messages in any slice

@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -418,6 +419,14 @@ def test_the_command_line_exports_and_refuses_another_formats_option(dataset: Pa
 
 
 # --- the real consumer ----------------------------------------------------------------------------
+
+
+def test_a_python312_on_path_that_does_not_run_is_passed_over(tmp_path: Path, monkeypatch) -> None:
+    broken = tmp_path / "python3.12"  # what a pyenv shim does for a version pyenv has not selected
+    broken.write_text("#!/bin/sh\necho 'pyenv: python3.12: command not found' >&2\nexit 127\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert check_lerobot_export.find_python312() != str(broken)
 
 
 @pytest.mark.slow

@@ -281,6 +281,7 @@ class Generator:
         self.stream_index = {name: i for i, name in enumerate(self.a.streams)}
         self.ar = {n: np.arange(n, dtype="<i8") for n in (self.a.joint_rows, self.a.action_rows)}
         self.latency = array.array("q")
+        self.captured = array.array("q")  # each latency sample's capture time (wall clock, ns)
         self.lag = array.array("q")
         self.send_to_ack = array.array("q")
         self.bucket_bytes: list[int] = []
@@ -450,6 +451,7 @@ class Generator:
             "cpu_pct": self.cpu_pct,
             "robots": self._robot_results(),
             "latency_ns": np.frombuffer(self.latency, dtype=np.int64).copy(),
+            "captured_ns": np.frombuffer(self.captured, dtype=np.int64).copy(),
             "lag_ns": np.frombuffer(self.lag, dtype=np.int64).copy(),
             "send_to_ack_ns": np.frombuffer(self.send_to_ack, dtype=np.int64).copy(),
             "bucket_bytes": np.array(self.bucket_bytes, dtype=np.int64),
@@ -533,6 +535,7 @@ class Generator:
                     r.acked_msgs += 1
                     progressed = True
                     self.latency.append(now - entry[2])
+                    self.captured.append(entry[2])
                     self.send_to_ack.append(now - entry[5])
                     self._durable(now, entry[4])
             if r.episode in record.sealed and r.sealed_at is None:
@@ -771,6 +774,7 @@ def _baseline_main(endpoint: str, path: str, hwm: int, interval_s: float, out: A
         lens = struct.Struct("<II")
         capture_at = struct.Struct("<q")
         latency = array.array("q")
+        captured = array.array("q")
         series_t = array.array("q")
         series_msgs = array.array("q")
         series_bytes = array.array("q")
@@ -798,6 +802,7 @@ def _baseline_main(endpoint: str, path: str, hwm: int, interval_s: float, out: A
                     os.fsync(fd)
                     t = time.time_ns()
                     latency.extend([t - c for c in pending])
+                    captured.extend(pending)
                     pending.clear()
                     series_t.append(t)
                     series_msgs.append(msgs)
@@ -813,6 +818,7 @@ def _baseline_main(endpoint: str, path: str, hwm: int, interval_s: float, out: A
                 -1,
                 {
                     "latency_ns": np.frombuffer(latency, dtype=np.int64).copy(),
+                    "captured_ns": np.frombuffer(captured, dtype=np.int64).copy(),
                     "t": np.frombuffer(series_t, dtype=np.int64).copy(),
                     "msgs": np.frombuffer(series_msgs, dtype=np.int64).copy(),
                     "bytes": np.frombuffer(series_bytes, dtype=np.int64).copy(),
@@ -1121,6 +1127,26 @@ def _pct_ms(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) / 1e6 if len(values) else None
 
 
+def worst_slice(latency_ns: np.ndarray, captured_ns: np.ndarray, start_ns: int,
+                slice_s: float = 0.5, min_samples: int = 50) -> tuple[float, float] | None:
+    """(p99 ms, start s) of the ``slice_s`` slice of the run, by capture time, whose p99
+    latency is the worst: whether a run's p99 came from one bad moment or from all of
+    it. Slices with fewer than ``min_samples`` messages are skipped."""
+    if not len(latency_ns):
+        return None
+    index = (captured_ns - start_ns) // int(slice_s * NS)
+    order = np.argsort(index, kind="stable")
+    index, latency_ns = index[order], latency_ns[order]
+    bounds = np.flatnonzero(np.diff(index)) + 1
+    worst: tuple[float, float] | None = None
+    for part, lo in zip(np.split(latency_ns, bounds), np.concatenate(([0], bounds))):
+        if len(part) >= min_samples:
+            p99 = float(np.percentile(part, 99)) / 1e6
+            if worst is None or p99 > worst[0]:
+                worst = (p99, float(index[lo]) * slice_s)
+    return worst
+
+
 def verify_episodes(data_dir: Path, robots: list[dict[str, Any]]) -> dict[str, int]:
     """Open every sealed episode and check every stream's seq column is exactly 0..last.
 
@@ -1192,6 +1218,8 @@ class RunResult:
     p99_ms: float | None = None
     max_ms: float | None = None
     lag_p99_ms: float | None = None
+    worst_slice_p99_ms: float | None = None  # the p99 of the run's worst half second (by capture time)
+    worst_slice_at_s: float | None = None  # when that half second started, seconds into the run
     send_to_ack_p50_ms: float | None = None  # ingest only: from the message leaving the generator to its ACK
     send_to_ack_p99_ms: float | None = None
     lost: int = 0
@@ -1320,6 +1348,10 @@ def run_once(target: str, pace: str, robots: int, seconds: float, opts: argparse
         results = _collect(out, procs, "result", len(groups), wait)
         robots_info = [rob for res in results.values() for rob in res["robots"]]
         latency = np.concatenate([res["latency_ns"] for res in results.values()])
+        captured = np.concatenate([res["captured_ns"] for res in results.values()])
+        worst = worst_slice(latency, captured, start_ns)
+        if worst is not None:
+            result.worst_slice_p99_ms, result.worst_slice_at_s = worst
         lag = np.concatenate([res["lag_ns"] for res in results.values()])
         result.offered_msgs = sum(r["gen_msgs"] for r in robots_info)
         result.offered_bytes = sum(r["gen_bytes"] for r in robots_info)
@@ -1378,6 +1410,9 @@ def run_once(target: str, pace: str, robots: int, seconds: float, opts: argparse
             result.durable_bytes = int(base["total_bytes"])
             lat = base["latency_ns"]
             result.p50_ms, result.p99_ms, result.max_ms = (_pct_ms(lat, q) for q in (50, 99, 100))
+            worst = worst_slice(lat, base["captured_ns"], start_ns)
+            if worst is not None:
+                result.worst_slice_p99_ms, result.worst_slice_at_s = worst
             t, cm, cb = base["t"], base["msgs"], base["bytes"]
             if len(t):
                 result.durable_span_s = (int(t[-1]) - start_ns) / NS
@@ -1716,7 +1751,8 @@ def _run(target: str, pace: str, robots: int, seconds: float, opts: argparse.Nam
         _log(f"  -> {r.verdict}: offered {r.offered_mbps:.1f} MB/s, durable {r.durable_mbps:.1f} MB/s, "
              f"p99 {_f(r.p99_ms)} ms, generator lag p99 {_f(r.lag_p99_ms)} ms, "
              f"send-to-ack p50/p99 {_f(r.send_to_ack_p50_ms)}/{_f(r.send_to_ack_p99_ms)} ms, lost {r.lost}, drain {_f(r.drain_s, '{:.2f}')} s, seal {_f(r.seal_s)} s, "
-             f"steal {_steal(r)} %")
+             f"steal {_steal(r)} %, worst 0.5 s: p99 {_f(r.worst_slice_p99_ms, '{:.0f}')} ms at "
+             f"{_f(r.worst_slice_at_s)} s")
     else:
         _log(f"  -> {r.window_mbps:.1f} MB/s durable, lost {r.lost}")
     busy = sorted(r.thread_cpu_pct.items(), key=lambda kv: -kv[1])

@@ -181,14 +181,23 @@ sys.exit(1 if failed or windows == 0 else 0)
 
 
 def find_python312(explicit: str | None = None) -> str | None:
-    """A Python 3.12 interpreter: ``explicit``, ``python3.12`` on PATH, or the newest ``~/.pyenv/versions/3.12*``."""
+    """A Python 3.12 interpreter: ``explicit``, ``python3.12`` on PATH, or the newest
+    ``~/.pyenv/versions/3.12*``; one that runs (a pyenv shim on PATH for a version
+    pyenv does not have selected exits 127)."""
     if explicit:
         return explicit
-    found = shutil.which("python3.12")
-    if found:
-        return found
-    candidates = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))
-    return candidates[-1] if candidates else None
+    candidates = [shutil.which("python3.12")]
+    candidates += reversed(sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12"))))
+    return next((c for c in candidates if c and _is_python312(c)), None)
+
+
+def _is_python312(python: str) -> bool:
+    try:
+        done = subprocess.run([python, "-c", "import sys; sys.exit(sys.version_info[:2] != (3, 12))"],
+                              capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
 
 
 def lerobot_ready(python: Path) -> bool:
