@@ -21,7 +21,7 @@ REPO = Path(__file__).parent.parent
 
 
 def batches(seed: int, count: int, max_bytes: int = 100_000) -> list[list[list[bytes]]]:
-    """Batches of records of random sizes (0-4 parts each), as the journal writer hands them over."""
+    """Batches of records of random sizes (1-4 parts each, a part maybe empty), as the journal writer hands them over."""
     rng = random.Random(seed)
     return [[[rng.randbytes(rng.randint(0, max_bytes // 4)) for _ in range(rng.randint(1, 4))]
              for _ in range(rng.randint(1, 12))] for _ in range(count)]
@@ -29,7 +29,9 @@ def batches(seed: int, count: int, max_bytes: int = 100_000) -> list[list[list[b
 
 def direct_log(path: Path) -> DirectRecordWriter:
     writer = open_record_log(path)
-    assert isinstance(writer, DirectRecordWriter), "this test needs a file system that takes direct I/O"
+    if not isinstance(writer, DirectRecordWriter):
+        writer.close()
+        pytest.skip(f"the file system of {path.parent} does not take direct I/O")
     return writer
 
 
