@@ -35,16 +35,15 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.record_log import RecordWriter, checksum, preallocate_fd, record_head
+from pipeline.record_log import RecordAppender, RecordWriter, checksum, record_head
 
 BLOCK = 4096  # the alignment direct I/O asks for on every Linux file system we met (a multiple of 512)
 _BUFFER_BYTES = 8 << 20  # one batch of the journal writer is written in pieces of at most this
 
 
-class DirectRecordWriter:
-    """Appends records with ``O_DIRECT``; the same contract as
-    :class:`~pipeline.record_log.RecordWriter`: ``append_records`` is all or nothing,
-    ``sync`` makes everything appended so far durable, ``size`` is the log's length."""
+class DirectRecordWriter(RecordAppender):
+    """Appends records with ``O_DIRECT``; the contract of :class:`~pipeline.record_log.RecordAppender`
+    (``sync``'s ``fdatasync`` has only the disk's cache and the file size left to flush)."""
 
     def __init__(self, path: Path, fd: int) -> None:
         """``fd``: ``path`` opened (created, empty) with ``O_DIRECT``; see :func:`open_record_log`."""
@@ -57,16 +56,6 @@ class DirectRecordWriter:
         self._tail = 0  # bytes at the buffer's start: the last, partial block, not yet completed
         self._dirty = False
         self._sync_lock = threading.Lock()
-
-    def append(self, payload: bytes) -> int:
-        offset = self.size
-        self.append_records(((payload,),))
-        return offset
-
-    def append_parts(self, parts: Sequence[bytes]) -> int:
-        offset = self.size
-        self.append_records((parts,))
-        return offset
 
     def append_records(self, records: Sequence[Sequence[bytes]], offsets: list[int] | None = None) -> None:
         """Append records (each a payload given as parts): all of them, or none (OSError
@@ -135,29 +124,6 @@ class DirectRecordWriter:
                 raise OSError(errno.ENOSPC, f"short direct write to {self.path} ({n} of {end - written} bytes)")
             written += n
 
-    def sync(self) -> None:
-        """Make every record appended so far durable (``fdatasync``: the disk's write
-        cache and the file's size). A no-op once closed: closing synced it."""
-        with self._sync_lock:
-            if self._fd < 0 and self._dirty:
-                raise OSError(errno.EIO, f"{self.path} was closed with records its last fsync did not make durable")
-            if self._dirty:
-                self._dirty = False  # before the fsync: an append meanwhile sets it again
-                try:
-                    os.fdatasync(self._fd)
-                except OSError:
-                    self._dirty = True
-                    raise
-
-    def preallocate(self, nbytes: int) -> None:
-        """Reserve disk blocks for the next ``nbytes`` without changing the size (best effort)."""
-        if self._fd >= 0:
-            preallocate_fd(self._fd, self.size, nbytes)
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
     def close(self) -> None:
         """Cut the zeros after the last record, sync and close (closed even when that fails)."""
         if self._fd < 0:
@@ -174,14 +140,8 @@ class DirectRecordWriter:
             self._view.release()
             self._buffer.close()
 
-    def __enter__(self) -> DirectRecordWriter:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def open_record_log(path: Path, *, direct: bool = True) -> DirectRecordWriter | RecordWriter:
+def open_record_log(path: Path, *, direct: bool = True) -> RecordAppender:
     """Create the new log ``path`` for appending: with direct I/O where the file system
     takes it, else through the page cache (dropped once synced, written behind)."""
     if direct and hasattr(os, "O_DIRECT"):

@@ -38,7 +38,6 @@ import zmq
 
 from pipeline import protocol
 from pipeline.auth import AllowList, ServerKeys
-from pipeline.direct_record_writer import DirectRecordWriter
 from pipeline.errors import BindError, ConfigError, ProtocolError, StoreError
 from pipeline.journal import (
     JOURNAL_SUFFIX,
@@ -53,7 +52,7 @@ from pipeline.journal_writer import Barrier, JournalWriter
 from pipeline.observability.ingest_counters import IngestCounters, RobotCounters
 from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, MAX_JSON_BYTES, StreamRules, screen_event_body
 from pipeline.raw_store import raw_path, seal_recovered
-from pipeline.record_log import RecordWriter
+from pipeline.record_log import RecordAppender
 from pipeline.robot_config import parse_robot_config
 from pipeline.shared_journal import (
     DEFAULT_GRADUATE_AFTER_S,
@@ -1062,7 +1061,7 @@ class IngestServer:
         }
 
 
-def _sync(journal: EpisodeJournal | RecordWriter | DirectRecordWriter) -> OSError | None:
+def _sync(journal: EpisodeJournal | RecordAppender) -> OSError | None:
     try:
         journal.sync()
     except OSError as err:

@@ -41,9 +41,8 @@ from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
-from pipeline.direct_record_writer import DirectRecordWriter
 from pipeline.errors import StoreError
-from pipeline.record_log import RECORD_HEAD, RecordWriter
+from pipeline.record_log import RECORD_HEAD, RecordAppender, RecordWriter
 from pipeline.shared_journal import Places, SharedJournal
 from pipeline.thread_names import name_os_thread
 
@@ -73,7 +72,7 @@ class Barrier(threading.Event):
     shared journal's segment those writes went to, which a commit must sync
     (earlier segments were synced when the next one was started)."""
 
-    segment: RecordWriter | DirectRecordWriter | None = None
+    segment: RecordAppender | None = None
 
 
 class JournalWriterDied(RuntimeError):

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from crc32c import crc32c
 
@@ -227,7 +228,74 @@ def checked_payload(record: bytes, where: str) -> memoryview:
     return payload
 
 
-class RecordWriter:
+class RecordAppender:
+    """What every record-log writer shares (:class:`RecordWriter` through the page
+    cache, :class:`~pipeline.direct_record_writer.DirectRecordWriter` past it):
+    ``append_records`` is all or nothing, ``sync`` makes everything appended so far
+    durable, ``size`` is the log's length. A subclass opens ``_fd`` and sets ``path``,
+    ``size``, ``_dirty`` and ``_sync_lock`` before its first append."""
+
+    path: Path
+    size: int
+    _fd: int
+    _dirty: bool
+    _sync_lock: threading.Lock  # sync and close exclude each other
+
+    def append_records(self, records: Sequence[Sequence[bytes]], offsets: list[int] | None = None) -> None:
+        raise NotImplementedError
+
+    def append(self, payload: bytes) -> int:
+        """Append one record; return its offset. Raises OSError (e.g. ENOSPC) untouched."""
+        return self.append_parts((payload,))
+
+    def append_parts(self, parts: Sequence[bytes]) -> int:
+        """Append one record whose payload is ``parts`` joined, without joining them."""
+        offset = self.size
+        self.append_records((parts,))
+        return offset
+
+    def sync(self) -> None:
+        """Make every record appended so far durable (``fdatasync``: the data and the
+        file size, not the times). A no-op once the writer is closed: closing synced it."""
+        with self._sync_lock:
+            if self._fd < 0 and self._dirty:
+                raise OSError(errno.EIO, f"{self.path} was closed with records its last fsync did not make durable")
+            if self._dirty:
+                # Cleared before the fsync: an append on another thread meanwhile sets it
+                # again, so the next sync covers it.
+                self._dirty = False
+                synced_to = self.size  # appends bump it once written: all of it is in this fsync
+                try:
+                    os.fdatasync(self._fd)
+                except OSError:
+                    self._dirty = True
+                    raise
+                self._synced(synced_to)
+
+    def _synced(self, synced_to: int) -> None:
+        """After a sync made the first ``synced_to`` bytes durable (under the sync lock)."""
+
+    def preallocate(self, nbytes: int) -> None:
+        """Reserve disk blocks for the next ``nbytes`` without changing the file's size
+        (see :func:`preallocate_fd`)."""
+        if self._fd >= 0:
+            preallocate_fd(self._fd, self.size, nbytes)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RecordWriter(RecordAppender):
     """Appends records; ``sync`` makes everything written so far durable.
 
     Writes go straight to the file descriptor (one ``writev`` per record, no
@@ -257,16 +325,6 @@ class RecordWriter:
         # The write-behind thread's guard against a closed descriptor: not the sync
         # lock, which would make a commit's fsync wait for a write-behind start.
         self._fd_lock = threading.Lock()
-
-    def append(self, payload: bytes) -> int:
-        """Append one record; return its offset. Raises OSError (e.g. ENOSPC) untouched."""
-        return self.append_parts((payload,))
-
-    def append_parts(self, parts: Sequence[bytes]) -> int:
-        """Append one record whose payload is ``parts`` joined, without joining them."""
-        offset = self.size
-        self.append_records((parts,))
-        return offset
 
     def append_records(self, records: Sequence[Sequence[bytes]], offsets: list[int] | None = None) -> None:
         """Append several records (each a payload given as parts) with as few ``writev``
@@ -324,24 +382,9 @@ class RecordWriter:
             if self._fd >= 0:
                 _sync_file_range(self._fd, start, length, _SYNC_FILE_RANGE_WRITE)  # advice: its result is not ours to act on
 
-    def sync(self) -> None:
-        """Make every record appended so far durable (``fdatasync``: the data and the
-        file size, not the times). A no-op once the writer is closed: closing synced it."""
-        with self._sync_lock:
-            if self._fd < 0 and self._dirty:
-                raise OSError(errno.EIO, f"{self.path} was closed with records its last fsync did not make durable")
-            if self._dirty:
-                # Cleared before the fsync: an append on another thread meanwhile sets it
-                # again, so the next sync covers it.
-                self._dirty = False
-                synced_to = self.size  # appends bump it once written: all of it is in this fsync
-                try:
-                    os.fdatasync(self._fd)
-                except OSError:
-                    self._dirty = True
-                    raise
-                if self._uncache_synced:
-                    self._uncache(synced_to)
+    def _synced(self, synced_to: int) -> None:
+        if self._uncache_synced:
+            self._uncache(synced_to)
 
     def _uncache(self, synced_to: int) -> None:
         """Give the page cache back what is durable: a log written at hundreds of MB/s
@@ -356,16 +399,6 @@ class RecordWriter:
                 return  # advice only: the data is durable either way
             self._uncached_to = end
 
-    def preallocate(self, nbytes: int) -> None:
-        """Reserve disk blocks for the next ``nbytes`` without changing the file's size
-        (see :func:`preallocate_fd`)."""
-        if self._fd >= 0:
-            preallocate_fd(self._fd, self.size, nbytes)
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
     def close(self) -> None:
         """Sync and close (closed even when the sync fails; its OSError is raised then)."""
         if self._fd >= 0:
@@ -376,12 +409,6 @@ class RecordWriter:
                     if self._fd >= 0:
                         os.close(self._fd)
                         self._fd = -1
-
-    def __enter__(self) -> RecordWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def preallocate_fd(fd: int, offset: int, nbytes: int) -> None:

@@ -46,10 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.direct_record_writer import DirectRecordWriter, open_record_log
+from pipeline.direct_record_writer import open_record_log
 from pipeline.errors import StoreError
 from pipeline.record_log import (
     RECORD_HEAD,
+    RecordAppender,
     RecordWriter,
     checked_payload,
     fsync_dir,
@@ -130,14 +131,14 @@ class SharedJournal:
         self.graduate_after_s = graduate_after_s
         self.direct_io = direct_io
         self._segments: dict[int, _Segment] = {}
-        self._current: DirectRecordWriter | RecordWriter | None = None
+        self._current: RecordAppender | None = None
         self._current_number = 0
         self._prefix = b""
 
     # ------------------------------------------------------------------ the writer thread's side
 
     @property
-    def current(self) -> DirectRecordWriter | RecordWriter | None:
+    def current(self) -> RecordAppender | None:
         """The segment being appended to (what a group commit syncs)."""
         return self._current
 

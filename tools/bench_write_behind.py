@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.direct_record_writer import DirectRecordWriter, open_record_log  # noqa: E402
-from pipeline.record_log import RecordWriter  # noqa: E402
+from pipeline.record_log import RecordAppender, RecordWriter  # noqa: E402
 
 VARIANTS = ("page-cache", "write-behind", "direct")
 
@@ -52,7 +52,7 @@ WRITE_BYTES = sum(len(parts[0]) for parts in WRITE)
 
 def one_run(folder: Path, variant: str, mb_per_s: float, commit_s: float, seconds: float) -> dict[str, float]:
     path = folder / f"log-{variant}"
-    writer: RecordWriter | DirectRecordWriter
+    writer: RecordAppender
     if variant == "direct":
         writer = open_record_log(path)
         if not isinstance(writer, DirectRecordWriter):
