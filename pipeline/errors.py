@@ -43,6 +43,11 @@ class StoreError(RefineryError):
         self.problem = problem
         super().__init__(f"{path}: {problem}")
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # It crosses back from a seal worker process; a subclass arrives as a StoreError
+        # (the default pickling would call its __init__ with the message alone).
+        return (StoreError, (self.path, self.problem))
+
 
 class SpoolFullError(RefineryError):
     """The collector's on-disk spool reached its disk budget."""

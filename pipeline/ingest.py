@@ -11,8 +11,9 @@ each collector get one cumulative acknowledgement per stream, sent as soon as
 the fsyncs are done (the commit's worker wakes the loop through a pipe). A collector never has more than
 ``window`` unacknowledged messages in flight, so a slow disk slows the acks
 and therefore the collectors (which spool), and the ingest's memory stays
-bounded. Episodes are sealed into HDF5 on a worker thread once their stop
-event and every stream up to its last sequence number are durable.
+bounded. Episodes are sealed into HDF5 once their stop event and every
+stream up to its last sequence number are durable, by worker processes
+(:mod:`pipeline.seal_workers`) that have a GIL of their own.
 
 Trust: with CURVE, every message carries its sender's public key (the ZAP
 ``User-Id``); a session belongs to the key that said HELLO, a robot id to the
@@ -52,6 +53,7 @@ from pipeline.journal_writer import Barrier, JournalWriter
 from pipeline.observability.ingest_counters import IngestCounters, RobotCounters
 from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, MAX_JSON_BYTES, StreamRules, screen_event_body
 from pipeline.raw_store import raw_path, seal_recovered
+from pipeline.seal_workers import BrokenProcessPool, SealJob, SealWorkers
 from pipeline.record_log import RecordAppender
 from pipeline.robot_config import parse_robot_config
 from pipeline.shared_journal import (
@@ -75,6 +77,8 @@ RECEIVE_BATCH = 256  # messages received in a row before the loop looks at its t
 COMMIT_TURN_MESSAGES = 32  # messages handled between two looks at the group commit (about 1 ms)
 FSYNC_THREADS = 32  # a commit fsyncs every dirty journal at once: one thread each for up to 32 open episodes
 HEAP_TRIM_ROUNDS = 10  # housekeeping rounds (seconds) between returning freed heap memory to the OS
+DEFAULT_SEAL_WORKERS = 2  # one seals about 28 G1s recording without pause, two about 45 (README, "Sealing a fleet")
+SEAL_ATTEMPTS = 3  # a seal whose worker process died is tried again, up to this many times
 HELLO_BURST = 5  # HELLOs one connection may send at once; then one a second (a HELLO may ask about 4,096 episodes)
 
 
@@ -114,6 +118,7 @@ class IngestConfig:
     journal_segment_bytes: int = DEFAULT_SEGMENT_BYTES  # the shared journal's file size before the next one starts
     journal_direct_io: bool = True  # the shared journal bypasses the page cache where the file system allows
     graduate_after_s: float = DEFAULT_GRADUATE_AFTER_S  # an episode pinning older shared segments moves to a file
+    seal_workers: int = DEFAULT_SEAL_WORKERS  # processes that seal episodes at once; 0: one thread of the ingest
 
 
 @dataclass
@@ -185,7 +190,10 @@ class IngestServer:
         self.last_activity: dict[tuple[str, str], float] = {}
         self._dirty_journals: set[tuple[str, str]] = set()
         self._stop = threading.Event()
-        self._seal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal", initializer=name_os_thread)
+        # A seal thread waits for the journal writer, then for its worker process.
+        self._seal_pool = ThreadPoolExecutor(max_workers=max(1, config.seal_workers), thread_name_prefix="seal",
+                                             initializer=name_os_thread)
+        self._seal_workers: SealWorkers | None = None  # started by run()
         self._fsync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit", initializer=name_os_thread)
         self._sync_workers = ThreadPoolExecutor(max_workers=FSYNC_THREADS, thread_name_prefix="fsync", initializer=name_os_thread)
         self._journal_writer: JournalWriter | None = None  # started by run(); without it appends are synchronous
@@ -298,6 +306,8 @@ class IngestServer:
             self._bind(sock)
             self._shared, shared_journals = self._open_shared_journal()
             self._journal_writer = JournalWriter(shared=self._shared, graduate_to=self.data_dir / "journal")
+            if self.config.seal_workers > 0:
+                self._seal_workers = SealWorkers(self.config.seal_workers)
             self.recover(shared_journals)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             log.info("ingest listening on %s, data in %s", self.endpoint, self.data_dir)
@@ -310,6 +320,8 @@ class IngestServer:
                     self._commit(sock, wait=True)
             finally:
                 self._seal_pool.shutdown(wait=True)
+                if self._seal_workers is not None:
+                    self._seal_workers.shutdown()
                 self._fsync_pool.shutdown(wait=True)
                 self._sync_workers.shutdown(wait=True)
                 if self._journal_writer is not None:
@@ -945,7 +957,19 @@ class IngestServer:
     def _seal_when_written(self, barrier: threading.Event | None, journal: EpisodeJournal, incomplete: bool) -> Path:
         if barrier is not None and self._journal_writer is not None:
             self._journal_writer.wait(barrier)  # the journal's last queued writes are in its file
-        return seal_recovered(journal, self.data_dir, incomplete=incomplete)
+        if self._seal_workers is None:
+            return seal_recovered(journal, self.data_dir, incomplete=incomplete)
+        journal.close()
+        job = SealJob.of(journal, self.data_dir, incomplete=incomplete)
+        for attempt in range(1, SEAL_ATTEMPTS + 1):
+            try:
+                return self._seal_workers.submit(job).result()
+            except BrokenProcessPool:
+                if attempt == SEAL_ATTEMPTS:
+                    raise
+                log.warning("robot=%s episode=%s: a seal worker process died (attempt %d of %d); sealing again",
+                            *journal.key, attempt, SEAL_ATTEMPTS)
+        raise AssertionError("unreachable")
 
     def _collect_seals(self) -> None:
         for key, future in list(self.sealing.items()):
@@ -959,6 +983,10 @@ class IngestServer:
             except OSError as err:
                 self.stats.disk_errors += 1
                 log.error("sealing robot=%s episode=%s failed: %s; journal kept for the next start", *key, err)
+                continue
+            except BrokenProcessPool:
+                log.error("sealing robot=%s episode=%s failed: its seal worker process died %d times (out of "
+                          "memory?); journal kept for the next start", *key, SEAL_ATTEMPTS)
                 continue
             except Exception as err:  # noqa: BLE001 - whatever a journal holds must not stop the ingest
                 reason = f"sealing failed: {type(err).__name__}: {err}"

@@ -279,7 +279,8 @@ def test_an_episode_that_fails_to_seal_is_copied_to_quarantine_and_its_segment_f
 
     poisoned: list[str] = [""]
     monkeypatch.setattr(raw_store, "_write_episode", fails_for_the_first)
-    ingest = start_ingest(journal_segment_bytes=64 * 1024)
+    # Sealed on the ingest's own thread, where the patch reaches (worker processes: test_seal_workers.py).
+    ingest = start_ingest(journal_segment_bytes=64 * 1024, seal_workers=0)
     collector = make_collector(ingest.endpoint)
     collector.start()
     poisoned[0] = record_episode(collector, 0.4)

@@ -22,69 +22,37 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import protocol  # noqa: E402
 from pipeline.journal import JOURNAL_SUFFIX, EpisodeJournal, EpisodeMeta  # noqa: E402
 from pipeline.robot_config import load_robot_config  # noqa: E402
+from tools.g1_records import G1Episode, Message  # noqa: E402
 
 ROBOT_ID = "g1-bench"
 EPISODE = "g1-bench-ep"
-FRAME_BYTES = 69_000
 
 
 def build_journal(data_dir: Path, target_bytes: int) -> tuple[Path, dict[str, int]]:
     """Write a G1 journal of about ``target_bytes``; return its path and rows per stream."""
     config = load_robot_config(ROOT / "robots" / "configs" / "unitree_g1.yaml")
-    dof = config.dof
-    cameras = [c.name for c in config.cameras]
     path = data_dir / "journal" / ROBOT_ID / f"{EPISODE}{JOURNAL_SUFFIX}"
     meta = EpisodeMeta(ROBOT_ID, EPISODE, config.model, config.digest, config.to_dict(), time.time_ns())
     journal = EpisodeJournal.create(path, meta)
-    rng = np.random.default_rng(0)
-    jpeg = b"\xff\xd8" + rng.integers(0, 256, FRAME_BYTES - 4, dtype=np.uint8).tobytes() + b"\xff\xd9"
-    seqs: dict[str, int] = {}
-    rows = {"joint_state": 0, "action": 0, "frames": 0}
+    source = G1Episode(ROBOT_ID, EPISODE, config)
 
-    def put(record: protocol.DataRecord, frames: list[bytes] | None = None) -> None:
-        journal.append(record.header.capture_ns + 100_000, frames or record.encode(), record)
-        seqs[record.header.stream] = record.header.seq + 1
+    def put(message: Message) -> None:
+        record, frames = message
+        journal.append(record.header.capture_ns + 100_000, frames, record)
 
-    def header(stream: str, t: int, index: int = 0) -> protocol.DataHeader:
-        return protocol.DataHeader(ROBOT_ID, EPISODE, stream, seqs.get(stream, 0), t, index)
-
-    t0 = 1_800_000_000_000_000_000
-    put(protocol.Event(header("events", t0), {"kind": "start", "task": "bench", "operator": "op"}))
-    tick = 0  # 20 ms steps: 10 joint rows, 5 action rows, 0.6 frames per camera
-    js_values = rng.standard_normal((10, 3 * dof))
-    action_values = rng.standard_normal((5, dof))
+    put(source.start())
     while journal.path.stat().st_size < target_bytes:
-        t = t0 + tick * 20_000_000
-        k = rows["joint_state"]
-        put(protocol.Samples.build(ROBOT_ID, EPISODE, "joint_state", seqs.get("joint_state", 0),
-                                   t + np.arange(10) * 2_000_000, np.arange(k, k + 10), js_values))
-        rows["joint_state"] += 10
-        k = rows["action"]
-        put(protocol.Samples.build(ROBOT_ID, EPISODE, "action", seqs.get("action", 0),
-                                   t + np.arange(5) * 4_000_000, np.arange(k, k + 5), action_values))
-        rows["action"] += 5
-        if tick % 5 in (0, 2, 4):  # 3 frames per 100 ms = 30 fps
-            for camera in cameras:
-                h = header(camera, t, seqs.get(camera, 0))
-                put(protocol.Frame(h, jpeg), [h.pack(protocol.Opcode.FRAME), jpeg])
-            rows["frames"] += 1
-        if tick % 25 == 0:
-            put(protocol.ClockSample(header("clock", t), t, t + 100_000, t + 120_000, t + 220_000))
-        tick += 1
-    last = {s: q - 1 for s, q in seqs.items()}
-    last["events"] = seqs["events"]
-    put(protocol.Event(header("events", t0 + tick * 20_000_000),
-                       {"kind": "stop", "outcome": "success", "last_seq": last}))
+        for message in source.tick():
+            put(message)
+    put(source.stop())
     journal.close()
-    return path, rows
+    return path, source.rows
 
 
 _CHILD = r"""
