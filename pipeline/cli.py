@@ -79,9 +79,9 @@ def _add_ingest_args(p: argparse.ArgumentParser) -> None:
                         "commits; falls back by itself where the file system has none), or through the page cache, "
                         "for file systems whose direct I/O is slow (default: %(default)s)")
     p.add_argument("--seal-workers", type=_non_negative_int, default=2, metavar="N",
-                   help="processes that seal finished episodes into raw/, each with its own CPU and GIL: one keeps "
-                        "up with about 28 G1-class robots recording without pause, two with about 45; 0 seals on a "
-                        "thread of the ingest, beside its event loop (default: %(default)s)")
+                   help="processes that seal finished episodes into raw/, each with its own GIL, on CPU time "
+                        "nothing else wants: one keeps up with about 28 G1-class robots recording without pause, two "
+                        "with about 53; 0 seals on a thread of the ingest, beside its event loop (default: %(default)s)")
     p.add_argument("--graduate-after", type=_positive_float, default=300.0, metavar="SECONDS",
                    help="an episode still open this long after the oldest shared-journal file it is in was started "
                         "moves to a journal file of its own, so it does not keep the fleet's old files on disk "

@@ -13,7 +13,8 @@ the fsyncs are done (the commit's worker wakes the loop through a pipe). A colle
 and therefore the collectors (which spool), and the ingest's memory stays
 bounded. Episodes are sealed into HDF5 once their stop event and every
 stream up to its last sequence number are durable, by worker processes
-(:mod:`pipeline.seal_workers`) that have a GIL of their own.
+(:mod:`pipeline.seal_workers`) that have a GIL of their own and run on the
+CPU time the ingest leaves.
 
 Trust: with CURVE, every message carries its sender's public key (the ZAP
 ``User-Id``); a session belongs to the key that said HELLO, a robot id to the
@@ -53,9 +54,9 @@ from pipeline.journal_writer import Barrier, JournalWriter
 from pipeline.observability.ingest_counters import IngestCounters, RobotCounters
 from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, MAX_JSON_BYTES, StreamRules, screen_event_body
 from pipeline.raw_store import raw_path, seal_recovered
-from pipeline.seal_workers import BrokenProcessPool, SealJob, SealWorkers
 from pipeline.record_log import RecordAppender
 from pipeline.robot_config import parse_robot_config
+from pipeline.seal_workers import BrokenProcessPool, SealFailed, SealJob, SealWorkers
 from pipeline.shared_journal import (
     DEFAULT_GRADUATE_AFTER_S,
     DEFAULT_SEGMENT_BYTES,
@@ -77,7 +78,7 @@ RECEIVE_BATCH = 256  # messages received in a row before the loop looks at its t
 COMMIT_TURN_MESSAGES = 32  # messages handled between two looks at the group commit (about 1 ms)
 FSYNC_THREADS = 32  # a commit fsyncs every dirty journal at once: one thread each for up to 32 open episodes
 HEAP_TRIM_ROUNDS = 10  # housekeeping rounds (seconds) between returning freed heap memory to the OS
-DEFAULT_SEAL_WORKERS = 2  # one seals about 28 G1s recording without pause, two about 45 (README, "Sealing a fleet")
+DEFAULT_SEAL_WORKERS = 2  # one seals about 28 G1s recording without pause, two about 53 (README, "Sealing a fleet")
 SEAL_ATTEMPTS = 3  # a seal whose worker process died is tried again, up to this many times
 HELLO_BURST = 5  # HELLOs one connection may send at once; then one a second (a HELLO may ask about 4,096 episodes)
 
@@ -961,15 +962,13 @@ class IngestServer:
             return seal_recovered(journal, self.data_dir, incomplete=incomplete)
         journal.close()
         job = SealJob.of(journal, self.data_dir, incomplete=incomplete)
-        for attempt in range(1, SEAL_ATTEMPTS + 1):
+        for attempt in range(1, SEAL_ATTEMPTS):
             try:
                 return self._seal_workers.submit(job).result()
             except BrokenProcessPool:
-                if attempt == SEAL_ATTEMPTS:
-                    raise
                 log.warning("robot=%s episode=%s: a seal worker process died (attempt %d of %d); sealing again",
                             *journal.key, attempt, SEAL_ATTEMPTS)
-        raise AssertionError("unreachable")
+        return self._seal_workers.submit(job).result()  # BrokenProcessPool: the journal stays for the next start
 
     def _collect_seals(self) -> None:
         for key, future in list(self.sealing.items()):
@@ -989,7 +988,8 @@ class IngestServer:
                           "memory?); journal kept for the next start", *key, SEAL_ATTEMPTS)
                 continue
             except Exception as err:  # noqa: BLE001 - whatever a journal holds must not stop the ingest
-                reason = f"sealing failed: {type(err).__name__}: {err}"
+                kind = "" if isinstance(err, SealFailed) else f"{type(err).__name__}: "  # it names its kind
+                reason = f"sealing failed: {kind}{err}"
                 if journal.shared is not None:
                     if self._quarantine_records(journal.shared.read_payloads(journal.written.places, journal.tag),
                                                 key, reason, str(journal.path)):

@@ -118,12 +118,15 @@ def test_verify_episodes_looks_in_every_ingest_process_folder(tmp_path: Path) ->
 def test_bench_find_max_reports_one_and_several_ingest_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = bench_ingest.main(
         ["--find-max", "--steps", "2", "--seconds", "2", "--processes", "2", "--workers", "1",
-         "--work-dir", str(tmp_path), "--seal-timeout", "30", "--drain-timeout", "10"]
+         "--work-dir", str(tmp_path), "--seal-timeout", "30", "--drain-timeout", "10", "--sealing-backlog", "1",
+         "--keep"]
     )
     out = capsys.readouterr().out
     assert rc == 0, out
     summary = dict(kv.split("=", 1) for kv in re.search(r"^summary: (.*)$", out, re.M).group(1).split())
     assert summary == {"max_baseline": "2", "max_ingest": "2", "max_ingest-x2": "2"}, out
+    # The backlog episode left in each ingest run's journal was sealed while the robots streamed.
+    assert len(list(tmp_path.rglob("raw/g1-000/g1-000-ep.h5"))) == 2, out  # one ingest process, then two
     assert re.search(r"^one ingest process vs the baseline: 2 vs 2 robots, p99 [\d.]+ ms at the baseline's 2", out, re.M), out
     assert re.search(r"^ingest-x2 vs one process: 2 vs 2 robots = 1\.00x", out, re.M), out
 

@@ -3,6 +3,7 @@ cross back, workers that die (with the ingest, or under it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -15,7 +16,7 @@ import pytest
 from pipeline.errors import StoreError
 from pipeline.journal import EpisodeJournal
 from pipeline.raw_store import raw_path, seal_recovered, verify_episode
-from pipeline.seal_workers import SealJob, SealWorkers, run_seal_job
+from pipeline.seal_workers import SealFailed, SealJob, SealWorkers, run_seal_job
 from pipeline.shared_journal import SEGMENT_SUFFIX
 from tests.conftest import record_episode
 from tests.processes import IngestProcess, free_port
@@ -73,6 +74,15 @@ def test_a_store_error_in_a_worker_arrives_as_a_store_error_naming_the_segment(
     assert not list((tmp_path / "out").rglob("*.partial"))
 
 
+def test_any_other_error_in_a_worker_arrives_with_its_kind_and_message(tmp_path: Path, workers: SealWorkers) -> None:
+    j, a, _ = two_interleaved_episodes(tmp_path / "data")
+    j.close()
+    job = dataclasses.replace(SealJob.of(a, tmp_path / "out", incomplete=False), segments=b"\x01")  # not whole u32s
+    with pytest.raises(SealFailed) as caught:
+        workers.submit(job).result(timeout=60)
+    assert caught.value.kind == "ValueError" and "multiple of item size" in caught.value.message
+
+
 def test_an_incomplete_episode_is_sealed_with_what_the_ingest_says_is_missing(tmp_path: Path) -> None:
     j = Journals(tmp_path / "data")
     a = j.start("ep-a")
@@ -84,6 +94,16 @@ def test_an_incomplete_episode_is_sealed_with_what_the_ingest_says_is_missing(tm
     with h5py.File(out) as h5:
         assert h5.attrs["status"] == "incomplete"
         assert "events" in h5.attrs["missing"]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policy")
+def test_workers_run_only_on_cpu_time_nothing_else_wants(tmp_path: Path, workers: SealWorkers) -> None:
+    j, a, _ = two_interleaved_episodes(tmp_path / "data")
+    j.close()
+    workers.submit(SealJob.of(a, tmp_path / "out", incomplete=False)).result(timeout=60)
+    (pid,) = workers.worker_pids()
+    assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the ingest itself is not
 
 
 def test_a_killed_worker_is_replaced_and_the_next_seal_succeeds(tmp_path: Path, workers: SealWorkers) -> None:

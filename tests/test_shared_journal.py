@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import journal_writer, protocol, record_log
+from pipeline import journal_writer, protocol, record_log, shared_journal
 from pipeline.journal import (
     JOURNAL_SUFFIX,
     EpisodeJournal,
@@ -354,3 +354,21 @@ def test_segments_are_written_as_configured_and_replay_alike(tmp_path: Path, dir
     found = {journal.key: journal for journal in again.found.journals}
     assert seqs(found[("r1", "ep-a")]) == list(range(30)) and seqs(found[("r1", "ep-b")]) == list(range(30))
     again.close()
+
+
+def test_reading_an_episode_asks_the_disk_for_its_next_records_ahead(tmp_path: Path, monkeypatch) -> None:
+    j = Journals(tmp_path)
+    a, b = j.start("ep-a"), j.start("ep-b")
+    for seq in range(100):
+        append(a, samples("ep-a", seq))
+        append(b, samples("ep-b", seq))  # ep-a's records are scattered, as a fleet's are
+    j.commit()
+    advised: list[int] = []
+    monkeypatch.setattr(shared_journal, "_fadvise", lambda fd, offset, length, advice: advised.append(offset))
+    offsets = list(a.written.places.offsets)
+    payloads = j.shared.read_payloads(a.written.places, a.tag)
+    next(payloads)
+    assert advised == offsets[: shared_journal._READ_AHEAD + 1]  # the first read, and the records after it
+    assert len(list(payloads)) == len(offsets) - 1
+    assert advised == offsets  # each record asked for once, before it is read
+    j.close()

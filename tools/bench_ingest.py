@@ -46,6 +46,12 @@ Modes (both always run, ingest then baseline, each against a fresh process):
 ``--find-max`` instead steps the robot count up in real-time mode and reports
 the highest sustained count for each.
 
+Each robot records one episode, sealed after the run ("seal all"). A floor
+that records without pause seals all the time, beside the messages it
+acknowledges: ``--sealing-backlog N`` leaves N finished 10 s G1 episodes of
+other robots in each ingest run's shared journal before it starts, and the
+ingest seals them while the robots stream.
+
 After every ingest run each sealed episode file is opened and every stream's
 ``seq`` column checked to be exactly 0..last (nothing lost, nothing twice).
 Disk use is bounded: each run's data is deleted once checked, the work folder
@@ -90,6 +96,7 @@ from pipeline import protocol
 from pipeline.errors import ProtocolError
 from pipeline.protocol import DataHeader, Opcode
 from pipeline.streams import ACTION, EVENTS, JOINT_STATE
+from tools.bench_seal_fleet import build_fleet
 
 BENCH_MODEL = "bench_g1_30dof"
 DOF = 30
@@ -1305,6 +1312,9 @@ def run_once(target: str, pace: str, robots: int, seconds: float, opts: argparse
     seal_timeout = opts.seal_timeout
     try:
         if target.startswith("ingest"):
+            if opts.sealing_backlog:
+                first = run_dir / "data" if processes == 1 else run_dir / "data" / "ingest-0"
+                build_fleet(first, opts.sealing_backlog, 10.0)
             prof_out = run_dir.parent / f"profile-{tag}" if opts.profile_ingest else None
             ingest = IngestProcess(run_dir / "data", port, opts.ingest_arg, run_dir / "ingest.log", opts.profile_ingest,
                                    prof_out, processes)
@@ -1679,6 +1689,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up waiting for the backlog to drain after this many seconds (then stop anyway)")
     p.add_argument("--seal-timeout", type=float, default=300.0,
                    help="wait this long after the stop events for the ingest to report every episode sealed")
+    p.add_argument("--sealing-backlog", type=int, default=0, metavar="EPISODES",
+                   help="finished 10 s G1 episodes (other robots') left unsealed in the ingest's shared journal "
+                        "before it starts, so that it seals them during the measured seconds, as an ingest on a floor "
+                        "that records without pause always does (40 keep two seal workers busy about 8 s)")
     p.add_argument("--ingest-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `refinery ingest` (repeatable), e.g. --ingest-arg=--window=64 "
                    "--ingest-arg=--commit-interval-ms=10")

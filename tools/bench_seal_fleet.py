@@ -24,15 +24,18 @@ for ``--rounds``:
 - ``seal:thread``: the seal on one thread of the measuring process (how the
   ingest sealed before ``--seal-workers``), to show what it cost the loop.
 
-While each variant runs, a probe thread in the measuring process stands in for
-the ingest's event loop: it sleeps 1 ms at a time and records how late it
-wakes; a wake-up waits for the GIL, so a seal that holds the GIL shows as
-lateness. The segments are dropped from the page cache before every variant.
+While each variant runs, two probes stand in for the ingest: a thread that
+sleeps 1 ms at a time and records how late it wakes (a wake-up waits for the
+GIL, so a seal that holds the GIL shows as lateness: the event loop), and a
+thread that appends 64 kB with direct I/O and fdatasyncs every 10 ms on the
+same disk (the group commit every acknowledgement waits for). The segments
+are dropped from the page cache before every variant.
 
 Prints, per variant: seconds, MB/s of journal sealed, the ratio to ``copy``,
 how many robots recording without pause it keeps up with (MB/s over the
-per-robot rate), and the probe's p50/p99/max lateness. Needs about twice the
-journal's size free (robots x seconds x 6.6 MB) in ``--dir``.
+per-robot rate), the loop probe's p50/p99/max lateness and the commit probe's
+p50/p99/max sync time. Needs about twice the journal's size free (robots x
+seconds x 6.6 MB) in ``--dir``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline.direct_record_writer import open_record_log  # noqa: E402
 from pipeline.journal import EpisodeJournal, EpisodeMeta  # noqa: E402
 from pipeline.journal_writer import JournalWriter  # noqa: E402
 from pipeline.raw_store import raw_path, seal_records, verify_episode  # noqa: E402
@@ -135,6 +139,50 @@ class LoopProbe:
         return float(np.percentile(late, 50)), float(np.percentile(late, 99)), float(late.max())
 
 
+class CommitProbe:
+    """A thread that does what the ingest's group commit does every 10 ms, on the same
+    disk: append 64 kB with direct I/O and ``fdatasync``; records each sync's time (ms).
+    A seal that floods the disk's queue shows as slow syncs: every acknowledgement
+    waits for one."""
+
+    BLOCK = 64 << 10
+
+    def __init__(self, folder: Path) -> None:
+        self.sync_ms: list[float] = []
+        self.path = folder / "commit-probe.log"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="commit-probe", daemon=True)
+
+    def _run(self) -> None:
+        writer = open_record_log(self.path)
+        payload = os.urandom(self.BLOCK)
+        try:
+            while not self._stop.wait(0.01):
+                writer.append(payload)
+                t = time.perf_counter()
+                writer.sync()
+                self.sync_ms.append((time.perf_counter() - t) * 1000)
+                if writer.size > 64 << 20:  # keep the file small: start it again
+                    writer.close()
+                    self.path.unlink()
+                    writer = open_record_log(self.path)
+        finally:
+            writer.close()
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> CommitProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def figures(self) -> tuple[float, float, float]:
+        ms = np.array(self.sync_ms or [0.0])
+        return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(ms.max())
+
+
 def copy_episode(journal: EpisodeJournal, out: Path) -> None:
     """The baseline: the episode's records read and written to one file, fsynced."""
     assert journal.shared is not None
@@ -190,39 +238,45 @@ def main(argv: list[str] | None = None) -> int:
         per_robot = journal_bytes / args.robots / args.seconds
         print(f"shared journal: {args.robots} episodes of {args.seconds:g} s, {journal_bytes / 1e9:.2f} GB "
               f"({per_robot / 1e6:.2f} MB/s per robot), written in {time.perf_counter() - t:.1f} s")
-        with LoopProbe() as idle:
+        with LoopProbe() as idle, CommitProbe(Path(tmp)) as idle_commit:
             time.sleep(2.0)
-        results: dict[str, list[tuple[float, tuple[float, float, float]]]] = {v: [] for v in variants}
+        results: dict[str, list[tuple[float, tuple[float, float, float], tuple[float, float, float]]]] = {
+            v: [] for v in variants}
         for round_ in range(args.rounds):
             for variant in variants:
                 out_dir = Path(tmp) / f"out-{round_}-{variant.replace(':', '-')}"
                 drop_cache(data_dir / "journal" / "shared")
-                with LoopProbe() as probe:
+                with LoopProbe() as probe, CommitProbe(Path(tmp)) as commit:
                     seconds = run_variant(variant, journals, data_dir, out_dir)
                 if variant != "copy" and round_ == 0:
                     for journal in journals[:2]:
                         path = raw_path(out_dir, journal.meta.robot_id, journal.meta.episode_id)
                         if not verify_episode(path).ok:
                             raise SystemExit(f"{path}: checksum does not verify")
-                results[variant].append((seconds, probe.figures()))
-                print(f"  round {round_ + 1} {variant:12s} {seconds:6.1f} s  probe late p99 {probe.figures()[1]:.1f} ms",
-                      flush=True)
+                results[variant].append((seconds, probe.figures(), commit.figures()))
+                print(f"  round {round_ + 1} {variant:12s} {seconds:6.1f} s  loop late p99 {probe.figures()[1]:.1f} ms, "
+                      f"commit sync p99 {commit.figures()[1]:.1f} ms", flush=True)
                 for path in sorted(out_dir.rglob("*"), reverse=True):
                     path.unlink() if path.is_file() else path.rmdir()
                 out_dir.rmdir()
 
-    copy_s = float(np.median([s for s, _ in results["copy"]]))
+    def medians(runs: list, i: int) -> list[float]:
+        return [float(np.median([run[i][k] for run in runs])) for k in range(3)]
+
+    copy_s = float(np.median([run[0] for run in results["copy"]]))
     print()
     print(f"{args.robots} episodes x {args.seconds:g} s, {journal_bytes / 1e9:.2f} GB; medians of {args.rounds} rounds; "
-          f"probe idle: late p50/p99/max {'/'.join(f'{x:.2f}' for x in idle.figures())} ms")
-    print("| variant | seconds | MB/s | x copy | robots kept up with | probe late p50 / p99 / max ms |")
-    print("|---|---:|---:|---:|---:|---|")
+          f"idle: loop late p50/p99/max {'/'.join(f'{x:.2f}' for x in idle.figures())} ms, "
+          f"commit sync {'/'.join(f'{x:.2f}' for x in idle_commit.figures())} ms")
+    print("| variant | seconds | MB/s | x copy | robots kept up with | loop late p50 / p99 / max ms "
+          "| commit sync p50 / p99 / max ms |")
+    print("|---|---:|---:|---:|---:|---|---|")
     for variant, runs in results.items():
-        seconds = float(np.median([s for s, _ in runs]))
-        late = [float(np.median([f[i] for _, f in runs])) for i in range(3)]
+        seconds = float(np.median([run[0] for run in runs]))
+        late, sync = medians(runs, 1), medians(runs, 2)
         rate = journal_bytes / seconds
         print(f"| {variant} | {seconds:.1f} | {rate / 1e6:.0f} | {copy_s / seconds:.2f} | {rate / per_robot:.0f} | "
-              f"{late[0]:.2f} / {late[1]:.1f} / {late[2]:.0f} |")
+              f"{late[0]:.2f} / {late[1]:.1f} / {late[2]:.0f} | {sync[0]:.2f} / {sync[1]:.1f} / {sync[2]:.0f} |")
     print("x copy: the copy baseline's time over the variant's (1.0 = as fast as copying the bytes)")
     return 0
 
