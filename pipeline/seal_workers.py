@@ -2,11 +2,10 @@
 
 A seal is mostly Python and HDF5 calls that hold the GIL: decoding every
 record, appending to the datasets, reading the file back for its checksum.
-On a thread of the ingest it took the GIL from the event loop for up to the
-interpreter's switch interval at a time, every time the loop let it go (at
-every receive); a floor that records continuously seals all the time, so the
-acknowledgements of every robot waited for it (README, Performance, "Sealing
-a fleet"). A worker process has a GIL of its own, and runs only on CPU time
+On a thread of the ingest it took the GIL from the event loop whenever the
+loop let it go (at every receive), for up to 8 ms at a time, and a floor that
+records without pause seals all the time (README, Performance, "Sealing a
+fleet"). A worker process has a GIL of its own, and runs only on CPU time
 nothing else wants (:func:`run_when_idle`).
 
 A :class:`SealJob` carries what a worker needs in plain values: the episode's
@@ -35,16 +34,16 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.errors import RefineryError, StoreError
+from pipeline.journal import EpisodeJournal, EpisodeMeta
+from pipeline.raw_store import raw_path, seal_journal, seal_records
+from pipeline.record_log import fsync_dir
+from pipeline.shared_journal import Places, SharedJournal
 from pipeline.thread_names import name_os_thread
 
-if TYPE_CHECKING:
-    from pipeline.journal import EpisodeJournal
-
 __all__ = ["BrokenProcessPool", "SealFailed", "SealJob", "SealWorkers", "run_seal_job"]
-
 
 
 class SealFailed(RefineryError):
@@ -91,11 +90,6 @@ def run_seal_job(job: SealJob) -> Path:
     """Seal ``job``'s episode (in a worker, or in the calling process); returns the raw file.
 
     Raises OSError (disk), StoreError (the records cannot be sealed) or SealFailed."""
-    from pipeline.journal import EpisodeJournal, EpisodeMeta
-    from pipeline.raw_store import raw_path, seal_journal, seal_records
-    from pipeline.record_log import fsync_dir
-    from pipeline.shared_journal import Places, SharedJournal
-
     try:
         source = Path(job.source)
         meta = EpisodeMeta.from_payload(job.meta_payload, source)
@@ -135,9 +129,9 @@ def run_when_idle() -> None:
 
     Sealing is background work and acknowledgements are not: with the workers at
     an ordinary priority, or at nice 10, a 2-core host at 40 robots sealing a
-    backlog answered with p99 236-313 ms where the thread seal kept 71-84; idle,
-    the workers kept 63-67 ms and sealed as fast (README, Performance, "Sealing a
-    fleet"). A host that never idles seals nothing until it does: the journal,
+    backlog answered with p99 up to 700 ms where the thread seal kept 58-142;
+    idle, the workers kept 63-90 ms and still sealed twice as fast (README,
+    Performance, "Sealing a fleet"). A host that never idles seals nothing until it does: the journal,
     durable, waits (`refinery_ingest_sealing_episodes` says how many)."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -170,7 +164,7 @@ def _context() -> multiprocessing.context.BaseContext:
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" in methods:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["pipeline.seal_workers", "pipeline.raw_store", "pipeline.shared_journal"])
+        context.set_forkserver_preload(["pipeline.seal_workers"])
         return context
     return multiprocessing.get_context("spawn")
 
