@@ -30,7 +30,7 @@ the whole file) and it goes on there; one long episode then does not hold the
 whole fleet's data on disk.
 
 Threads: after :meth:`SharedJournal.recover`, only the ingest's journal
-writer thread appends, rotates, releases and graduates; the seal thread reads
+writer thread appends, rotates, releases and graduates; a seal (worker process or thread) reads
 an episode's records once the writer has passed its last write.
 """
 
@@ -266,7 +266,7 @@ class SharedJournal:
         else:
             os.truncate(path, self._current.size)
 
-    # ------------------------------------------------------------------ reading (seal thread, recovery)
+    # ------------------------------------------------------------------ reading (seals, recovery)
 
     def read_payloads(self, places: Places, tag: bytes) -> Iterator[bytes]:
         """The journal payloads at ``places``, in order, each checked (CRC, segment, episode).

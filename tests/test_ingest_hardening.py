@@ -497,7 +497,8 @@ def test_malformed_bind_is_one_line_and_non_zero(tmp_path, bind: str, needle: st
 
 
 @pytest.mark.parametrize("option, value", [("--gather-ms", "-1"), ("--gather-ms", "nan"),
-                                           ("--commit-interval-ms", "nan"), ("--commit-interval-ms", "inf")])
+                                           ("--commit-interval-ms", "nan"), ("--commit-interval-ms", "inf"),
+                                           ("--seal-workers", "-1"), ("--seal-workers", "two")])
 def test_a_timing_option_that_is_not_a_finite_number_in_range_is_one_line_and_non_zero(
         tmp_path, option: str, value: str) -> None:
     result = run_ingest_cli(tmp_path, "--bind", "tcp://127.0.0.1:*", option, value)
@@ -520,6 +521,14 @@ def test_gather_ms_sets_how_long_the_loop_lets_messages_gather(tmp_path, argv: l
 
     args = cli._parse_arguments(["ingest", "--plain", "--data-dir", str(tmp_path), *argv])
     assert cli._ingest_config(args).gather_s == pytest.approx(gather_s)
+
+
+@pytest.mark.parametrize("argv, workers", [([], 2), (["--seal-workers", "0"], 0), (["--seal-workers", "4"], 4)])
+def test_seal_workers_sets_how_many_processes_seal(tmp_path, argv: list[str], workers: int) -> None:
+    from pipeline import cli
+
+    args = cli._parse_arguments(["ingest", "--plain", "--data-dir", str(tmp_path), *argv])
+    assert cli._ingest_config(args).seal_workers == workers
 
 
 def test_an_unexpected_exception_in_the_ingest_exits_non_zero(tmp_path, monkeypatch, capsys) -> None:
