@@ -35,7 +35,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.record_log import RecordAppender, RecordWriter, checksum, record_head
+from pipeline.record_log import RecordAppender, RecordWriter, head_of_parts
 
 BLOCK = 4096  # the alignment direct I/O asks for on every Linux file system we met (a multiple of 512)
 _BUFFER_BYTES = 8 << 20  # one batch of the journal writer is written in pieces of at most this
@@ -70,13 +70,8 @@ class DirectRecordWriter(RecordAppender):
         pos = tail
         try:
             for parts in records:
-                length = 0
-                crc = 0
-                for part in parts:
-                    length += len(part)
-                    crc = checksum(part, crc)
                 starts.append(self._block_at + pos)
-                pos = self._put(record_head(length, crc), pos)
+                pos = self._put(head_of_parts(parts)[0], pos)
                 for part in parts:
                     pos = self._put(part, pos)
             end = (pos + BLOCK - 1) & ~(BLOCK - 1)

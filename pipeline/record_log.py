@@ -84,6 +84,16 @@ def record_head(length: int, payload_checksum: int) -> bytes:
     return RECORD_HEAD.pack(length | CRC32C_MARK, payload_checksum)
 
 
+def head_of_parts(parts: Sequence[bytes | memoryview]) -> tuple[bytes, int]:
+    """The record head of a payload given as parts, and the payload's length."""
+    length = 0
+    crc = 0
+    for part in parts:
+        length += len(part)
+        crc = checksum(part, crc)
+    return record_head(length, crc), length
+
+
 def _parse_head(head: bytes | memoryview, offset: int = 0) -> tuple[int, int, bool]:
     """(length, checksum, is CRC-32C) of a record head."""
     field, crc = RECORD_HEAD.unpack_from(head, offset)
@@ -336,12 +346,8 @@ class RecordWriter(RecordAppender):
         at = start
         starts: list[int] = []
         for parts in records:
-            length = 0
-            crc = 0
-            for part in parts:
-                length += len(part)
-                crc = checksum(part, crc)
-            vector.append(record_head(length, crc))
+            head, length = head_of_parts(parts)
+            vector.append(head)
             vector.extend(parts)
             starts.append(at)
             at += RECORD_HEAD.size + length

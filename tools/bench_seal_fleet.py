@@ -111,22 +111,20 @@ def drop_cache(directory: Path) -> None:
             os.close(fd)
 
 
-class LoopProbe:
-    """A thread that sleeps 1 ms at a time and records how late each wake-up is (ms)."""
+class _Probe:
+    """A thread that measures something over and over while a variant runs (ms each)."""
+
+    name = "probe"
 
     def __init__(self) -> None:
-        self.late_ms: list[float] = []
+        self.samples_ms: list[float] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="probe", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
     def _run(self) -> None:
-        clock = time.perf_counter
-        while not self._stop.is_set():
-            t = clock()
-            time.sleep(0.001)
-            self.late_ms.append((clock() - t) * 1000 - 1.0)
+        raise NotImplementedError
 
-    def __enter__(self) -> LoopProbe:
+    def __enter__(self) -> _Probe:
         self._thread.start()
         return self
 
@@ -135,23 +133,35 @@ class LoopProbe:
         self._thread.join()
 
     def figures(self) -> tuple[float, float, float]:
-        late = np.array(self.late_ms or [0.0])
-        return float(np.percentile(late, 50)), float(np.percentile(late, 99)), float(late.max())
+        """p50, p99 and max of the samples."""
+        ms = np.array(self.samples_ms or [0.0])
+        return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(ms.max())
 
 
-class CommitProbe:
-    """A thread that does what the ingest's group commit does every 10 ms, on the same
-    disk: append 64 kB with direct I/O and ``fdatasync``; records each sync's time (ms).
-    A seal that floods the disk's queue shows as slow syncs: every acknowledgement
-    waits for one."""
+class LoopProbe(_Probe):
+    """Sleeps 1 ms at a time and records how late each wake-up is."""
 
+    name = "loop-probe"
+
+    def _run(self) -> None:
+        clock = time.perf_counter
+        while not self._stop.is_set():
+            t = clock()
+            time.sleep(0.001)
+            self.samples_ms.append((clock() - t) * 1000 - 1.0)
+
+
+class CommitProbe(_Probe):
+    """Does what the ingest's group commit does every 10 ms, on the same disk: append
+    64 kB with direct I/O and ``fdatasync``; records each sync's time. A seal that
+    floods the disk's queue shows as slow syncs: every acknowledgement waits for one."""
+
+    name = "commit-probe"
     BLOCK = 64 << 10
 
     def __init__(self, folder: Path) -> None:
-        self.sync_ms: list[float] = []
         self.path = folder / "commit-probe.log"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="commit-probe", daemon=True)
+        super().__init__()
 
     def _run(self) -> None:
         writer = open_record_log(self.path)
@@ -161,7 +171,7 @@ class CommitProbe:
                 writer.append(payload)
                 t = time.perf_counter()
                 writer.sync()
-                self.sync_ms.append((time.perf_counter() - t) * 1000)
+                self.samples_ms.append((time.perf_counter() - t) * 1000)
                 if writer.size > 64 << 20:  # keep the file small: start it again
                     writer.close()
                     self.path.unlink()
@@ -169,18 +179,6 @@ class CommitProbe:
         finally:
             writer.close()
             self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> CommitProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def figures(self) -> tuple[float, float, float]:
-        ms = np.array(self.sync_ms or [0.0])
-        return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(ms.max())
 
 
 def copy_episode(journal: EpisodeJournal, out: Path) -> None:
