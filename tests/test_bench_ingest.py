@@ -152,6 +152,10 @@ def test_worst_slice_finds_the_half_second_whose_p99_is_worst() -> None:
     captured = np.arange(0, 5 * ns, ns // 200, dtype=np.int64)  # 200 messages a second for 5 s
     latency = np.full(len(captured), 30_000_000, dtype=np.int64)  # 30 ms
     latency[(captured >= 3 * ns) & (captured < int(3.5 * ns))] = 250_000_000  # 250 ms from 3.0 to 3.5 s
-    p99_ms, at_s = bench_ingest.worst_slice(latency, captured + 7, 7)
+    slices = bench_ingest.slice_p99s(latency, captured + 7, 7)
+    assert [at for at, _ in slices] == [0.5 * i for i in range(10)]
+    assert slices[6][1] == pytest.approx(250.0) and slices[5][1] == pytest.approx(30.0)
+    p99_ms, at_s = bench_ingest.worst_slice(slices)
     assert p99_ms == pytest.approx(250.0) and at_s == 3.0
-    assert bench_ingest.worst_slice(latency[:10], captured[:10], 0) is None  # too few messages in any slice
+    assert bench_ingest.slice_p99s(latency[:10], captured[:10], 0) == []  # too few messages in any slice
+    assert bench_ingest.worst_slice([]) is None

@@ -1134,24 +1134,30 @@ def _pct_ms(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) / 1e6 if len(values) else None
 
 
-def worst_slice(latency_ns: np.ndarray, captured_ns: np.ndarray, start_ns: int,
-                slice_s: float = 0.5, min_samples: int = 50) -> tuple[float, float] | None:
-    """(p99 ms, start s) of the ``slice_s`` slice of the run, by capture time, whose p99
-    latency is the worst: whether a run's p99 came from one bad moment or from all of
-    it. Slices with fewer than ``min_samples`` messages are skipped."""
+def slice_p99s(latency_ns: np.ndarray, captured_ns: np.ndarray, start_ns: int,
+               slice_s: float = 0.5, min_samples: int = 50) -> list[tuple[float, float]]:
+    """(start s, p99 ms) of each ``slice_s`` slice of the run, by capture time: when in
+    the run the latency came. Slices with fewer than ``min_samples`` messages are skipped."""
     if not len(latency_ns):
-        return None
+        return []
     index = (captured_ns - start_ns) // int(slice_s * NS)
     order = np.argsort(index, kind="stable")
     index, latency_ns = index[order], latency_ns[order]
     bounds = np.flatnonzero(np.diff(index)) + 1
-    worst: tuple[float, float] | None = None
-    for part, lo in zip(np.split(latency_ns, bounds), np.concatenate(([0], bounds))):
-        if len(part) >= min_samples:
-            p99 = float(np.percentile(part, 99)) / 1e6
-            if worst is None or p99 > worst[0]:
-                worst = (p99, float(index[lo]) * slice_s)
-    return worst
+    return [
+        (float(index[lo]) * slice_s, float(np.percentile(part, 99)) / 1e6)
+        for part, lo in zip(np.split(latency_ns, bounds), np.concatenate(([0], bounds)))
+        if len(part) >= min_samples
+    ]
+
+
+def worst_slice(slices: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(p99 ms, start s) of the slice whose p99 is the worst: whether a run's p99 came
+    from one bad moment or from all of it."""
+    if not slices:
+        return None
+    at, p99 = max(slices, key=lambda slice_: slice_[1])
+    return p99, at
 
 
 def verify_episodes(data_dir: Path, robots: list[dict[str, Any]]) -> dict[str, int]:
@@ -1227,6 +1233,7 @@ class RunResult:
     lag_p99_ms: float | None = None
     worst_slice_p99_ms: float | None = None  # the p99 of the run's worst half second (by capture time)
     worst_slice_at_s: float | None = None  # when that half second started, seconds into the run
+    slices: list[tuple[float, float]] = field(default_factory=list)  # (start s, p99 ms) of each half second
     send_to_ack_p50_ms: float | None = None  # ingest only: from the message leaving the generator to its ACK
     send_to_ack_p99_ms: float | None = None
     lost: int = 0
@@ -1359,7 +1366,8 @@ def run_once(target: str, pace: str, robots: int, seconds: float, opts: argparse
         robots_info = [rob for res in results.values() for rob in res["robots"]]
         latency = np.concatenate([res["latency_ns"] for res in results.values()])
         captured = np.concatenate([res["captured_ns"] for res in results.values()])
-        worst = worst_slice(latency, captured, start_ns)
+        result.slices = slice_p99s(latency, captured, start_ns)
+        worst = worst_slice(result.slices)
         if worst is not None:
             result.worst_slice_p99_ms, result.worst_slice_at_s = worst
         lag = np.concatenate([res["lag_ns"] for res in results.values()])
@@ -1420,7 +1428,8 @@ def run_once(target: str, pace: str, robots: int, seconds: float, opts: argparse
             result.durable_bytes = int(base["total_bytes"])
             lat = base["latency_ns"]
             result.p50_ms, result.p99_ms, result.max_ms = (_pct_ms(lat, q) for q in (50, 99, 100))
-            worst = worst_slice(lat, base["captured_ns"], start_ns)
+            result.slices = slice_p99s(lat, base["captured_ns"], start_ns)
+            worst = worst_slice(result.slices)
             if worst is not None:
                 result.worst_slice_p99_ms, result.worst_slice_at_s = worst
             t, cm, cb = base["t"], base["msgs"], base["bytes"]
@@ -1705,6 +1714,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "fsync/acks, low overhead) or 'cprofile' (per function, loop and seal threads; slower)")
     p.add_argument("--work-dir", type=Path, default=None,
                    help="where the temporary folder goes (default: the system temp dir, usually /tmp)")
+    p.add_argument("--timeline", action="store_true",
+                   help="log each real-time run's p99 latency by half second of the run (when the latency came)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (ingest data, logs, baseline file)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated motion, frames and robot phases")
     return p
@@ -1767,6 +1778,8 @@ def _run(target: str, pace: str, robots: int, seconds: float, opts: argparse.Nam
              f"send-to-ack p50/p99 {_f(r.send_to_ack_p50_ms)}/{_f(r.send_to_ack_p99_ms)} ms, lost {r.lost}, drain {_f(r.drain_s, '{:.2f}')} s, seal {_f(r.seal_s)} s, "
              f"steal {_steal(r)} %, worst 0.5 s: p99 {_f(r.worst_slice_p99_ms, '{:.0f}')} ms at "
              f"{_f(r.worst_slice_at_s)} s")
+        if opts.timeline:
+            _log("     p99 ms by half second: " + " ".join(f"{p99:.0f}" for _, p99 in r.slices))
     else:
         _log(f"  -> {r.window_mbps:.1f} MB/s durable, lost {r.lost}")
     busy = sorted(r.thread_cpu_pct.items(), key=lambda kv: -kv[1])
