@@ -159,7 +159,7 @@ def test_a_segment_is_deleted_once_every_episode_in_it_is_sealed(tmp_path: Path)
 
 def test_deleting_a_freed_segment_does_not_hold_up_the_commits(tmp_path: Path, monkeypatch) -> None:
     # Deleting a 256 MB segment took 40-90 ms on this project's VM (ext4); on the journal
-    # writer's thread, every commit waited for it (a 200-270 ms p99 spike at 40 robots).
+    # writer's thread, every commit waited for it (p99 257 ms in that half second, 40 robots).
     unlink = os.unlink
     deleting, may_delete = threading.Event(), threading.Event()
 
