@@ -76,7 +76,11 @@ def _add_ingest_args(p: argparse.ArgumentParser) -> None:
                    help="seal an episode as incomplete when its collector is silent this long (default: %(default)s)")
     p.add_argument("--journal-segment-mb", type=_positive_float, default=256.0, metavar="MB",
                    help="the shared journal (every open episode's records, one fdatasync per commit) starts a new "
-                        "file after this many MB; a file is deleted once its episodes are sealed (default: %(default)s)")
+                        "file after this many MB; a file is freed once its episodes are sealed (default: %(default)s)")
+    p.add_argument("--journal-spare-files", type=_non_negative_int, default=2, metavar="N",
+                   help="freed shared-journal files kept to be written over by the next ones (direct I/O only; "
+                        "their blocks need no allocating, and no deletion trims them beside the commits); kept "
+                        "only while the disk has room for four more; 0 deletes each (default: %(default)s)")
     p.add_argument("--journal-io", choices=("direct", "page-cache"), default="direct",
                    help="how the shared journal is written: direct I/O, past the page cache (less CPU, shorter "
                         "commits; falls back by itself where the file system has none), or through the page cache, "
@@ -405,6 +409,7 @@ def _ingest_config(args: argparse.Namespace):  # noqa: ANN202
         inject_sync_delay_s=args.inject_sync_delay_ms / 1000,
         journal_segment_bytes=max(1, int(args.journal_segment_mb * 1024 * 1024)),
         journal_direct_io=args.journal_io == "direct",
+        journal_spare_segments=args.journal_spare_files,
         graduate_after_s=args.graduate_after,
         seal_workers=args.seal_workers,
     )

@@ -153,6 +153,28 @@ def open_record_log(path: Path, *, direct: bool = True) -> RecordAppender:
     return RecordWriter(path, exclusive=True, uncache_synced=True, write_behind=True)
 
 
+def overwrite_record_log(path: Path) -> DirectRecordWriter:
+    """Open the existing file ``path`` to write a new log over its old bytes, with direct
+    I/O: a recycled journal segment, whose blocks are allocated and written already, so
+    that its writes allocate nothing and no deletion frees (and discards) its blocks.
+
+    Its first block is zeroed at once: from then on the file reads as an empty log. The
+    old bytes past the new log's end stay until they are overwritten or cut off at
+    :meth:`DirectRecordWriter.close`; a reader tells them from the new log's records by
+    what the records carry (the shared journal: their segment number). OSError (EINVAL)
+    where the file system does not take direct I/O."""
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    zeros = mmap.mmap(-1, BLOCK)
+    try:
+        os.pwrite(fd, zeros, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        zeros.close()
+    return DirectRecordWriter(path, fd)
+
+
 def _takes_direct_writes(fd: int) -> bool:
     """Whether an aligned block can be written through ``fd`` (then cut off again)."""
     probe = mmap.mmap(-1, BLOCK)

@@ -60,6 +60,7 @@ from pipeline.seal_workers import BrokenProcessPool, SealFailed, SealJob, SealWo
 from pipeline.shared_journal import (
     DEFAULT_GRADUATE_AFTER_S,
     DEFAULT_SEGMENT_BYTES,
+    DEFAULT_SPARE_SEGMENTS,
     SHARED_DIR,
     SharedJournal,
     episode_tag,
@@ -118,6 +119,7 @@ class IngestConfig:
     inject_sync_delay_s: float = 0.0  # fault injection: a slow disk, for backpressure tests
     journal_segment_bytes: int = DEFAULT_SEGMENT_BYTES  # the shared journal's file size before the next one starts
     journal_direct_io: bool = True  # the shared journal bypasses the page cache where the file system allows
+    journal_spare_segments: int = DEFAULT_SPARE_SEGMENTS  # freed shared segments kept to be written over
     graduate_after_s: float = DEFAULT_GRADUATE_AFTER_S  # an episode pinning older shared segments moves to a file
     seal_workers: int = DEFAULT_SEAL_WORKERS  # processes that seal episodes at once; 0: one thread of the ingest
 
@@ -265,6 +267,7 @@ class IngestServer:
             segment_bytes=self.config.journal_segment_bytes,
             graduate_after_s=self.config.graduate_after_s,
             direct_io=self.config.journal_direct_io,
+            spare_segments=self.config.journal_spare_segments,
         )
         for key, reason in found.unreadable.items():
             places = found.unreadable_places[key]

@@ -26,7 +26,7 @@ queued (the collectors' credit windows normally keep it far below that).
 With a :class:`~pipeline.shared_journal.SharedJournal`, the records of every
 episode in it that queued together are written with one ``writev`` to its
 current segment, and a barrier names that segment, so the commit syncs one
-file. The thread also deletes segments once their episodes are released
+file. The thread also frees segments once their episodes are released
 (sealed), and moves long-open episodes into journal files of their own.
 """
 

@@ -98,6 +98,43 @@ def test_ingest_killed_at_random_moments_loses_nothing(tmp_path, make_collector,
     ingest.stop()
 
 
+@pytest.mark.slow
+def test_ingest_killed_while_it_writes_journal_files_over_spares_loses_nothing(
+    tmp_path, make_collector, tiny_robot
+) -> None:
+    # 50 kB journal files: each sealed episode frees several, kept as spares and written
+    # over by the next ones, and the kills land while files are recycled.
+    rng = random.Random(7)
+    ingest = IngestProcess(tmp_path / "ingest", free_port(), "--journal-segment-mb", "0.05")
+    ingest.start()
+    shared = ingest.data_dir / "journal" / "shared"
+    collectors = [make_collector(ingest.endpoint, robot_id=f"tiny-{i}", resend_timeout_s=1.0) for i in range(2)]
+    for c in collectors:
+        c.start()
+    spares_seen = 0
+    for _ in range(3):
+        for c in collectors:
+            c.start_episode(task="recycle", operator="op")
+        deadline = time.monotonic() + rng.uniform(0.6, 1.2)
+        while time.monotonic() < deadline:
+            spares_seen += len(list(shared.glob("*.spare")))
+            time.sleep(0.05)
+        ingest.kill(signal.SIGKILL)
+        ingest.start()
+        time.sleep(rng.uniform(0.1, 0.4))
+        for c in collectors:
+            c.stop_episode("success")
+        time.sleep(rng.uniform(0.2, 0.6))  # sealed (segments freed) or not, when the next episode starts
+    for c in collectors:
+        assert c.drain(60), f"{c.config.robot_id}: {c.status()}"
+    files = ingest.raw_files()
+    assert len(files) == 6
+    for path in files:
+        assert assert_exactly_once(path, tiny_robot)["joint_state"] > 0
+    assert spares_seen > 0, "no journal file was kept as a spare"
+    ingest.stop()
+
+
 def test_ingest_restart_seals_an_episode_finished_while_it_was_down(tmp_path, make_collector, tiny_robot) -> None:
     ingest = IngestProcess(tmp_path / "ingest", free_port())
     ingest.start()
