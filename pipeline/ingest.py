@@ -81,6 +81,7 @@ FSYNC_THREADS = 32  # a commit fsyncs every dirty journal at once: one thread ea
 HEAP_TRIM_ROUNDS = 10  # housekeeping rounds (seconds) between returning freed heap memory to the OS
 DEFAULT_SEAL_WORKERS = 2  # one seals about 28 G1s recording without pause, two about 53 (README, "Sealing a fleet")
 SEAL_ATTEMPTS = 3  # a seal whose worker process died is tried again, up to this many times
+SEAL_ROOM_RETRY_S = (2.0, 60.0)  # a seal that found its disk full is tried again after 2, 4, ... up to 60 s
 HELLO_BURST = 5  # HELLOs one connection may send at once; then one a second (a HELLO may ask about 4,096 episodes)
 
 
@@ -961,6 +962,22 @@ class IngestServer:
     def _seal_when_written(self, barrier: threading.Event | None, journal: EpisodeJournal, incomplete: bool) -> Path:
         if barrier is not None and self._journal_writer is not None:
             self._journal_writer.wait(barrier)  # the journal's last queued writes are in its file
+        delay, longest = SEAL_ROOM_RETRY_S
+        while True:
+            try:
+                return self._seal(journal, incomplete)
+            except OSError as err:
+                # A full disk empties again (an operator, a sync job): the episode stays
+                # "sealing" (its collector's spool holds it) and is tried again meanwhile.
+                if err.errno not in (errno.ENOSPC, errno.EDQUOT) or self._stop.is_set():
+                    raise
+                log.warning("sealing robot=%s episode=%s: %s; trying again in %.0f s", *journal.key,
+                            err.strerror or err, delay)
+                if self._stop.wait(delay):
+                    raise
+                delay = min(delay * 2, longest)
+
+    def _seal(self, journal: EpisodeJournal, incomplete: bool) -> Path:
         if self._seal_workers is None:
             return seal_recovered(journal, self.data_dir, incomplete=incomplete)
         journal.close()

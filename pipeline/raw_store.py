@@ -28,6 +28,7 @@ order plus the identity attributes (``producer_key`` included when present);
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -43,11 +44,12 @@ import numpy as np
 from pipeline import protocol
 from pipeline.errors import StoreError
 from pipeline.journal import EpisodeJournal, EpisodeMeta, iter_journal
-from pipeline.record_log import fsync_dir
+from pipeline.record_log import fsync_dir, reserve_fd
 from pipeline.streams import EVENTS, NUMERIC_FIELDS
 
 RAW_FORMAT = "refinery-raw"
 RAW_FORMAT_VERSION = 2  # 2: producer_key (hashed) and limit attributes
+_HDF5_MARGIN_BYTES = 2 << 20  # a raw file's size beyond its journal bytes: chunks and metadata (G1: 0.5 MB)
 _HASHED_ATTRS = ("robot_id", "episode_id", "model", "config_digest", "status")
 
 
@@ -60,12 +62,13 @@ def seal_journal(
 ) -> Path:
     """Write a journal file's episode as one HDF5 file, atomically (:func:`seal_records`)."""
     meta, records = iter_journal(journal_path)
-    return seal_records(meta, records, out_path, missing=missing, limit=limit, source=journal_path)
+    return seal_records(meta, records, out_path, missing=missing, limit=limit, source=journal_path,
+                        reserve_bytes=journal_path.stat().st_size)
 
 
 def seal_records(
     meta: EpisodeMeta, records: Iterator[tuple[int, protocol.DataRecord]], out_path: Path, *,
-    missing: dict[str, list[int]] | None = None, limit: str = "", source: Path,
+    missing: dict[str, list[int]] | None = None, limit: str = "", source: Path, reserve_bytes: int = 0,
 ) -> Path:
     """Write an episode's journaled messages as one HDF5 file, atomically, and return its path.
 
@@ -75,16 +78,29 @@ def seal_records(
     directory fsynced, so a reader sees either no file or the whole one.
     ``source`` names the journal in errors.
 
+    ``reserve_bytes`` (the episode's journal bytes; the file is about as large,
+    plus HDF5's chunks and metadata: 0.5 MB more for a G1 episode, whatever its
+    length) is checked against the disk's free space and reserved, with that
+    margin, before the first write:
+    HDF5 that finds the disk full mid-file can crash the process (a segmentation
+    fault in its clean-up), so a disk without room fails the seal up front.
+
     Raises:
         StoreError: the journal holds something that cannot be sealed (a batch
             whose width differs from its stream's first, text HDF5 cannot hold).
+        OSError: ENOSPC when the disk has no room for the file; other disk errors.
     """
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
+    if reserve_bytes > 0:
+        reserve_bytes += _HDF5_MARGIN_BYTES + reserve_bytes // 64
+    _check_room(out_path, reserve_bytes)
     try:
         with h5py.File(partial, "w") as h5:
+            _reserve(partial, out_path, reserve_bytes)
             _write_episode(h5, meta, records, missing or {}, limit, source)
         with open(partial, "rb+") as fh:
+            fh.truncate(os.fstat(fh.fileno()).st_size)  # gives back the reserved blocks not written
             os.fsync(fh.fileno())
         os.replace(partial, out_path)
         fsync_dir(out_path.parent)
@@ -94,13 +110,44 @@ def seal_records(
     return out_path
 
 
+def _check_room(out_path: Path, nbytes: int) -> None:
+    if nbytes <= 0:
+        return
+    try:
+        stat = os.statvfs(out_path.parent)
+    except OSError:
+        return  # the write says what is wrong
+    free = stat.f_bavail * stat.f_frsize
+    if free < nbytes:
+        raise _no_room(out_path, nbytes, free)
+
+
+def _reserve(partial: Path, out_path: Path, nbytes: int) -> None:
+    fd = os.open(partial, os.O_WRONLY)
+    try:
+        reserve_fd(fd, nbytes)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise _no_room(out_path, nbytes, None) from None
+    finally:
+        os.close(fd)
+
+
+def _no_room(out_path: Path, nbytes: int, free: int | None) -> OSError:
+    has = f", {free / 1e6:.1f} MB free" if free is not None else ""
+    return OSError(errno.ENOSPC, f"no room for the raw file {out_path} (about {nbytes / 1e6:.1f} MB{has}): "
+                                 "free space on its disk")
+
+
 def seal_recovered(journal: EpisodeJournal, data_dir: Path, *, incomplete: bool = False) -> Path:
     """Seal an episode's journal; a journal file is deleted once the raw file is in
     place (records in the shared journal are released by the ingest)."""
     journal.close()
     out = raw_path(data_dir, journal.meta.robot_id, journal.meta.episode_id)
     missing = journal.missing() if incomplete or journal.limit else None
-    seal_records(journal.meta, journal.records(), out, missing=missing, limit=journal.limit, source=journal.path)
+    seal_records(journal.meta, journal.records(), out, missing=missing, limit=journal.limit, source=journal.path,
+                 reserve_bytes=journal.size)
     if journal.shared is None:
         journal.path.unlink()
         fsync_dir(journal.path.parent)

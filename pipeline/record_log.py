@@ -426,6 +426,19 @@ def preallocate_fd(fd: int, offset: int, nbytes: int) -> None:
         _fallocate(fd, _FALLOC_FL_KEEP_SIZE, ctypes.c_long(offset), ctypes.c_long(nbytes))
 
 
+def reserve_fd(fd: int, nbytes: int) -> None:
+    """Reserve ``nbytes`` of disk blocks from the file's start without changing its size
+    (``fallocate`` KEEP_SIZE), so that writes up to there cannot find the disk full;
+    cutting the file to its size gives back what was not written. OSError (ENOSPC) when
+    the disk has no room; nothing where the file system cannot reserve."""
+    if _fallocate is None or nbytes <= 0:
+        return
+    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, ctypes.c_long(0), ctypes.c_long(nbytes)) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err))
+
+
 _TWO_FRAMES = struct.Struct("<BII")  # a data message: header and payload
 
 

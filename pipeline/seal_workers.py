@@ -102,7 +102,8 @@ def run_seal_job(job: SealJob) -> Path:
         places = Places(_array("I", job.segments), _array("q", job.offsets), _array("I", job.lengths))
         reader = EpisodeJournal(source, meta, shared=SharedJournal(source), tag=job.tag)
         reader.written.places = places
-        return seal_records(meta, reader.records(), out, missing=job.missing, limit=job.limit, source=source)
+        return seal_records(meta, reader.records(), out, missing=job.missing, limit=job.limit, source=source,
+                            reserve_bytes=sum(places.lengths))
     except (OSError, StoreError):
         raise
     except Exception as err:  # noqa: BLE001 - any exception crosses back as one that unpickles

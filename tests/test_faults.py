@@ -328,6 +328,42 @@ def test_full_disk_stops_acks_corrupts_nothing_and_resumes(tmp_path, small_disk,
     ingest.stop()
 
 
+@pytest.fixture
+def full_raw_disk(tmp_path: Path):  # noqa: ANN201
+    """``<data>/raw`` on an 8 MB disk of its own with 64 kB free, less than an episode's file
+    (the journal beside it has room); unlink ``<data>/raw/filler`` to give room back."""
+    raw = tmp_path / "ingest" / "raw"
+    raw.mkdir(parents=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(raw)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.decode().strip()}")
+    (raw / "filler").write_bytes(b"\0" * ((8 << 20) - (64 << 10)))
+    yield raw
+    subprocess.run(["umount", "-l", str(raw)], check=False)
+
+
+@pytest.mark.parametrize("seal_workers", ["0", "1"])
+def test_episode_finished_on_a_full_disk_is_sealed_once_there_is_room(
+    tmp_path, full_raw_disk, make_collector, tiny_robot, seal_workers
+) -> None:
+    # HDF5 crashed the process that sealed onto a full disk (a segmentation fault: the ingest
+    # itself with --seal-workers 0), and a seal that failed waited for the next start.
+    ingest = IngestProcess(tmp_path / "ingest", free_port(), "--seal-workers", seal_workers)
+    ingest.start()
+    c = make_collector(ingest.endpoint, resend_timeout_s=1.0)
+    c.start()
+    c.start_episode()
+    time.sleep(1.0)
+    c.stop_episode("success")
+    wait_for(lambda: "no room" in ingest.log(), 20, "the seal to find no room for the raw file")
+    assert ingest.alive() and ingest.raw_files() == []
+    (full_raw_disk / "filler").unlink()  # room again
+    assert c.drain(60), c.status()
+    (path,) = ingest.raw_files()
+    assert_exactly_once(path, tiny_robot)
+    ingest.stop()
+
+
 def test_episode_whose_collector_never_returns_is_sealed_incomplete(tmp_path, tiny_robot) -> None:
     import zmq
 
