@@ -29,11 +29,12 @@ already, so a write allocates nothing and no deletion frees them. Deleting a
 256 MB segment took 40-90 ms on this project's VM (ext4 frees its extents and,
 mounted with ``discard``, trims them before ``unlink`` returns), and the
 commits beside it waited: p99 21 ms and up to 55 ms with deletions, 6 and 9
-ms with spares (``tools/bench_segment_recycling.py``, 40 robots). A recycled segment's old records stay
-past the new ones until they are overwritten; they carry their old segment
-number, and a reader stops at the first record of another segment. Spares are
-kept only while the disk has room for ``_SPARE_HEADROOM_SEGMENTS`` segments
-besides; below that, freed segments and spares are deleted. An
+ms with spares (``tools/bench_segment_recycling.py``, 40 robots). A recycled
+segment's old records stay past the new ones until they are overwritten;
+they carry their old segment number, and a reader stops at the first record
+of another segment. Spares are kept only while the disk has room for
+``_SPARE_HEADROOM_SEGMENTS`` segments besides; below that, freed segments and
+spares are deleted. An
 episode that stays open long (longer than ``graduate_after_s`` after the
 oldest segment it pins was started) graduates: its records are copied into a
 journal file of its own (``<data>/journal/<robot>/<episode>.rfj``, written
@@ -460,12 +461,14 @@ class SharedJournal:
             path = segment_path(directory, number)
             segment = shared._segments[number] = _Segment(number, now)
             good = 0
+            stale_end = False
             for entry in iter_log(path):
                 length = RECORD_HEAD.size + len(entry.payload)
                 try:
                     key, payload = _split(entry.payload, number)
                 except StaleRecord:
-                    break  # the old bytes of a recycled segment: its log ends here
+                    stale_end = True  # the old bytes of a recycled segment: its log ends here
+                    break
                 except ValueError as err:
                     log.error("journal segment %s: record at %d skipped: %s", path, entry.offset, err)
                     good = entry.offset + length
@@ -499,8 +502,10 @@ class SharedJournal:
                 journal.size += length
                 segment.episodes[key] = journal
             if good != path.stat().st_size:
-                if number == numbers[-1]:
-                    truncate_to(path, good)  # the torn tail of the last write before the crash
+                # The newest segment's torn tail (the last write before the crash), or the old
+                # records of any recycled one whose cut at its close the crash came before.
+                if number == numbers[-1] or stale_end:
+                    truncate_to(path, good)
                 else:
                     log.error("journal segment %s ends in a damaged record at %d; its records up to there "
                               "are kept", path, good)

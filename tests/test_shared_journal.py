@@ -264,6 +264,27 @@ def test_recovery_ends_a_segment_at_the_old_records_of_a_recycled_one(tmp_path: 
     again.close()
 
 
+def test_recovery_cuts_the_old_records_off_a_recycled_segment_that_is_not_the_newest(
+    tmp_path: Path, caplog
+) -> None:
+    # A crash after a recycled segment was synced but before its close cut it to its records.
+    j = Journals(tmp_path, segment_bytes=4096)
+    a = j.start("ep-a")
+    stream_interleaved(j, [a], 40)
+    j.close()
+    first = tmp_path / "journal" / SHARED_DIR / j.segments()[0]
+    assert len(j.segments()) > 1
+    intact = first.stat().st_size
+    with RecordWriter(first) as raw:
+        raw.append((int(first.stem) - 1).to_bytes(4, "little") + episode_tag("r1", "ep-old") + b"\x00" * 40)
+
+    again = Journals(tmp_path, segment_bytes=4096)
+    assert seqs(again.found.journals[0]) == list(range(40))
+    assert first.stat().st_size == intact
+    assert "damaged" not in caplog.text
+    again.close()
+
+
 def test_spares_go_when_the_disk_runs_short(small_disk: Path) -> None:
     j = Journals(small_disk, segment_bytes=64 * 1024)  # spares kept while 256 kB are free besides
     a = j.start("ep-a")
