@@ -28,13 +28,14 @@ segments are written over them: their blocks are allocated and written
 already, so a write allocates nothing and no deletion frees them. Deleting a
 256 MB segment took 40-90 ms on this project's VM (ext4 frees its extents and,
 mounted with ``discard``, trims them before ``unlink`` returns), and the
-commits beside it waited: p99 21 ms and up to 55 ms with deletions, 6 and 9
-ms with spares (``tools/bench_segment_recycling.py``, 40 robots). A recycled
+commits beside it waited: p99 19 ms and up to 60 ms with deletions in one
+``unlink``, 5 and 7 ms with spares (``tools/bench_segment_recycling.py``, 40
+robots). A recycled
 segment's old records stay past the new ones until they are overwritten;
 they carry their old segment number, and a reader stops at the first record
 of another segment. Spares are kept only while the disk has room for
 ``_SPARE_HEADROOM_SEGMENTS`` segments besides; below that, freed segments and
-spares are deleted. An
+spares are deleted, a piece at a time (:func:`_delete_segment`). An
 episode that stays open long (longer than ``graduate_after_s`` after the
 oldest segment it pins was started) graduates: its records are copied into a
 journal file of its own (``<data>/journal/<robot>/<episode>.rfj``, written
@@ -86,6 +87,9 @@ SEGMENT_SUFFIX = ".rfl"
 SPARE_SUFFIX = ".spare"
 DEFAULT_SPARE_SEGMENTS = 2
 _SPARE_HEADROOM_SEGMENTS = 4  # free disk, in segments, below which no spare is kept
+FREE_SUFFIX = ".free"  # a segment being deleted
+_DELETE_STEP_BYTES = 32 << 20  # a segment is deleted this much at a time (0: in one unlink)
+_DELETE_PAUSE_S = 0.02  # between two steps
 DEFAULT_SEGMENT_BYTES = 256 << 20
 DEFAULT_GRADUATE_AFTER_S = 300.0
 _PREFIX = struct.Struct("<IB")  # segment number, tag length
@@ -267,9 +271,16 @@ class SharedJournal:
         for number in [n for n, s in self._segments.items()
                        if not s.episodes and not s.kept and n != self._current_number]:
             del self._segments[number]
-            if self._freer is None:
-                self._freer = ThreadPoolExecutor(1, thread_name_prefix="segment-free", initializer=name_os_thread)
-            self._freer.submit(self._free, number)
+            self._freeing_thread().submit(self._free, number)
+
+    def _freeing_thread(self) -> ThreadPoolExecutor:
+        if self._freer is None:
+            self._freer = ThreadPoolExecutor(1, thread_name_prefix="segment-free", initializer=name_os_thread)
+        return self._freer
+
+    def _free_later(self, path: Path) -> None:
+        """Delete ``path`` (a spare not wanted, a deletion a crash interrupted) on the freeing thread."""
+        self._freeing_thread().submit(_delete_segment, path)
 
     def _free(self, number: int) -> None:
         """On the freeing thread: keep segment ``number`` as a spare, or delete it."""
@@ -447,7 +458,9 @@ class SharedJournal:
             if shared._recycles and len(shared._spares) < spare_segments:
                 shared._spares.append(spare)
             else:
-                spare.unlink(missing_ok=True)
+                shared._free_later(spare)
+        for doomed in directory.glob(f"*{FREE_SUFFIX}"):  # a deletion the crash interrupted
+            shared._free_later(doomed)
         numbers = sorted(int(p.name[: -len(SEGMENT_SUFFIX)]) for p in directory.glob(f"*{SEGMENT_SUFFIX}")
                          if p.name[: -len(SEGMENT_SUFFIX)].isdigit())
         for partial in directory.parent.glob("*/*.rfj.partial"):  # a graduation the crash interrupted
@@ -527,8 +540,25 @@ class SharedJournal:
 
 
 def _delete_segment(path: Path) -> None:
+    """Delete a freed segment (or spare) a piece at a time, on the freeing thread.
+
+    Freeing a file's blocks costs disk time (ext4 trims them at once when mounted
+    with ``discard``): 256 MB deleted in one ``unlink`` held the commits' writes and
+    syncs beside it up to 60 ms, and a burst of freed segments (a backlog sealed,
+    every robot stopping at a shift's end) queued such deletions back to back. Cut
+    by ``_DELETE_STEP_BYTES`` with a pause between, the slowest commit beside them
+    took 12-17 ms instead of 56-79 (``tools/bench_segment_recycling.py``, with and
+    without ``--burst``). The file is renamed ``<number>.free`` first, so that a
+    crash mid-way leaves no shortened segment for recovery to read."""
+    doomed = path.with_suffix(FREE_SUFFIX)
     try:
-        path.unlink()
+        os.rename(path, doomed)
+        size = doomed.stat().st_size
+        while _DELETE_STEP_BYTES and size > _DELETE_STEP_BYTES:
+            size -= _DELETE_STEP_BYTES
+            os.truncate(doomed, size)
+            time.sleep(_DELETE_PAUSE_S)
+        doomed.unlink()
     except FileNotFoundError:
         pass
     except OSError as err:

@@ -1,10 +1,12 @@
 """What freeing the shared journal's segments costs the commits beside it: freed
-segments deleted, or kept as spares and written over, measured in the same run.
+segments deleted at once, deleted a piece at a time, or kept as spares and
+written over, measured in the same run.
 
-    python tools/bench_segment_recycling.py [--robots 40] [--mb-per-s 270] [--seconds 12] [--rounds 3]
+    python tools/bench_segment_recycling.py [--robots 40] [--mb-per-s 270] [--seconds 12] [--rounds 3] [--burst]
 
 A floor that records without pause frees a segment about as often as it fills
-one (one a second at 40 G1-class robots, 256 MB segments). This drives the
+one (one a second at 40 G1-class robots, 256 MB segments); a backlog sealed,
+or every robot stopping at a shift's end, frees many at once. This drives the
 real :class:`~pipeline.shared_journal.SharedJournal` through the ingest's
 journal writer thread (:class:`~pipeline.journal_writer.JournalWriter`) with
 ``--robots`` episodes at a time, each appending one camera-frame-sized record
@@ -12,17 +14,21 @@ per robot per commit (``--mb-per-s`` in all); every ``--commit-ms`` a group
 commit waits for the writer and syncs the segment, timed from its barrier to
 the end of its ``fdatasync``, as the ingest's commit is. Each episode lasts
 ``--episode-s`` (staggered), then is released as a seal releases it, so its
-segments are freed while the others stream.
+segments are freed while the others stream. With ``--burst`` every first
+episode instead lasts until a third of the measured time, and is released
+with the others at once: every segment written until then is freed together.
 
-Two variants, alternating for ``--rounds``: ``delete`` (``spare_segments=0``:
-each freed segment is deleted) and ``recycle`` (the default: up to two spares
-written over). The first ``--warmup-s`` of each run are not counted (no
-segment is freed before the first episodes end). Prints p50/p99/max commit
-time, commits slower than 20 ms, and the ratios recycle / delete.
+Three variants, alternating for ``--rounds``: ``unlink`` (each freed segment
+deleted with one ``unlink``, as before 2026-12-01 19:10 UTC), ``paced`` (deleted
+32 MB at a time, the ingest's way without spares: ``--journal-spare-files 0``)
+and ``recycle`` (the default: up to two spares written over, the rest deleted
+a piece at a time). The first ``--warmup-s`` of each run are not counted.
+Prints p50/p99/max commit time, commits slower than 20 ms, and the ratios to
+``unlink``.
 
-Needs about ``mb-per-s x (episode-s + 2)`` MB free in ``--dir`` (default: a
-temporary folder in the current directory, so that it measures the disk an
-ingest there would write to); everything is deleted after each run.
+Needs about ``mb-per-s x (episode-s + warmup-s)`` MB free in ``--dir``
+(default: a temporary folder in the current directory, so that it measures
+the disk an ingest there would write to); everything is deleted after each run.
 """
 
 from __future__ import annotations
@@ -38,16 +44,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import protocol  # noqa: E402
+from pipeline import protocol, shared_journal  # noqa: E402
 from pipeline.journal import EpisodeJournal, EpisodeMeta  # noqa: E402
 from pipeline.journal_writer import JournalWriter  # noqa: E402
 from pipeline.shared_journal import DEFAULT_SPARE_SEGMENTS, SharedJournal  # noqa: E402
 
-VARIANTS = {"delete": 0, "recycle": DEFAULT_SPARE_SEGMENTS}
+PACED_STEP_BYTES = shared_journal._DELETE_STEP_BYTES
+VARIANTS = {  # spare segments, deletion step (0: one unlink)
+    "unlink": (0, 0),
+    "paced": (0, PACED_STEP_BYTES),
+    "recycle": (DEFAULT_SPARE_SEGMENTS, PACED_STEP_BYTES),
+}
 SLOW_MS = 20.0
 
 
-def one_run(folder: Path, spare_segments: int, args: argparse.Namespace) -> dict[str, float]:
+def one_run(folder: Path, variant: str, args: argparse.Namespace) -> dict[str, float]:
+    spare_segments, shared_journal._DELETE_STEP_BYTES = VARIANTS[variant]
     commit_s = args.commit_ms / 1000
     record_bytes = int(args.mb_per_s * 1e6 * commit_s / args.robots)
     payload = np.frombuffer(np.random.default_rng(0).bytes(record_bytes // 8 * 8), dtype=np.float64).reshape(1, -1)
@@ -57,8 +69,10 @@ def one_run(folder: Path, spare_segments: int, args: argparse.Namespace) -> dict
     writer = JournalWriter(max_queued_bytes=256 << 20, shared=shared)
     start = time.monotonic()
     episodes: list[tuple[EpisodeJournal, float, int]] = []  # journal, end time, next seq
+    burst_at = start + args.warmup_s + args.seconds / 3
     for robot in range(args.robots):  # staggered: one episode ends every episode-s / robots
-        episodes.append(_start(shared, writer, robot, 0, start + args.episode_s * (robot + 1) / args.robots))
+        ends = burst_at if args.burst else start + args.episode_s * (robot + 1) / args.robots
+        episodes.append(_start(shared, writer, robot, 0, ends))
     counts = [1] * args.robots
     commits: list[float] = []
     next_commit = start
@@ -72,7 +86,8 @@ def one_run(folder: Path, spare_segments: int, args: argparse.Namespace) -> dict
             journal.append_frames(time.time_ns(), record.encode(), header)
             if now >= ends:
                 writer.release(journal)
-                episodes[robot] = _start(shared, writer, robot, counts[robot], now + args.episode_s)
+                lasts = args.warmup_s + args.seconds if args.burst else args.episode_s
+                episodes[robot] = _start(shared, writer, robot, counts[robot], now + lasts)
                 counts[robot] += 1
             else:
                 episodes[robot] = (journal, ends, seq + 1)
@@ -87,6 +102,7 @@ def one_run(folder: Path, spare_segments: int, args: argparse.Namespace) -> dict
         time.sleep(max(0.0, next_commit - time.monotonic()))
     writer.close()
     shared.close()
+    shared_journal._DELETE_STEP_BYTES = PACED_STEP_BYTES
     times = np.array(commits)
     return {"commits": len(times), "p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)),
             "max": float(times.max()), "slow": int((times > SLOW_MS).sum()), "segments": shared.current_number,
@@ -109,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-s", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=12.0, help="measured, after the warm-up")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--burst", action="store_true",
+                        help="every first episode released at once, a third into the measured time")
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args(argv)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
@@ -117,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in order:
             folder = Path(tempfile.mkdtemp(prefix="bench-recycling-", dir=args.dir or Path.cwd()))
             try:
-                result = one_run(folder, VARIANTS[name], args)
+                result = one_run(folder, name, args)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
             results[name].append(result)
@@ -126,15 +144,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"segments {result['segments']} ({result['recycled']} written over a spare)",
                   flush=True)
     print(f"\nmedians of {args.rounds} rounds ({args.robots} robots, {args.mb_per_s:g} MB/s, "
-          f"{args.segment_mb} MB segments, a commit every {args.commit_ms:g} ms):")
+          f"{args.segment_mb} MB segments, a commit every {args.commit_ms:g} ms"
+          f"{', episodes released at once' if args.burst else ''}):")
     medians = {name: {key: float(np.median([r[key] for r in runs])) for key in ("p50", "p99", "max", "slow")}
                for name, runs in results.items()}
     for name, m in medians.items():
         print(f"  {name:8s} p50 {m['p50']:6.2f} ms  p99 {m['p99']:6.2f} ms  max {m['max']:7.2f} ms  "
               f"over {SLOW_MS:g} ms: {m['slow']:g}")
-    d, r = medians["delete"], medians["recycle"]
-    print(f"  recycle / delete: p50 {r['p50'] / d['p50']:.2f}x  p99 {r['p99'] / d['p99']:.2f}x  "
-          f"max {r['max'] / d['max']:.2f}x")
+    base = medians["unlink"]
+    for name in ("paced", "recycle"):
+        m = medians[name]
+        print(f"  {name} / unlink: p50 {m['p50'] / base['p50']:.2f}x  p99 {m['p99'] / base['p99']:.2f}x  "
+              f"max {m['max'] / base['max']:.2f}x")
     return 0
 
 
