@@ -422,18 +422,20 @@ def preallocate_fd(fd: int, offset: int, nbytes: int) -> None:
     (Linux ``fallocate`` with KEEP_SIZE): appends then skip block allocation, about
     12 % less CPU per write here. Best effort: nothing happens elsewhere or when the
     file system says no (a full disk shows at the write)."""
-    if _fallocate is not None:
-        _fallocate(fd, _FALLOC_FL_KEEP_SIZE, ctypes.c_long(offset), ctypes.c_long(nbytes))
+    try:
+        reserve_fd(fd, nbytes, offset)
+    except OSError:
+        pass
 
 
-def reserve_fd(fd: int, nbytes: int) -> None:
-    """Reserve ``nbytes`` of disk blocks from the file's start without changing its size
+def reserve_fd(fd: int, nbytes: int, offset: int = 0) -> None:
+    """Reserve ``nbytes`` of disk blocks from ``offset`` without changing the file's size
     (``fallocate`` KEEP_SIZE), so that writes up to there cannot find the disk full;
     cutting the file to its size gives back what was not written. OSError (ENOSPC) when
     the disk has no room; nothing where the file system cannot reserve."""
     if _fallocate is None or nbytes <= 0:
         return
-    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, ctypes.c_long(0), ctypes.c_long(nbytes)) != 0:
+    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, ctypes.c_long(offset), ctypes.c_long(nbytes)) != 0:
         err = ctypes.get_errno()
         if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             raise OSError(err, os.strerror(err))

@@ -242,8 +242,9 @@ class SharedJournal:
             except OSError as err:
                 log.warning("cannot write journal segment %s over the spare %s (%s); starting a new file",
                             path, spare.name, err.strerror or err)
-                path.unlink(missing_ok=True)
-                spare.unlink(missing_ok=True)
+                if path.exists():
+                    os.replace(path, spare)  # deleted off this thread, like any freed segment
+                self._free_later(spare)
             else:
                 return writer
         writer = open_record_log(path, direct=self.direct_io)
@@ -251,9 +252,7 @@ class SharedJournal:
         return writer
 
     def _take_spare(self) -> Path | None:
-        if not self.direct_io:
-            return None
-        with self._spares_lock:
+        with self._spares_lock:  # spares are only ever kept where segments take direct writes
             return self._spares.popleft() if self._spares else None
 
     def release(self, journal: EpisodeJournal) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -250,6 +251,29 @@ def test_freed_segments_are_kept_as_spares_and_written_over_by_the_next_ones(tmp
     reused = {(tmp_path / "journal" / SHARED_DIR / name).stat().st_ino for name in j.segments()}
     assert spare_inodes <= reused and j.shared.recycled == 2, "the spares were not written over"
     assert seqs(c) == list(range(80))
+    j.close()
+
+
+def test_a_spare_that_cannot_be_written_over_is_deleted_and_a_new_file_started(tmp_path: Path, monkeypatch) -> None:
+    j = Journals(tmp_path, segment_bytes=4096)
+    a = j.start("ep-a")
+    stream_interleaved(j, [a], 30)
+    append(a, stop("ep-a", 29))
+    j.commit()
+    seal_recovered(a, tmp_path)
+    j.writer.release(a)
+    j.commit()
+    assert j.spares()
+
+    def no_direct_io(path: Path) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(shared_journal, "overwrite_record_log", no_direct_io)
+    b = j.start("ep-b")
+    stream_interleaved(j, [b], 30)
+    assert j.spares() == [] and j.shared.recycled == 0
+    assert not list((tmp_path / "journal" / SHARED_DIR).glob("*.spare"))
+    assert seqs(b) == list(range(30))
     j.close()
 
 
