@@ -17,6 +17,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """``count`` free ports, all different. They are held bound together while they
+    are picked: picked one at a time, the kernel may hand out a port it has just
+    handed out and seen closed (two of a Ray cluster's components once got the same)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(socket.socket())
+            sockets[-1].bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 RUNNING: list[subprocess.Popen[bytes]] = []
 """Every process started here; the test session kills what a failed test left running."""
 

@@ -23,7 +23,7 @@ from pipeline.protocol.records import MAX_PENDING
 from pipeline.raw_store import RawEpisodeReader, verify_episode
 from tests.conftest import TINY_ROBOT
 from tests.fake_ingest import FakeIngest
-from tests.processes import IngestProcess, RefineryProcess, free_port
+from tests.processes import IngestProcess, RefineryProcess, distinct_free_ports, free_port
 
 
 @pytest.fixture
@@ -217,7 +217,8 @@ def test_seal_finished_by_a_restarted_ingest_reaches_the_collector(tmp_path, mak
     the journal during recovery and tells nobody. The collector's next HELLO asks
     about the episode, so it hears of the seal instead of waiting out its drain
     timeout."""
-    ingest = IngestProcess(tmp_path / "ingest", free_port())
+    port, elsewhere_port = distinct_free_ports(2)
+    ingest = IngestProcess(tmp_path / "ingest", port)
     ingest.start()
     c = make_collector(ingest.endpoint, resend_timeout_s=0.5, hello_timeout_s=0.3)
     c.start()
@@ -234,7 +235,7 @@ def test_seal_finished_by_a_restarted_ingest_reaches_the_collector(tmp_path, mak
         pytest.fail("the seal notice always came before the kill")
     assert episode in c.unsealed_episodes()
     raw = ingest.data_dir / "raw" / "tiny-0" / f"{episode}.h5"
-    elsewhere = IngestProcess(ingest.data_dir, free_port())
+    elsewhere = IngestProcess(ingest.data_dir, elsewhere_port)
     elsewhere.start()
     wait_for(raw.exists, 20, "the recovery seal")
     elsewhere.stop()

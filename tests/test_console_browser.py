@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from pipeline.observability.console.server import ConsoleConfig, start_console
 from pipeline.observability.http_server import MetricsServer
 from tests.conftest import TINY_ROBOT
-from tests.processes import IngestProcess, RefineryProcess, free_port
+from tests.processes import IngestProcess, RefineryProcess, distinct_free_ports, free_port
 from tests.synthetic_fleet import CollectorOf, GrowingFleet
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -79,8 +79,8 @@ def collector(tmp_path: Path, ingest: IngestProcess, robot_id: str) -> tuple[Ref
 
 def test_console_shows_live_robots_and_a_killed_collector_turns_link_down(tmp_path: Path, browser_page) -> None:
     page = browser_page
-    metrics_port = free_port()
-    ingest = IngestProcess(tmp_path / "ingest", free_port(), "--metrics", f"127.0.0.1:{metrics_port}")
+    metrics_port, ingest_port = distinct_free_ports(2)
+    ingest = IngestProcess(tmp_path / "ingest", ingest_port, "--metrics", f"127.0.0.1:{metrics_port}")
     ingest.start()
     robots = [collector(tmp_path, ingest, f"bt-{n}") for n in range(3)]
     console = start_console(ConsoleConfig(ingests=(f"http://127.0.0.1:{metrics_port}",),

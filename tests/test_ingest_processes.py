@@ -16,7 +16,7 @@ from pipeline.ingest_supervisor import plan_processes
 from pipeline.process_job import find_raw_inputs
 from pipeline.raw_store import RawEpisodeReader
 from tests.conftest import record_episode
-from tests.processes import RUNNING, IngestProcess, RefineryProcess, free_port
+from tests.processes import RUNNING, IngestProcess, RefineryProcess, distinct_free_ports, free_port
 from tests.test_faults import assert_exactly_once, small_disk, wait_for  # noqa: F401 (small_disk: a fixture)
 
 
@@ -91,7 +91,7 @@ def test_a_fleet_spreads_over_ingest_processes_by_robot_id(tmp_path, make_collec
 def test_a_killed_ingest_keeps_its_open_episode_and_the_next_goes_to_a_live_one(
     tmp_path, make_collector, tiny_robot
 ) -> None:
-    ingests = [IngestProcess(tmp_path / f"ingest-{i}", free_port()) for i in range(2)]
+    ingests = [IngestProcess(tmp_path / f"ingest-{i}", port) for i, port in enumerate(distinct_free_ports(2))]
     for ingest in ingests:
         ingest.start()
     rid = robot_ids_homed(1, 2)[0][0]  # its home is ingests[0]
@@ -124,7 +124,8 @@ def test_a_killed_ingest_keeps_its_open_episode_and_the_next_goes_to_a_live_one(
 def test_a_full_disk_under_one_ingest_holds_its_robots_in_their_spools_and_spares_the_others(
     tmp_path, small_disk, make_collector, tiny_robot
 ) -> None:
-    ingests = [IngestProcess(small_disk / "ingest-0", free_port()), IngestProcess(tmp_path / "ingest-1", free_port())]
+    ports = distinct_free_ports(2)
+    ingests = [IngestProcess(small_disk / "ingest-0", ports[0]), IngestProcess(tmp_path / "ingest-1", ports[1])]
     ingests[0].log_path = tmp_path / "ingest-0.log"  # not on the disk about to be full
     for ingest in ingests:
         ingest.start()

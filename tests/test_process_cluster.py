@@ -16,23 +16,26 @@ import pytest
 
 from pipeline.dataset.store import load_index
 from pipeline.raw_builder import simulate_episode
-from tests.processes import free_port
+from tests.processes import distinct_free_ports
 
 RAY = Path(sys.executable).with_name("ray")
 
 
-def start_cluster(ray_tmp: Path, env: dict[str, str], *extra: str) -> int:
-    """A one-node Ray cluster in its own processes, as `ray start --head` on a head node; its GCS port."""
-    port = free_port()
+def start_cluster(ray_tmp: Path, env: dict[str, str], dashboard: bool = False) -> tuple[int, int]:
+    """A one-node Ray cluster in its own processes, as `ray start --head` on a head node;
+    its GCS port and its dashboard's (the job server, with ``dashboard``)."""
+    port, agent_port, dashboard_port = distinct_free_ports(3)
     # Ray's fixed default for the agent's HTTP port (52365) is already taken by the
     # test session's own Ray.
+    shown = (["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
+             if dashboard else ["--include-dashboard=false"])
     start = subprocess.run(
         [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--disable-usage-stats",
-         f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={ray_tmp}", *extra],
+         f"--dashboard-agent-listen-port={agent_port}", f"--temp-dir={ray_tmp}", *shown],
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert start.returncode == 0, start.stderr
-    return port
+    return port, dashboard_port
 
 
 @pytest.fixture
@@ -60,7 +63,7 @@ def two_raw_episodes(tmp_path: Path, tiny_robot) -> Path:
 @pytest.mark.slow
 def test_process_runs_on_a_cluster_by_address(tmp_path: Path, two_raw_episodes: Path, cluster_env) -> None:
     ray_tmp, env = cluster_env
-    port = start_cluster(ray_tmp, env, "--include-dashboard=false")
+    port, _ = start_cluster(ray_tmp, env)
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "process", str(two_raw_episodes), "--out", str(tmp_path / "ds.zarr"),
          "--address", f"127.0.0.1:{port}"],
@@ -72,9 +75,7 @@ def test_process_runs_on_a_cluster_by_address(tmp_path: Path, two_raw_episodes: 
 @pytest.mark.slow
 def test_process_runs_as_a_submitted_ray_job(tmp_path: Path, two_raw_episodes: Path, cluster_env) -> None:
     ray_tmp, env = cluster_env
-    dashboard_port = free_port()
-    start_cluster(ray_tmp, env, "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                  f"--dashboard-port={dashboard_port}")
+    _, dashboard_port = start_cluster(ray_tmp, env, dashboard=True)
     # The entrypoint runs on the head node, which finds the cluster through RAY_ADDRESS.
     submit = [str(RAY), "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}", "--",
               "refinery", "process", str(two_raw_episodes), "--out", str(tmp_path / "ds.zarr")]
