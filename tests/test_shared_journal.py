@@ -254,16 +254,22 @@ def test_freed_segments_are_kept_as_spares_and_written_over_by_the_next_ones(tmp
     j.close()
 
 
-def test_a_spare_that_cannot_be_written_over_is_deleted_and_a_new_file_started(tmp_path: Path, monkeypatch) -> None:
-    j = Journals(tmp_path, segment_bytes=4096)
+def journals_with_spares(data: Path) -> Journals:
+    """Small segments, one episode sealed and released: its freed segments are spares."""
+    j = Journals(data, segment_bytes=4096)
     a = j.start("ep-a")
     stream_interleaved(j, [a], 30)
     append(a, stop("ep-a", 29))
     j.commit()
-    seal_recovered(a, tmp_path)
+    seal_recovered(a, data)
     j.writer.release(a)
     j.commit()
     assert j.spares()
+    return j
+
+
+def test_a_spare_that_cannot_be_written_over_is_deleted_and_a_new_file_started(tmp_path: Path, monkeypatch) -> None:
+    j = journals_with_spares(tmp_path)
 
     def no_direct_io(path: Path) -> None:
         raise OSError(errno.EINVAL, "Invalid argument")
@@ -278,16 +284,8 @@ def test_a_spare_that_cannot_be_written_over_is_deleted_and_a_new_file_started(t
 
 
 def test_spares_are_kept_across_a_restart(tmp_path: Path) -> None:
-    j = Journals(tmp_path, segment_bytes=4096)
-    a = j.start("ep-a")
-    stream_interleaved(j, [a], 30)
-    append(a, stop("ep-a", 29))
-    j.commit()
-    seal_recovered(a, tmp_path)
-    j.writer.release(a)
-    j.commit()
+    j = journals_with_spares(tmp_path)
     spares = j.spares()
-    assert spares
     j.close()
     again = Journals(tmp_path, segment_bytes=4096)
     assert again.spares() == spares
