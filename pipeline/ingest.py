@@ -56,6 +56,8 @@ from pipeline.protocol.validation import DEFAULT_MAX_TEXT_CHARS, MAX_JSON_BYTES,
 from pipeline.raw_store import raw_path, seal_recovered
 from pipeline.record_log import RecordAppender
 from pipeline.robot_config import parse_robot_config
+from pipeline.router_receive import IMPLEMENTATION as RECEIVE_IMPLEMENTATION
+from pipeline.router_receive import Received, receive_batch
 from pipeline.seal_workers import BrokenProcessPool, SealFailed, SealJob, SealWorkers
 from pipeline.shared_journal import (
     DEFAULT_GRADUATE_AFTER_S,
@@ -74,7 +76,7 @@ _EVENT = protocol.Opcode.EVENT
 
 DEFAULT_WINDOW = 128  # messages; a robot needs ~10 in flight at 190 msg/s, and memory is window x collectors
 MAX_ACKS_PER_MESSAGE = 4096
-ZERO_COPY_BYTES = 64 * 1024  # pyzmq: a view pays off above about 64 KB, a copy is cheaper below
+ZERO_COPY_BYTES = 64 * 1024  # a view of ZeroMQ's buffer pays off above about 64 KB, a copy is cheaper below
 RECEIVE_BATCH = 256  # messages received in a row before the loop looks at its timers again
 COMMIT_TURN_MESSAGES = 32  # messages handled between two looks at the group commit (about 1 ms)
 FSYNC_THREADS = 32  # a commit fsyncs every dirty journal at once: one thread each for up to 32 open episodes
@@ -315,7 +317,7 @@ class IngestServer:
                 self._seal_workers = SealWorkers(self.config.seal_workers)
             self.recover(shared_journals)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            log.info("ingest listening on %s, data in %s", self.endpoint, self.data_dir)
+            log.info("ingest listening on %s, data in %s (receive: %s)", self.endpoint, self.data_dir, RECEIVE_IMPLEMENTATION)
             self.ready.set()
             with calm_garbage_collector():
                 self._loop(sock)
@@ -419,45 +421,15 @@ class IngestServer:
             self._next_commit = now + self.config.commit_interval_s
         return now
 
-    def _receive(self, sock: zmq.Socket, authenticated: bool) -> list[tuple[bytes, str, list[bytes], int]]:
+    def _receive(self, sock: zmq.Socket, authenticated: bool) -> list[Received]:
         """Up to RECEIVE_BATCH waiting messages as (identity, key, frames, arrival time).
 
-        All of them are received before any is handled: each receive releases the GIL,
-        and between handling steps the journal writer's thread took it from under the
-        loop at almost every message; received in a row, the loop's CPU per message
-        fell by about a third (README, Performance, "The event loop's receive")."""
-        recv = sock.recv
-        more = sock.getsockopt
-        received = []
-        for _ in range(RECEIVE_BATCH):
-            # ROUTER puts the sender's identity first; the header follows. Both are
-            # small: received as bytes, cheaper than a Frame and its copy. Only with
-            # CURVE is the identity a Frame, for its User-Id property (the sender's key).
-            try:
-                if authenticated:
-                    first = recv(zmq.NOBLOCK, copy=False)
-                    identity = first.bytes
-                    try:
-                        key = first.get("User-Id") or ""
-                    except zmq.ZMQError:
-                        key = ""  # no key: the allow-list refuses it
-                else:
-                    identity = recv(zmq.NOBLOCK)
-                    key = ""
-            except zmq.Again:
-                break
-            message = [recv(zmq.NOBLOCK)]
-            # The parts of a multipart message arrive together. Large payloads (camera
-            # JPEGs) are journaled from ZeroMQ's own buffer; below ZERO_COPY_BYTES a
-            # copy costs less than the view.
-            if more(zmq.RCVMORE):
-                frame = recv(zmq.NOBLOCK, copy=False)
-                message.append(frame.bytes if len(frame) < ZERO_COPY_BYTES else frame.buffer)
-                while frame.more:
-                    frame = recv(zmq.NOBLOCK, copy=False)
-                    message.append(frame.bytes if len(frame) < ZERO_COPY_BYTES else frame.buffer)
-            received.append((identity, key, message, time.time_ns()))
-        return received
+        All of them are received before any is handled: each pyzmq receive released
+        the GIL, and between handling steps the journal writer's thread took it from
+        under the loop at almost every message; received in a row, the loop's CPU per
+        message fell by about a third (README, Performance, "The event loop's
+        receive"); received in C, with the GIL held, by more (pipeline.router_receive)."""
+        return receive_batch(sock, RECEIVE_BATCH, ZERO_COPY_BYTES, authenticated)
 
     def _drain_wake_pipe(self) -> None:
         try:

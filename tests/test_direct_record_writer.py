@@ -1,5 +1,6 @@
-"""The shared journal's direct-I/O writer: the same log as the page-cache writer,
-readable while it is written, after a kill -9 and after a failed write."""
+"""The shared journal's direct-I/O writer: the same log as the page-cache writer
+(records laid out in C or in Python alike), readable while it is written, after
+a kill -9 and after a failed write."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from crc32c import crc32c
 
 from pipeline import direct_record_writer
 from pipeline.direct_record_writer import BLOCK, DirectRecordWriter, open_record_log
@@ -35,7 +37,42 @@ def direct_log(path: Path) -> DirectRecordWriter:
     return writer
 
 
-def test_the_log_is_byte_for_byte_the_page_cache_writers(tmp_path: Path) -> None:
+COMPILED_LAYOUT = direct_record_writer.lay_out
+
+
+@pytest.fixture(params=["compiled", "python"])
+def layout(request, monkeypatch) -> str:
+    """Each test that takes it runs with the records laid out in C, then in Python."""
+    if request.param == "compiled" and COMPILED_LAYOUT is None:
+        pytest.skip("the compiled layout was not built here")
+    monkeypatch.setattr(direct_record_writer, "lay_out", COMPILED_LAYOUT if request.param == "compiled" else None)
+    return request.param
+
+
+def test_the_compiled_checksum_is_crc32c_at_every_length_and_alignment() -> None:
+    if COMPILED_LAYOUT is None:
+        pytest.skip("the compiled layout was not built here")
+    from pipeline._record_layout import checksum
+
+    data = os.urandom(70_000)
+    for length in [*range(0, 40), 4095, 4096, 69_001]:
+        for start in range(0, 9):
+            part = data[start : start + length]
+            assert checksum(part) == crc32c(part), (length, start)
+            assert checksum(part, 0xDEADBEEF) == crc32c(part, 0xDEADBEEF), (length, start)
+
+
+def test_a_part_that_is_not_bytes_is_refused_and_nothing_is_written(tmp_path: Path, layout: str) -> None:
+    path = tmp_path / "refused.rfl"
+    with direct_log(path) as writer:
+        writer.append(b"kept")
+        with pytest.raises(TypeError):
+            writer.append_records([[b"fine"], [b"head", "not bytes"]])  # type: ignore[list-item]
+        writer.append(b"after")
+    assert [e.payload for e in iter_log(path)] == [b"kept", b"after"]
+
+
+def test_the_log_is_byte_for_byte_the_page_cache_writers(tmp_path: Path, layout: str) -> None:
     direct, buffered = direct_log(tmp_path / "direct.rfl"), RecordWriter(tmp_path / "buffered.rfl")
     direct_offsets: list[int] = []
     buffered_offsets: list[int] = []
@@ -49,7 +86,7 @@ def test_the_log_is_byte_for_byte_the_page_cache_writers(tmp_path: Path) -> None
     assert (tmp_path / "direct.rfl").read_bytes() == (tmp_path / "buffered.rfl").read_bytes()
 
 
-def test_records_read_back_while_the_log_is_open_stop_at_the_zeros_of_the_last_block(tmp_path: Path) -> None:
+def test_records_read_back_while_the_log_is_open_stop_at_the_zeros_of_the_last_block(tmp_path: Path, layout: str) -> None:
     path = tmp_path / "open.rfl"
     writer = direct_log(path)
     written = [b"".join(parts) for batch in batches(2, 10) for parts in batch]
@@ -64,7 +101,7 @@ def test_records_read_back_while_the_log_is_open_stop_at_the_zeros_of_the_last_b
     assert path.stat().st_size == writer.size
 
 
-def test_a_record_larger_than_the_buffer_is_written_in_pieces(tmp_path: Path) -> None:
+def test_a_record_larger_than_the_buffer_is_written_in_pieces(tmp_path: Path, layout: str) -> None:
     path = tmp_path / "big.rfl"
     big = os.urandom(direct_record_writer._BUFFER_BYTES * 2 + 12_345)
     with direct_log(path) as writer:
@@ -74,7 +111,12 @@ def test_a_record_larger_than_the_buffer_is_written_in_pieces(tmp_path: Path) ->
     assert [e.payload for e in iter_log(path)] == [b"before", b"x" * 100 + big, b"after"]
 
 
-def test_a_failed_write_leaves_the_log_as_it_was_and_the_next_append_goes_on(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("lost", [
+    pytest.param([[b"lost"], [b"x" * (direct_record_writer._BUFFER_BYTES + 1000)]], id="batch-written-in-pieces"),
+    pytest.param([[b"lost"], [b"y" * 20_000]], id="batch-that-fits-the-buffer"),
+])
+def test_a_failed_write_leaves_the_log_as_it_was_and_the_next_append_goes_on(
+        tmp_path: Path, monkeypatch, layout: str, lost: list[list[bytes]]) -> None:
     path = tmp_path / "full.rfl"
     writer = direct_log(path)
     writer.append_records([[b"a" * 5000], [b"b" * 3]])  # ends in a partial block
@@ -82,17 +124,16 @@ def test_a_failed_write_leaves_the_log_as_it_was_and_the_next_append_goes_on(tmp
     real_pwrite = os.pwrite
     calls = []
 
-    def disk_full_on_the_second_write(fd: int, data, offset: int) -> int:  # noqa: ANN001
+    def disk_full_on_the_last_write(fd: int, data, offset: int) -> int:  # noqa: ANN001
         calls.append(offset)
-        if len(calls) == 2:
+        if len(calls) == (2 if len(lost[1][0]) > direct_record_writer._BUFFER_BYTES else 1):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(direct_record_writer.os, "pwrite", disk_full_on_the_second_write)
-    huge = os.urandom(direct_record_writer._BUFFER_BYTES + 1000)  # one full buffer goes out before the failure
-    with pytest.raises(OSError):
-        writer.append_records([[b"lost"], [huge]])
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:
+        patched.setattr(direct_record_writer.os, "pwrite", disk_full_on_the_last_write)
+        with pytest.raises(OSError):
+            writer.append_records(lost)  # a batch of pieces: one full buffer goes out before the failure
     assert writer.size == size and path.stat().st_size == size
     writer.append(b"c" * 10)
     writer.close()
