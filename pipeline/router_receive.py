@@ -81,11 +81,15 @@ def compiled_receive_batch() -> ReceiveBatch | None:
         log.info("libzmq %s: receiving through pyzmq", zmq.zmq_version())
         return None
     try:
-        _router_receive.bind()
+        library = _router_receive.bind()
     except ImportError as err:
         log.info("the compiled receive cannot run here (%s); receiving through pyzmq", err)
         return None
     receive = _router_receive.receive
+    problem = _self_test(receive)
+    if problem:
+        log.warning("the compiled receive, bound to %s, %s; receiving through pyzmq", library, problem)
+        return None
 
     def receive_batch_compiled(sock: zmq.Socket, limit: int, zero_copy_bytes: int,
                                authenticated: bool) -> list[Received]:
@@ -98,6 +102,29 @@ def compiled_receive_batch() -> ReceiveBatch | None:
         return batch
 
     return receive_batch_compiled
+
+
+def _self_test(receive: Callable[..., tuple[list[Received], int]]) -> str:
+    """What is wrong with the compiled receive on a socket of pyzmq's, or "".
+
+    The libzmq it bound to must be the one pyzmq's sockets belong to (a process
+    could hold two): a message sent through pyzmq must come back whole."""
+    context = zmq.Context()
+    try:
+        router = context.socket(zmq.ROUTER)
+        router.bind("inproc://refinery-receive-self-test")
+        dealer = context.socket(zmq.DEALER)
+        dealer.connect("inproc://refinery-receive-self-test")
+        sent = [b"self-test", bytes(range(256)) * 300]
+        dealer.send_multipart(sent)
+        batch, error = receive(router.underlying, 2, 1024, False)
+        if error:
+            return f"failed on pyzmq's socket ({zmq.strerror(error)})"
+        if len(batch) != 1 or [bytes(part) for part in batch[0][2]] != sent:
+            return "did not return the message pyzmq sent"
+        return ""
+    finally:
+        context.destroy(linger=0)
 
 
 receive_batch: ReceiveBatch = compiled_receive_batch() or receive_batch_python

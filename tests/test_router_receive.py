@@ -165,3 +165,14 @@ def test_a_closed_socket_is_an_error_not_a_crash(receive: ReceiveBatch, context)
     sock.close()
     with pytest.raises(zmq.ZMQError):
         receive(sock, 10, ZERO_COPY, False)
+
+
+def test_the_compiled_receive_reads_pyzmqs_sockets_and_a_receive_that_cannot_fails_its_self_test() -> None:
+    # Bound to a libzmq other than pyzmq's (a process may hold two), it would get
+    # ENOTSOCK or garbage: the self-test at import then keeps the ingest on pyzmq.
+    if COMPILED is not None:
+        from pipeline import _router_receive
+
+        assert router_receive._self_test(_router_receive.receive) == ""
+    assert "non-socket" in router_receive._self_test(lambda *args: ([], zmq.ENOTSOCK))
+    assert "did not return" in router_receive._self_test(lambda *args: ([(b"id", "", [b"self-test"], 0)], 0))
