@@ -133,7 +133,7 @@ def test_a_failed_write_leaves_the_log_as_it_was_and_the_next_append_goes_on(
     with monkeypatch.context() as patched:
         patched.setattr(direct_record_writer.os, "pwrite", disk_full_on_the_last_write)
         with pytest.raises(OSError):
-            writer.append_records(lost)  # a batch of pieces: one full buffer goes out before the failure
+            writer.append_records(lost)  # its last write fails (in pieces: after one full buffer went out)
     assert writer.size == size and path.stat().st_size == size
     writer.append(b"c" * 10)
     writer.close()
