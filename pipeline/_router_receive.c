@@ -118,11 +118,9 @@ static PyObject *bind(PyObject *module, PyObject *unused) {
             return NULL;
         }
     }
-    /* All or nothing: zmq_msg_recv_ last, it is what says "bound". */
+    /* All or nothing: only once every function was found (zmq_msg_recv_ set says "bound"). */
     for (size_t i = 0; i < sizeof wanted / sizeof wanted[0]; i++)
-        if (wanted[i].slot != (void **)&zmq_msg_recv_)
-            *wanted[i].slot = found[i];
-    zmq_msg_recv_ = (int (*)(zmq_msg *, void *, int))found[1];
+        *wanted[i].slot = found[i];
     return PyUnicode_DecodeFSDefault(library_path);
 }
 

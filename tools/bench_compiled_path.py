@@ -41,11 +41,11 @@ import zmq  # noqa: E402
 
 from pipeline import direct_record_writer  # noqa: E402
 from pipeline.direct_record_writer import open_record_log  # noqa: E402
+from pipeline.ingest import RECEIVE_BATCH as BATCH  # noqa: E402
+from pipeline.ingest import ZERO_COPY_BYTES  # noqa: E402
 from pipeline.router_receive import compiled_receive_batch, receive_batch_python  # noqa: E402
 
 ROBOTS = 40
-BATCH = 256
-ZERO_COPY_BYTES = 64 * 1024
 HEADER = b"h" * 80
 JOINTS = b"j" * 1300
 FRAME = b"\xff\xd8" + b"f" * 68998
