@@ -205,8 +205,10 @@ class IngestServer:
         self._journal_writer: JournalWriter | None = None  # started by run(); without it appends are synchronous
         self._commit_future: Future[list[OSError | None]] | None = None
         self._next_commit = 0.0  # monotonic time the next group commit is due
+        # (dirty journals, acks by peer, complete episodes, (journal, failure mark) of each acknowledged)
         self._commit_snapshot: tuple[list[tuple[tuple[str, str], EpisodeJournal]],
-                                     dict[bytes, list[tuple[str, str, int]]], list[tuple[str, str]]] | None = None
+                                     dict[bytes, list[tuple[str, str, int]]], list[tuple[str, str]],
+                                     list[tuple[EpisodeJournal, int]]] | None = None
         self._final_acks: dict[tuple[str, str], dict[str, int]] = {}
         self._disk_error: str = ""
         self._notice_after = 0.0
@@ -843,6 +845,8 @@ class IngestServer:
             self._finish_commit(sock)
         dirty = [(key, self.journals[key]) for key in self._dirty_journals if key in self.journals]
         self._dirty_journals.clear()
+        # Each journal whose state this commit acknowledges, with its count of failed writes.
+        marks = {id(journal): (journal, journal.failure_mark()) for _, journal in dirty}
         acks: dict[bytes, list[tuple[str, str, int]]] = {}
         for session in self.sessions.values():
             entries = []
@@ -852,6 +856,8 @@ class IngestServer:
                     next_seq = journal.next_seq.get(stream)
                     if next_seq is not None:
                         entries.append((episode, stream, next_seq - 1))
+                        if id(journal) not in marks:
+                            marks[id(journal)] = (journal, journal.failure_mark())
                     continue
                 acked = self._final_acks.get((session.robot_id, episode), {})
                 if stream in acked:
@@ -860,7 +866,7 @@ class IngestServer:
             if entries:
                 acks[session.identity] = entries
         complete = [key for key, journal in dirty if journal.complete]
-        self._commit_snapshot = (dirty, acks, complete)
+        self._commit_snapshot = (dirty, acks, complete, list(marks.values()))
         barrier = self._journal_writer.barrier() if self._journal_writer is not None else None
         self._commit_future = self._fsync_pool.submit(self._sync_all, [journal for _, journal in dirty], barrier)
         self._commit_future.add_done_callback(self._wake_loop)
@@ -886,9 +892,10 @@ class IngestServer:
         if self._commit_future is None or self._commit_snapshot is None:
             raise RuntimeError("no commit in progress")
         future = self._commit_future
-        dirty, acks, complete = self._commit_snapshot
+        dirty, acks, complete, marks = self._commit_snapshot
         self._commit_future = self._commit_snapshot = None
         failures = future.result()  # an unexpected exception in a worker ends the ingest (non-zero)
+        failed = False
         for (key, journal), err in zip(dirty, failures):
             if err is None and journal.write_error is not None:
                 err = journal.write_error
@@ -897,12 +904,18 @@ class IngestServer:
                 session = self.sessions.get(self.robots.get(key[0], b""))
                 if session is not None:
                     self._disk_failure(sock, session, journal.path, err)
-                # Nothing of this commit is acknowledged; the next commit tries again.
-                self._dirty_journals.update(k for k, _ in dirty)
-                for identity, entries in acks.items():
-                    if identity in self.sessions:
-                        self.sessions[identity].dirty.update((e, s) for e, s, _ in entries)
-                return
+                failed = True
+                break
+        # A write this commit covers failed, even if the loop has rolled it back since (it
+        # was reported then): what the snapshot holds for that journal never reached the file.
+        failed = failed or any(journal.failed_writes != mark or journal.write_error is not None
+                               for journal, mark in marks)
+        if failed:  # nothing of this commit is acknowledged; the next commit tries again
+            self._dirty_journals.update(k for k, _ in dirty)
+            for identity, entries in acks.items():
+                if identity in self.sessions:
+                    self.sessions[identity].dirty.update((e, s) for e, s, _ in entries)
+            return
         for key in complete:
             if key in self.journals:
                 self._start_seal(key)

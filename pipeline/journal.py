@@ -82,6 +82,9 @@ class EpisodeJournal:
     queue: JournalWriter | None = None
     written: WrittenState = field(default_factory=WrittenState)
     write_error: OSError | None = None  # a queued write failed: accept nothing until rolled back
+    # Queued writes that failed, ever. A commit acknowledges the journal only if this did not
+    # change while it synced: the loop may roll a failure back (clearing write_error) meanwhile.
+    failed_writes: int = 0
     rollback_requested: bool = False
     rollback_ready: bool = False  # the writer has passed every write queued before the request
     shared: SharedJournal | None = None
@@ -199,6 +202,20 @@ class EpisodeJournal:
         self.queue = queue
         self.written = WrittenState(dict(self.next_seq), self.stop, self.first_capture_ns, self.limit,
                                     self.written.places)
+
+    def record_write_failure(self, err: OSError) -> None:
+        """On the writer thread: a queued write failed. The error is set before the count
+        grows, so a commit that reads the count first and then finds no error has seen
+        every failure so far rolled back."""
+        if self.write_error is None:
+            self.write_error = err
+        self.failed_writes += 1
+
+    def failure_mark(self) -> int:
+        """For a commit's snapshot: :attr:`failed_writes`, or -1 while a failure is not
+        yet rolled back (what the loop accepted is then more than the file holds)."""
+        count = self.failed_writes
+        return count if self.write_error is None else -1
 
     def roll_back_to_written(self) -> None:
         """After a failed queued write, once :attr:`rollback_ready`: the stream state

@@ -255,8 +255,7 @@ class JournalWriter:
             self.shared.append(journals, [item[2] for item in items], [item[3] - RECORD_HEAD.size for item in items])
         except OSError as err:
             for journal in journals:
-                if journal.write_error is None:
-                    journal.write_error = err
+                journal.record_write_failure(err)
             return
         self._advance_written(items)
 
@@ -340,7 +339,7 @@ class JournalWriter:
                 raise OSError(f"journal {journal.path} is closed")
             writer.append_records(records)
         except OSError as err:
-            journal.write_error = err
+            journal.record_write_failure(err)
             return False
         return True
 
