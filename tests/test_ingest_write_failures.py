@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 
 import numpy as np
 
@@ -75,10 +76,12 @@ def test_a_write_that_failed_while_its_commit_synced_is_not_acknowledged(
         wait_for(lambda: 1 in acked_seqs(peer, "joint_state"), 5, "seq 1 to be acknowledged")
 
         disk.full = disk.hold_syncs = True
-        send_samples(peer, 2)  # accepted, its commit starts, its write fails, its commit starts, its write fails
+        send_samples(peer, 2)  # accepted, its commit starts, its write fails
         wait_for(lambda: disk.failed_appends > 0, 5, "the write of seq 2 to fail")
         journal = ingest.server.journals[(ROBOT, EPISODE)]
+        deadline = time.monotonic() + 10
         while journal.next_seq["joint_state"] != 2:  # resent until the loop has rolled it back
+            assert time.monotonic() < deadline, "the loop never rolled the failed write back"
             send_samples(peer, 2)
             peer.drain(50)
         disk.sync_gate.set()  # the commit that covered seq 2 finishes
