@@ -110,8 +110,9 @@ class RawPeer:
         self.drain(100)
         return [r.message for r in self.replies if isinstance(r, protocol.Notice)]
 
-    def close(self) -> None:
-        self.ctx.destroy(0)
+    def close(self, linger_ms: int = 0) -> None:
+        """``linger_ms``: how long what is still queued may take to leave (0: dropped)."""
+        self.ctx.destroy(linger_ms)
 
 
 @pytest.fixture
@@ -451,9 +452,9 @@ def test_reconnect_storm_leaves_memory_near_baseline(tmp_path, tiny_robot) -> No
                 p.event({"kind": "start", "task": "storm"})
                 for _ in range(32):
                     p.send(protocol.Frame(p.header(camera), jpeg).encode())
-            for p in peers:
-                p.drain(100)
-                p.close()
+            for p in peers:  # each hears from the ingest, and leaves once all it sent has left
+                p.wait_for(lambda r: isinstance(r, protocol.Ack), timeout=30)
+                p.close(linger_ms=5000)
         peak = ingest.rss_mb()
         mark = len(ingest.log())
         # The status line goes to the log every 10 s when stdout is not a terminal.
