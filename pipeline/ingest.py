@@ -205,10 +205,10 @@ class IngestServer:
         self._journal_writer: JournalWriter | None = None  # started by run(); without it appends are synchronous
         self._commit_future: Future[list[OSError | None]] | None = None
         self._next_commit = 0.0  # monotonic time the next group commit is due
-        # (dirty journals, acks by peer, complete episodes, (journal, failure mark) of each acknowledged)
+        # (dirty journals, acks by peer, complete episodes, (journal, failure mark, next seqs) of each acknowledged)
         self._commit_snapshot: tuple[list[tuple[tuple[str, str], EpisodeJournal]],
                                      dict[bytes, list[tuple[str, str, int]]], list[tuple[str, str]],
-                                     list[tuple[EpisodeJournal, int]]] | None = None
+                                     list[tuple[EpisodeJournal, int, dict[str, int]]]] | None = None
         self._final_acks: dict[tuple[str, str], dict[str, int]] = {}
         self._disk_error: str = ""
         self._notice_after = 0.0
@@ -563,7 +563,7 @@ class IngestServer:
         for episode in self.open_by_robot.get(hello.robot_id, ()):
             journal = self.journals[(hello.robot_id, episode)]
             if journal.meta.producer_key in ("", key):
-                acked[episode] = journal.acked
+                acked[episode] = journal.durable_acked  # the collector deletes what this names
         states = {episode: self._episode_state(hello.robot_id, episode, key) for episode in hello.pending}
         sealed = tuple(e for e, state in states.items() if state == "sealed")
         log.info("collector connected robot=%s model=%s pending=%d", hello.robot_id, hello.model, len(hello.pending))
@@ -845,8 +845,9 @@ class IngestServer:
             self._finish_commit(sock)
         dirty = [(key, self.journals[key]) for key in self._dirty_journals if key in self.journals]
         self._dirty_journals.clear()
-        # Each journal whose state this commit acknowledges, with its count of failed writes.
-        marks = {id(journal): (journal, journal.failure_mark()) for _, journal in dirty}
+        # Each journal whose state this commit acknowledges: its count of failed writes, and
+        # what it will have made durable.
+        marks = {id(journal): (journal, journal.failure_mark(), dict(journal.next_seq)) for _, journal in dirty}
         acks: dict[bytes, list[tuple[str, str, int]]] = {}
         for session in self.sessions.values():
             entries = []
@@ -857,7 +858,7 @@ class IngestServer:
                     if next_seq is not None:
                         entries.append((episode, stream, next_seq - 1))
                         if id(journal) not in marks:
-                            marks[id(journal)] = (journal, journal.failure_mark())
+                            marks[id(journal)] = (journal, journal.failure_mark(), dict(journal.next_seq))
                     continue
                 acked = self._final_acks.get((session.robot_id, episode), {})
                 if stream in acked:
@@ -909,13 +910,15 @@ class IngestServer:
         # A write this commit covers failed, even if the loop has rolled it back since (it
         # was reported then): what the snapshot holds for that journal never reached the file.
         failed = failed or any(journal.failed_writes != mark or journal.write_error is not None
-                               for journal, mark in marks)
+                               for journal, mark, _ in marks)
         if failed:  # nothing of this commit is acknowledged; the next commit tries again
             self._dirty_journals.update(k for k, _ in dirty)
             for identity, entries in acks.items():
                 if identity in self.sessions:
                     self.sessions[identity].dirty.update((e, s) for e, s, _ in entries)
             return
+        for journal, _, next_seq in marks:
+            journal.durable = next_seq
         for key in complete:
             if key in self.journals:
                 self._start_seal(key)
@@ -938,7 +941,7 @@ class IngestServer:
         journal = self._remove_journal(key)
         journal.sealing = True  # before the barrier: the writer moves it no more
         incomplete = not journal.complete
-        self._final_acks[key] = journal.acked
+        self._final_acks[key] = journal.durable_acked
         self._sealing_journals[key] = journal
         barrier = self._journal_writer.barrier() if self._journal_writer is not None else None
         self.sealing[key] = self._seal_pool.submit(self._seal_when_written, barrier, journal, incomplete)

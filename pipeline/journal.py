@@ -72,6 +72,9 @@ class EpisodeJournal:
     path: Path  # the journal file, or the shared journal's directory
     meta: EpisodeMeta
     next_seq: dict[str, int] = field(default_factory=dict)
+    # The next seq per stream that a commit (or recovery) made durable: what may be
+    # acknowledged to a collector that asks (next_seq is what the loop accepted).
+    durable: dict[str, int] = field(default_factory=dict)
     stop: dict[str, Any] | None = None
     writer: RecordWriter | None = None
     size: int = 0  # bytes of the journal file
@@ -162,7 +165,8 @@ class EpisodeJournal:
                 if record is not None:
                     journal._advance(record)
             good = entry.end
-        truncate_to(path, good)
+        truncate_to(path, good)  # and fsyncs what it keeps
+        journal.durable = dict(journal.next_seq)
         journal.writer = RecordWriter(path)
         journal.size = journal.writer.size
         return journal
@@ -269,7 +273,13 @@ class EpisodeJournal:
 
     @property
     def acked(self) -> dict[str, int]:
+        """The last seq per stream the loop accepted (durable once a commit covers it)."""
         return {stream: seq - 1 for stream, seq in self.next_seq.items()}
+
+    @property
+    def durable_acked(self) -> dict[str, int]:
+        """The last seq per stream that is on disk: what a collector may be told."""
+        return {stream: seq - 1 for stream, seq in self.durable.items()}
 
     @property
     def complete(self) -> bool:

@@ -195,11 +195,21 @@ def iter_log(path: Path) -> Iterator[LogEntry]:
 
 
 def truncate_to(path: Path, good: int) -> None:
-    """Cut a log back to ``good`` bytes (its intact records), durably."""
-    if good != path.stat().st_size:
-        with open(path, "r+b") as fh:
+    """Cut a log back to ``good`` bytes (its intact records) and make those durable:
+    a killed writer's last records may be in the page cache only."""
+    with open(path, "r+b") as fh:
+        if good != os.fstat(fh.fileno()).st_size:
             fh.truncate(good)
-            os.fsync(fh.fileno())
+        os.fsync(fh.fileno())
+
+
+def sync_file(path: Path) -> None:
+    """Make what a file holds durable (one left by a killed writer, before it is trusted)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def recover(path: Path) -> list[LogEntry]:

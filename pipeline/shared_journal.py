@@ -73,6 +73,7 @@ from pipeline.record_log import (
     checked_payload,
     fsync_dir,
     iter_log,
+    sync_file,
     truncate_to,
 )
 from pipeline.thread_names import name_os_thread
@@ -513,15 +514,20 @@ class SharedJournal:
                 journal.written.places.add(number, entry.offset, length)
                 journal.size += length
                 segment.episodes[key] = journal
-            if good != path.stat().st_size:
+            size = path.stat().st_size
+            if good != size and (number == numbers[-1] or stale_end):
                 # The newest segment's torn tail (the last write before the crash), or the old
                 # records of any recycled one whose cut at its close the crash came before.
-                if number == numbers[-1] or stale_end:
-                    truncate_to(path, good)
-                else:
+                truncate_to(path, good)  # and fsyncs what it keeps
+            else:
+                if good != size:
                     log.error("journal segment %s ends in a damaged record at %d; its records up to there "
                               "are kept", path, good)
+                if segment.episodes:
+                    sync_file(path)  # the killed ingest's last records may be in the page cache only
             shared._current_number = number
+        for journal in journals.values():
+            journal.durable = dict(journal.next_seq)
         for segment in shared._segments.values():
             for key in unreadable:
                 segment.episodes.pop(key, None)

@@ -31,6 +31,7 @@ from pipeline.shared_journal import (
     iter_episode_payloads,
 )
 from tests.test_faults import small_disk  # noqa: F401 (a fixture)
+from tests.test_ingest_durable_acks import SyncedPaths
 from tests.test_ingest_hardening import wait_for
 
 
@@ -382,6 +383,29 @@ def test_recovery_rebuilds_each_episode_and_cuts_the_torn_tail(tmp_path: Path) -
     again.commit()
     assert seqs(found[("r1", "ep-a")]) == list(range(51))
     again.close()
+
+
+def test_recovery_fsyncs_the_segments_it_keeps_before_their_episodes_count_as_durable(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # A killed ingest's last records may be written and never fsynced: replayed from the page
+    # cache, they were acknowledged (the WELCOME, a duplicate's ACK) and a power loss lost them.
+    j = Journals(tmp_path, segment_bytes=8192)
+    a = j.start("ep-a")
+    stream_interleaved(j, [a], 55)  # more than one segment; commits every 10: the last 5 never synced
+    j.writer.wait(j.writer.barrier())
+    kept = j.segments()
+    assert len(kept) > 1
+    synced = SyncedPaths(monkeypatch)
+
+    again = Journals(tmp_path, segment_bytes=8192)
+    (found,) = again.found.journals
+    assert found.next_seq == {"joint_state": 55}
+    assert found.durable == found.next_seq
+    segment_dir = tmp_path / "journal" / SHARED_DIR
+    assert {str(segment_dir / name) for name in kept} <= set(synced.paths)
+    again.close()
+    j.close()
 
 
 def test_an_episode_whose_record_does_not_replay_is_set_aside_and_the_others_recover(tmp_path: Path) -> None:
