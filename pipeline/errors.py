@@ -49,6 +49,12 @@ class StoreError(RefineryError):
         return (StoreError, (self.path, self.problem))
 
 
+class JournalSyncFailed(StoreError):
+    """An fsync of the ingest's journal failed. What it covered may not be on disk, and no
+    later fsync can tell: Linux reports a failed writeback once and marks its pages clean,
+    so a retry returns 0. The ingest stops rather than acknowledge it."""
+
+
 class SpoolFullError(RefineryError):
     """The collector's on-disk spool reached its disk budget."""
 

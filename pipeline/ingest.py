@@ -40,7 +40,7 @@ import zmq
 
 from pipeline import protocol
 from pipeline.auth import AllowList, ServerKeys
-from pipeline.errors import BindError, ConfigError, ProtocolError, StoreError
+from pipeline.errors import BindError, ConfigError, JournalSyncFailed, ProtocolError, StoreError
 from pipeline.journal import (
     JOURNAL_SUFFIX,
     EpisodeJournal,
@@ -205,6 +205,7 @@ class IngestServer:
         self._journal_writer: JournalWriter | None = None  # started by run(); without it appends are synchronous
         self._commit_future: Future[list[OSError | None]] | None = None
         self._next_commit = 0.0  # monotonic time the next group commit is due
+        self._sync_failed = False
         # (dirty journals, acks by peer, complete episodes, (journal, failure mark, next seqs) of each acknowledged)
         self._commit_snapshot: tuple[list[tuple[tuple[str, str], EpisodeJournal]],
                                      dict[bytes, list[tuple[str, str, int]]], list[tuple[str, str]],
@@ -325,7 +326,7 @@ class IngestServer:
                 self._loop(sock)
         finally:
             try:
-                if self._commit_future is not None or self._dirty_journals:
+                if (self._commit_future is not None or self._dirty_journals) and not self._sync_failed:
                     self._commit(sock, wait=True)
             finally:
                 self._seal_pool.shutdown(wait=True)
@@ -896,12 +897,12 @@ class IngestServer:
         dirty, acks, complete, marks = self._commit_snapshot
         self._commit_future = self._commit_snapshot = None
         failures = future.result()  # an unexpected exception in a worker ends the ingest (non-zero)
+        self._stop_if_a_sync_failed([journal for _, journal in dirty], failures)
         failed = False
-        for (key, journal), err in zip(dirty, failures):
-            if err is None and journal.write_error is not None:
-                err = journal.write_error
-                self._write_failed(sock, None, journal, report=False)
+        for key, journal in dirty:
+            err = journal.write_error
             if err is not None:
+                self._write_failed(sock, None, journal, report=False)
                 session = self.sessions.get(self.robots.get(key[0], b""))
                 if session is not None:
                     self._disk_failure(sock, session, journal.path, err)
@@ -927,6 +928,21 @@ class IngestServer:
         self._collect_seals()
         for session in list(self.sessions.values()):
             self._acknowledge(sock, session, acks.get(session.identity, []))
+
+    def _stop_if_a_sync_failed(self, journals: list[EpisodeJournal], failures: list[OSError | None]) -> None:
+        """A failed fsync ends the ingest (non-zero, one line): what it covered may not be on
+        disk and a retry would report success without writing it (Linux marks the pages of a
+        failed writeback clean). Nothing it covered is acknowledged; the collectors keep it."""
+        failed = [(str(j.path), err) for j, err in zip(journals, failures) if err is not None]
+        if not failed and self._shared is not None and self._shared.sync_failure is not None:
+            failed = [(str(self._shared.directory), self._shared.sync_failure)]
+        if failed:
+            self._sync_failed = True  # no last commit on the way out either
+            path, err = failed[0]
+            raise JournalSyncFailed(path, f"fsync failed ({err.strerror or err}): what it covered may not be on "
+                                          "disk, and no retry can tell; stopping without acknowledging it (the "
+                                          "collectors keep it in their spools). Check the disk (dmesg), then restart "
+                                          "the ingest")
 
     def _acknowledge(self, sock: zmq.Socket, session: Session, acks: list[tuple[str, str, int]]) -> None:
         if not acks and not session.sealed:

@@ -177,6 +177,8 @@ class SharedJournal:
         self._spares: deque[Path] = deque()  # appended by the freeing thread, taken by the writer thread
         self._spares_lock = threading.Lock()
         self.recycled = 0  # segments written over a spare so far
+        # An fsync (of a segment, or of the directory) failed: nothing it covered may be acknowledged.
+        self.sync_failure: OSError | None = None
         # Whether segments take direct writes, so that a spare can be written over
         # (learnt at each new segment; until the first, what was asked for).
         self._recycles = direct_io and hasattr(os, "O_DIRECT")
@@ -215,14 +217,22 @@ class SharedJournal:
         """Start the next segment; the last one is made durable first, so that only the
         newest segment can ever end in a torn record."""
         if self._current is not None:
-            self._current.sync()  # OSError: stay on this segment; the batch fails and is retried
+            try:
+                self._current.sync()
+            except OSError as err:  # the batch fails; the ingest stops at its next commit
+                self.sync_failure = err
+                raise
             self._current.close()
         number = self._current_number + 1
         path = segment_path(self.directory, number)
         writer = self._open_segment(path)
         try:
-            writer.preallocate(self.segment_bytes)
-            fsync_dir(self.directory)
+            writer.preallocate(self.segment_bytes)  # OSError (no room): the batch fails and is retried
+            try:
+                fsync_dir(self.directory)
+            except OSError as err:
+                self.sync_failure = err
+                raise
         except OSError:
             writer.close()
             path.unlink(missing_ok=True)  # so that the next try can create it again

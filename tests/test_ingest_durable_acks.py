@@ -17,6 +17,7 @@ from pipeline.ingest import IngestServer
 from pipeline.journal import EpisodeJournal, EpisodeMeta
 from pipeline.raw_store import RawEpisodeReader
 from pipeline.shared_journal import SharedJournal
+from tests.processes import free_port
 from tests.test_ingest_hardening import ROBOT, RawPeer, sealed_path, wait_for
 
 EPISODE = "ep-w1"
@@ -203,3 +204,48 @@ def test_a_journal_a_killed_ingest_left_is_fsynced_before_it_is_acknowledged(
         assert str(path) in synced.paths, "seq 0-2 acknowledged from the page cache: never fsynced"
     finally:
         peer.close()
+
+
+def failing_segment_syncs(monkeypatch) -> dict[str, int]:  # noqa: ANN001
+    """``os.fdatasync`` of a shared-journal segment fails with EIO once ``state['fail']`` is set."""
+    state = {"fail": 0, "failed": 0}
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if state["fail"] and "/shared/" in os.readlink(f"/proc/self/fd/{fd}"):
+            state["failed"] += 1
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    return state
+
+
+def test_a_failed_fsync_stops_the_ingest_without_acknowledging_what_it_covered(
+    tmp_path, tiny_robot, monkeypatch, capsys
+) -> None:
+    # The defect: the commit was simply tried again and the retry's success trusted. Linux
+    # reports a failed writeback once and marks its pages clean, so the retried fsync returns 0
+    # though the records may never reach the disk (PostgreSQL's "fsyncgate"): the ingest
+    # acknowledged them and the collector deleted them.
+    from pipeline import cli
+
+    syncs = failing_segment_syncs(monkeypatch)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(cli.main(
+        ["ingest", "--plain", "--data-dir", str(tmp_path / "d"), "--bind", endpoint])), daemon=True)
+    thread.start()
+    peer = RawPeer(endpoint, tiny_robot, ROBOT, EPISODE)
+    try:
+        start_episode(peer)
+        syncs["fail"] = 1
+        send_samples(peer, 2)
+        thread.join(15)
+        assert not thread.is_alive(), "the ingest went on after an fsync failed"
+        assert 2 not in acked_seqs(peer, "joint_state")
+    finally:
+        peer.close()
+    assert result and result[0] not in (0, None)
+    err = capsys.readouterr().err
+    assert "fsync" in err and "Input/output error" in err and "Traceback" not in err

@@ -408,6 +408,32 @@ def test_recovery_fsyncs_the_segments_it_keeps_before_their_episodes_count_as_du
     j.close()
 
 
+def test_a_failed_fsync_when_a_segment_is_finished_is_kept_for_the_ingest_to_stop_on(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # Retried, it would return 0 without writing anything (a failed writeback's pages are clean).
+    j = Journals(tmp_path, segment_bytes=8192)
+    a = j.start("ep-a")
+    stream_interleaved(j, [a], 10)
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(SEGMENT_SUFFIX):
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    for seq in range(10, 60):  # past the segment's end
+        append(a, samples("ep-a", seq, width=16))
+    j.writer.wait(j.writer.barrier())
+    append(a, samples("ep-a", 60, width=16))  # goes to the next segment: finishing this one fsyncs it
+    j.writer.wait(j.writer.barrier())
+    assert isinstance(j.shared.sync_failure, OSError) and j.shared.sync_failure.errno == errno.EIO
+    assert a.write_error is not None  # the batch that needed the next segment was not written
+    monkeypatch.setattr(os, "fdatasync", real)
+    j.close()
+
+
 def test_an_episode_whose_record_does_not_replay_is_set_aside_and_the_others_recover(tmp_path: Path) -> None:
     write_good_and_damaged_episodes(tmp_path)
 
