@@ -83,7 +83,7 @@ FSYNC_THREADS = 32  # a commit fsyncs every dirty journal at once: one thread ea
 HEAP_TRIM_ROUNDS = 10  # housekeeping rounds (seconds) between returning freed heap memory to the OS
 DEFAULT_SEAL_WORKERS = 2  # one seals about 28 G1s recording without pause, two about 53 (README, "Sealing a fleet")
 SEAL_ATTEMPTS = 3  # a seal whose worker process died is tried again, up to this many times
-SEAL_ROOM_RETRY_S = (2.0, 60.0)  # a seal that found its disk full is tried again after 2, 4, ... up to 60 s
+SEAL_ROOM_RETRY_S = (2.0, 60.0)  # a seal that failed (disk full, an I/O error) is tried again after 2, 4, ... 60 s
 HELLO_BURST = 5  # HELLOs one connection may send at once; then one a second (a HELLO may ask about 4,096 episodes)
 
 
@@ -971,12 +971,15 @@ class IngestServer:
             try:
                 return self._seal(journal, incomplete)
             except OSError as err:
-                # A full disk empties again (an operator, a sync job): the episode stays
-                # "sealing" (its collector's spool holds it) and is tried again meanwhile.
-                if err.errno not in (errno.ENOSPC, errno.EDQUOT) or self._stop.is_set():
+                # A full disk empties again (an operator, a sync job), a disk's error may pass:
+                # the episode stays "sealing" (a message of it is a duplicate; its journal is
+                # never opened twice) and is tried again meanwhile, and at the next start.
+                if self._stop.is_set():
                     raise
-                log.warning("sealing robot=%s episode=%s: %s; trying again in %.0f s", *journal.key,
-                            err.strerror or err, delay)
+                room = err.errno in (errno.ENOSPC, errno.EDQUOT)
+                log.log(logging.WARNING if room else logging.ERROR,
+                        "sealing robot=%s episode=%s: %s; trying again in %.0f s", *journal.key,
+                        err.strerror or err, delay)
                 if self._stop.wait(delay):
                     raise
                 delay = min(delay * 2, longest)

@@ -4,6 +4,7 @@ fails. Each test reproduces a defect of the ingest before the fix."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -257,6 +258,44 @@ def test_a_journal_that_cannot_be_sealed_is_quarantined_and_the_ingest_serves_on
     ingest.stop()
     again = start_ingest()  # no crash loop: the next start does not see the journal again
     assert again.server.stats.quarantined == 0 and again.thread.is_alive()
+
+
+def test_a_seal_that_fails_with_an_io_error_is_tried_again_and_no_second_journal_is_opened(
+    start_ingest, tiny_robot, monkeypatch
+) -> None:
+    # The seal's failure left the episode in no table ("kept for the next start"): the
+    # collector's resend then opened a second journal with a second header for the same
+    # episode, which the next start could not replay (quarantined), and nothing was sealed
+    # until a restart.
+    from pipeline import ingest as ingest_module
+
+    real_seal, calls = ingest_module.seal_recovered, []
+
+    def seal_failing_once(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_seal(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "seal_recovered", seal_failing_once)
+    monkeypatch.setattr(ingest_module, "SEAL_ROOM_RETRY_S", (0.5, 1.0))
+    ingest = start_ingest(seal_workers=0)
+    p = RawPeer(ingest.endpoint, tiny_robot)
+    try:
+        assert isinstance(p.hello(), protocol.Welcome)
+        p.event({"kind": "start", "task": "t", "operator": "op"})
+        p.samples()
+        p.stop()
+        wait_for(lambda: len(calls) == 1, 10, "the first seal to fail")
+        p.samples(t0=5_000)  # a message of the episode while it is not sealed
+        p.seq["joint_state"] -= 1
+        wait_for(lambda: sealed_path(ingest).exists(), 10, "the seal to be tried again")
+    finally:
+        p.close()
+    assert len(calls) == 2
+    assert (ROBOT, "ep-h1") not in ingest.server.journals  # no second journal opened
+    with RawEpisodeReader(sealed_path(ingest)) as ep:
+        assert ep.attrs["status"] == "complete" and ep.numeric("joint_state")["seq"].tolist() == [0, 0]
 
 
 # ------------------------------------------------------------------ limits
