@@ -26,7 +26,16 @@ from typing import Any
 from pipeline import protocol
 from pipeline.errors import ProtocolError, StoreError
 from pipeline.journal_writer import JournalWriter, WrittenState
-from pipeline.record_log import RECORD_HEAD, RecordWriter, fsync_dir, frame_parts, iter_log, truncate_to, unpack_frames
+from pipeline.record_log import (
+    RECORD_HEAD,
+    RecordWriter,
+    frame_parts,
+    fsync_dir,
+    iter_log,
+    make_dirs_durably,
+    truncate_to,
+    unpack_frames,
+)
 from pipeline.shared_journal import SHARED_DIR, SharedJournal, episode_tag, iter_episode_payloads
 from pipeline.streams import EVENTS
 
@@ -138,12 +147,13 @@ class EpisodeJournal:
 
     @classmethod
     def create(cls, path: Path, meta: EpisodeMeta) -> EpisodeJournal:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs_durably(path.parent)
         if path.exists():
             raise StoreError(str(path), "journal already exists; recover it instead of creating it")
         writer = RecordWriter(path)
         writer.append(meta.to_payload())
         writer.sync()
+        fsync_dir(path.parent)  # the file's entry, or a commit's fsync of it would not survive a power loss
         return cls(path, meta, writer=writer, size=writer.size)
 
     @classmethod
@@ -402,7 +412,7 @@ def quarantine_records(data_dir: Path, payloads: Iterator[bytes], robot_id: str,
 
 def _free_quarantine_path(data_dir: Path, robot_id: str, episode_id: str) -> Path:
     dest = quarantine_path(data_dir, robot_id, episode_id)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs_durably(dest.parent)
     if dest.exists():  # quarantined before under the same name: keep both
         dest = dest.with_name(f"{episode_id}.{os.getpid()}-{os.urandom(3).hex()}{JOURNAL_SUFFIX}")
     return dest

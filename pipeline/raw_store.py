@@ -44,7 +44,7 @@ import numpy as np
 from pipeline import protocol
 from pipeline.errors import StoreError
 from pipeline.journal import EpisodeJournal, EpisodeMeta, iter_journal
-from pipeline.record_log import fsync_dir, reserve_fd
+from pipeline.record_log import fsync_dir, make_dirs_durably, reserve_fd
 from pipeline.streams import EVENTS, NUMERIC_FIELDS
 
 RAW_FORMAT = "refinery-raw"
@@ -90,7 +90,7 @@ def seal_records(
             whose width differs from its stream's first, text HDF5 cannot hold).
         OSError: ENOSPC when the disk has no room for the file; other disk errors.
     """
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs_durably(out_path.parent)
     partial = out_path.with_name(out_path.name + ".partial")
     if reserve_bytes > 0:
         reserve_bytes += _HDF5_MARGIN_BYTES + reserve_bytes // 64

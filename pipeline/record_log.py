@@ -477,3 +477,19 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dirs_durably(path: Path) -> None:
+    """``mkdir -p`` whose new folders survive a power loss: the parent of each one it
+    creates is fsynced (fsyncing a file and its own folder does not make the folder's
+    entry in its parent durable)."""
+    if path.is_dir():
+        return
+    missing = []
+    ancestor = path
+    while not ancestor.exists():
+        missing.append(ancestor)
+        ancestor = ancestor.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in reversed(missing):
+        fsync_dir(folder.parent)

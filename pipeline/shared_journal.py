@@ -73,6 +73,7 @@ from pipeline.record_log import (
     checked_payload,
     fsync_dir,
     iter_log,
+    make_dirs_durably,
     sync_file,
     truncate_to,
 )
@@ -347,7 +348,7 @@ class SharedJournal:
     def copy_out(self, places: Places, tag: bytes, partial: Path) -> RecordWriter:
         """Copy the records at ``places`` into a new file ``partial``, synced, and
         return its writer, still open (any thread: it only reads the segments)."""
-        partial.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs_durably(partial.parent)
         partial.unlink(missing_ok=True)
         out = RecordWriter(partial, exclusive=True)
         try:

@@ -10,6 +10,7 @@ import pytest
 from pipeline.journal import EpisodeJournal
 from pipeline.raw_store import RawEpisodeReader, raw_path, seal_recovered
 from tests.test_faults import small_disk  # noqa: F401 (a fixture)
+from tests.test_ingest_durable_acks import SyncedPaths
 from tests.test_shared_journal import Journals, append, samples, stop
 
 
@@ -50,4 +51,17 @@ def test_the_room_reserved_for_a_seal_that_it_did_not_use_is_given_back(tmp_path
     path = seal_recovered(journal, tmp_path)
     stat = path.stat()
     assert stat.st_blocks * 512 < stat.st_size + (1 << 20)
+    j.close()
+
+
+def test_the_first_seal_of_a_robot_makes_its_new_folder_durable(tmp_path: Path, monkeypatch) -> None:
+    # The file and its folder were fsynced, not the entry of the new folder raw/<robot> in raw/
+    # (nor raw/ in the data folder): a power loss could take the folder, sealed file and all,
+    # after its journal was deleted.
+    j, journal = record(tmp_path, "ep-a", 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    synced = SyncedPaths(monkeypatch)
+    seal_recovered(journal, out)
+    assert {str(out), str(out / "raw")} <= set(synced.paths)
     j.close()

@@ -173,3 +173,15 @@ def test_a_log_that_writes_behind_leaves_a_sync_little_to_write(tmp_path: Path) 
     assert dirty[True] <= pages_per_start + 1  # only what came since the last start: under WRITE_BEHIND_BYTES
     entries, _ = scan(tmp_path / "behind-True")
     assert len(entries) == 40 and entries[-1].payload == bytes(100_000)
+
+
+def test_new_folders_are_made_durable_in_their_parents(tmp_path: Path, monkeypatch) -> None:
+    from pipeline.record_log import make_dirs_durably
+    from tests.test_ingest_durable_acks import SyncedPaths
+
+    synced = SyncedPaths(monkeypatch)
+    make_dirs_durably(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir()
+    assert synced.paths == [str(tmp_path), str(tmp_path / "a")]
+    make_dirs_durably(tmp_path / "a" / "b")  # there already: nothing to sync
+    assert len(synced.paths) == 2
