@@ -485,7 +485,7 @@ def make_dirs_durably(path: Path) -> None:
     entry in its parent durable)."""
     if path.is_dir():
         return
-    missing = []
+    missing: list[Path] = []
     ancestor = path
     while not ancestor.exists():
         missing.append(ancestor)

@@ -63,6 +63,15 @@ def acked_seqs(peer: RawPeer, stream: str) -> list[int]:
     return [seq for r in peer.replies if isinstance(r, protocol.Ack) for _, s, seq in r.acks if s == stream]
 
 
+def start_episode(peer: RawPeer) -> None:
+    """HELLO, start, seq 0 and 1 of the joint states, acknowledged."""
+    assert isinstance(peer.hello(), protocol.Welcome)
+    peer.event({"kind": "start", "task": "t", "operator": "op"})
+    send_samples(peer, 0)
+    send_samples(peer, 1)
+    wait_for(lambda: 1 in acked_seqs(peer, "joint_state"), 5, "seq 1 to be acknowledged")
+
+
 def test_a_write_that_failed_while_its_commit_synced_is_not_acknowledged(
     start_ingest, tiny_robot, monkeypatch
 ) -> None:
@@ -74,12 +83,7 @@ def test_a_write_that_failed_while_its_commit_synced_is_not_acknowledged(
     ingest = start_ingest()
     peer = RawPeer(ingest.endpoint, tiny_robot, ROBOT, EPISODE)
     try:
-        assert isinstance(peer.hello(), protocol.Welcome)
-        peer.event({"kind": "start", "task": "t", "operator": "op"})
-        send_samples(peer, 0)
-        send_samples(peer, 1)
-        wait_for(lambda: 1 in acked_seqs(peer, "joint_state"), 5, "seq 1 to be acknowledged")
-
+        start_episode(peer)
         disk.full = disk.hold_syncs = True
         send_samples(peer, 2)  # accepted, its commit starts, its write fails
         wait_for(lambda: disk.failed_appends > 0, 5, "the write of seq 2 to fail")
@@ -103,15 +107,6 @@ def test_a_write_that_failed_while_its_commit_synced_is_not_acknowledged(
         peer.close()
     with RawEpisodeReader(sealed_path(ingest, ROBOT, EPISODE)) as raw:
         assert raw.numeric("joint_state")["seq"].tolist() == [0, 0, 1, 1, 2, 2]  # each message once
-
-
-def start_episode(peer: RawPeer) -> None:
-    """HELLO, start, seq 0 and 1 of the joint states, acknowledged."""
-    assert isinstance(peer.hello(), protocol.Welcome)
-    peer.event({"kind": "start", "task": "t", "operator": "op"})
-    send_samples(peer, 0)
-    send_samples(peer, 1)
-    wait_for(lambda: 1 in acked_seqs(peer, "joint_state"), 5, "seq 1 to be acknowledged")
 
 
 def test_the_welcome_of_a_reconnecting_collector_leaves_out_a_write_that_failed(
