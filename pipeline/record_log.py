@@ -204,7 +204,7 @@ def truncate_to(path: Path, good: int) -> None:
 
 
 def sync_file(path: Path) -> None:
-    """Make what a file holds durable (one left by a killed writer, before it is trusted)."""
+    """Make what a file (or a folder's entries) holds durable, e.g. one a killed writer left."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -215,10 +215,7 @@ def sync_file(path: Path) -> None:
 def recover(path: Path) -> list[LogEntry]:
     """Scan a log left by a killed writer and cut off its torn tail, durably."""
     entries, good = scan(path)
-    if good != path.stat().st_size:
-        with open(path, "r+b") as fh:
-            fh.truncate(good)
-            os.fsync(fh.fileno())
+    truncate_to(path, good)
     return entries
 
 
@@ -472,11 +469,7 @@ def iter_payloads(path: Path) -> Iterator[bytes]:
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_file(path)
 
 
 def make_dirs_durably(path: Path) -> None:
